@@ -1,0 +1,3 @@
+from blockmirror.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,225 @@
+"""An in-memory filesystem that behaves like a disk with a volatile cache.
+
+Writes land in a cache until `sync`; a crash keeps, drops or tears (at
+512-byte sector granularity) each unsynced write independently, and keeps or
+drops each directory change made since the directory was last synced. Every
+mutating call is one numbered I/O step; `crash_at_step` makes step N raise
+`SimulatedCrash` before it happens, so a test can stop the storage engine
+between any two I/O steps. Used by the crash tests and the simulator.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import random
+
+from blockmirror.errors import NoSpace
+
+SECTOR_BYTES = 512
+
+
+class SimulatedCrash(Exception):
+    """Raised at the injected crash point; the process 'dies' here."""
+
+
+class _MemFile:
+    __slots__ = ("fs", "path", "epoch", "current", "durable", "pending", "closed")
+
+    def __init__(self, fs: CrashFileSystem, path: str, durable: bytearray):
+        self.fs = fs
+        self.path = path
+        self.epoch = fs.epoch
+        self.current = bytearray(durable)
+        self.durable = durable
+        self.pending: list[tuple[int, bytes | None, int]] = []  # (offset, data or None=truncate, size)
+        self.closed = False
+
+    def _check(self):
+        if self.epoch != self.fs.epoch or self.closed:
+            raise SimulatedCrash(f"{self.path}: handle from before a crash")
+
+    def pread(self, offset: int, length: int) -> bytes:
+        self._check()
+        data = bytes(self.current[offset:offset + length])
+        if len(data) < length:
+            data += bytes(length - len(data))
+        return data
+
+    def pwrite(self, offset: int, data) -> None:
+        self._check()
+        data = bytes(data)
+        self.fs._step(f"pwrite {self.path}@{offset}+{len(data)}")
+        end = offset + len(data)
+        if self.fs.disk_full and end > len(self.current):
+            raise NoSpace(f"disk full while writing {self.path}", hint="free space on the node's filesystem")
+        if end > len(self.current):
+            self.current.extend(bytes(end - len(self.current)))
+        self.current[offset:end] = data
+        self.pending.append((offset, data, 0))
+
+    def punch(self, offset: int, length: int) -> None:
+        length = max(0, min(length, len(self.current) - offset))
+        if length:
+            self.pwrite(offset, bytes(length))
+
+    def sync(self) -> None:
+        self._check()
+        self.fs._step(f"sync {self.path}")
+        self.durable[:] = self.current
+        self.pending.clear()
+
+    def size(self) -> int:
+        self._check()
+        return len(self.current)
+
+    def truncate(self, size: int) -> None:
+        self._check()
+        self.fs._step(f"truncate {self.path} {size}")
+        if size > len(self.current):
+            self.current.extend(bytes(size - len(self.current)))
+        else:
+            del self.current[size:]
+        self.pending.append((0, None, size))
+
+    def data_extents(self, offset: int, length: int) -> list[tuple[int, int]]:
+        self._check()
+        extents: list[list[int]] = []
+        block = 4096
+        end = min(offset + length, len(self.current))
+        pos = offset - offset % block
+        while pos < end:
+            stop = min(pos + block, end)
+            if any(self.current[pos:stop]):
+                start = max(pos, offset)
+                if extents and extents[-1][0] + extents[-1][1] == start:
+                    extents[-1][1] = stop - extents[-1][0]
+                else:
+                    extents.append([start, stop - start])
+            pos += block
+        return [(a, b) for a, b in extents]
+
+    def close(self) -> None:
+        self.closed = True
+
+    def _crash(self, rng: random.Random) -> None:
+        image = self.durable
+        for offset, data, size in self.pending:
+            fate = rng.random()
+            if data is None:  # truncate: kept or dropped whole
+                if fate < 0.5:
+                    if size > len(image):
+                        image.extend(bytes(size - len(image)))
+                    else:
+                        del image[size:]
+                continue
+            if fate < 1 / 3:
+                continue  # dropped
+            end = offset + len(data)
+            if end > len(image):
+                image.extend(bytes(end - len(image)))
+            if fate < 2 / 3:
+                image[offset:end] = data  # kept
+            else:  # torn: each sector kept or not
+                pos = offset
+                while pos < end:
+                    stop = min(end, (pos // SECTOR_BYTES + 1) * SECTOR_BYTES)
+                    if rng.random() < 0.5:
+                        image[pos:stop] = data[pos - offset:stop - offset]
+                    pos = stop
+
+
+class CrashFileSystem:
+    def __init__(self, seed: int = 0):
+        self.epoch = 0
+        self.steps = 0
+        self.crash_at_step: int | None = None
+        self.disk_full = False
+        self.trace: list[str] = []
+        self.trace_max = 64
+        self.rng = random.Random(seed)
+        self._content: dict[str, bytearray] = {}  # durable content of each file
+        self._open: dict[str, _MemFile] = {}
+        self._dirs: set[str] = set()
+        self._visible: set[str] = set()  # entries a listing shows now
+        self._entries_durable: set[str] = set()  # entries that survive a crash
+
+    # -- injection ---------------------------------------------------------
+    def _step(self, what: str) -> None:
+        if self.crash_at_step is not None and self.steps >= self.crash_at_step:
+            raise SimulatedCrash(f"crash before step {self.steps}: {what}")
+        self.steps += 1
+        self.trace.append(what)
+        if len(self.trace) > self.trace_max:
+            del self.trace[: len(self.trace) - self.trace_max]
+
+    def step(self, what: str) -> None:
+        self._step(what)
+
+    def crash(self, rng: random.Random | None = None) -> None:
+        """Lose the cache as a power failure would; every open handle dies."""
+        rng = rng or self.rng
+        for f in self._open.values():
+            f._crash(rng)
+        survivors = set()
+        for path in sorted(self._visible | self._entries_durable):
+            settled = (path in self._visible) == (path in self._entries_durable)
+            if settled:
+                if path in self._visible:
+                    survivors.add(path)
+            elif rng.random() < 0.5:  # an unsynced create or unlink reached the disk
+                if path in self._visible:
+                    survivors.add(path)
+            elif path in self._entries_durable:
+                survivors.add(path)
+        self._content = {p: c for p, c in self._content.items() if p in survivors}
+        self._visible = set(survivors)
+        self._entries_durable = set(survivors)
+        self._open.clear()
+        self.epoch += 1
+        self.crash_at_step = None
+
+    # -- FileSystem --------------------------------------------------------
+    def open(self, path: str, create: bool = False) -> _MemFile:
+        if path not in self._visible:
+            if not create:
+                raise FileNotFoundError(path)
+            self._step(f"create {path}")
+            self._content[path] = bytearray()
+            self._visible.add(path)
+        f = self._open.get(path)
+        if f is None or f.epoch != self.epoch:
+            f = _MemFile(self, path, self._content[path])
+            self._open[path] = f
+        f.closed = False
+        return f
+
+    def exists(self, path: str) -> bool:
+        return path in self._visible or path in self._dirs
+
+    def unlink(self, path: str) -> None:
+        if path not in self._visible:
+            raise FileNotFoundError(path)
+        self._step(f"unlink {path}")
+        self._visible.discard(path)
+        self._open.pop(path, None)
+
+    def listdir(self, path: str) -> list[str]:
+        prefix = path.rstrip("/") + "/"
+        return sorted(p[len(prefix):] for p in self._visible if p.startswith(prefix) and "/" not in p[len(prefix):])
+
+    def makedirs(self, path: str) -> None:
+        self._dirs.add(path.rstrip("/"))
+
+    def sync_dir(self, path: str) -> None:
+        self._step(f"syncdir {path}")
+        path = path.rstrip("/")
+        for p in list(self._entries_durable):
+            if posixpath.dirname(p) == path and p not in self._visible:
+                self._entries_durable.discard(p)
+        for p in self._visible:
+            if posixpath.dirname(p) == path:
+                self._entries_durable.add(p)
+
+    # -- inspection (tests) --------------------------------------------------
+    def read_current(self, path: str) -> bytes:
+        return bytes(self._open[path].current) if path in self._open else bytes(self._content[path])

@@ -1,0 +1,167 @@
+"""The I/O seam of the storage engine.
+
+Every byte the storage engine reads or writes goes through a `FileSystem`, so
+that tests and the simulator can swap the real one (`OsFileSystem`) for one
+that loses unsynced writes at a crash (`blockmirror.storage.crashfs`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from typing import Protocol
+
+from blockmirror.errors import NoSpace
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def _load_fallocate():
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    fn = libc.fallocate
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_fallocate = _load_fallocate()
+
+
+class File(Protocol):
+    """An open file: positional I/O only, so concurrent users never share a cursor."""
+
+    def pread(self, offset: int, length: int) -> bytes: ...
+    def pwrite(self, offset: int, data: bytes | memoryview) -> None: ...
+    def punch(self, offset: int, length: int) -> None:
+        """Deallocate a range (reads back as zeroes); size unchanged."""
+    def sync(self) -> None:
+        """fdatasync: everything written before is on stable storage."""
+    def size(self) -> int: ...
+    def truncate(self, size: int) -> None: ...
+    def data_extents(self, offset: int, length: int) -> list[tuple[int, int]]:
+        """Allocated (offset, length) ranges within the window; holes skipped."""
+    def close(self) -> None: ...
+
+
+class FileSystem(Protocol):
+    def open(self, path: str, create: bool = False) -> File: ...
+    def exists(self, path: str) -> bool: ...
+    def unlink(self, path: str) -> None: ...
+    def listdir(self, path: str) -> list[str]: ...
+    def makedirs(self, path: str) -> None: ...
+    def sync_dir(self, path: str) -> None:
+        """Make creations and removals of entries in `path` durable."""
+    def step(self, what: str) -> None:
+        """Marks an I/O step that is not a file call (a metadata commit), so a
+        crash can be injected before it."""
+
+
+def _raise_os_error(exc: OSError, what: str):
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise NoSpace(f"disk full while {what}", hint="free space on the node's filesystem") from exc
+    raise exc
+
+
+class OsFile:
+    __slots__ = ("fd", "path")
+
+    def __init__(self, path: str, create: bool):
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        self.path = path
+        self.fd = os.open(path, flags, 0o640)
+
+    def pread(self, offset: int, length: int) -> bytes:
+        data = os.pread(self.fd, length, offset)
+        if len(data) < length:  # past EOF of a sparse file reads as zeroes
+            data += bytes(length - len(data))
+        return data
+
+    def pwrite(self, offset: int, data) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.pwrite(self.fd, view, offset)
+                view = view[n:]
+                offset += n
+        except OSError as exc:
+            _raise_os_error(exc, f"writing {self.path}")
+
+    def punch(self, offset: int, length: int) -> None:
+        if length <= 0:
+            return
+        if _fallocate(self.fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+            err = ctypes.get_errno()
+            if err in (errno.EOPNOTSUPP, errno.ENOSYS):
+                self.pwrite(offset, bytes(length))
+                return
+            _raise_os_error(OSError(err, os.strerror(err)), f"punching {self.path}")
+
+    def sync(self) -> None:
+        try:
+            os.fdatasync(self.fd)
+        except OSError as exc:
+            _raise_os_error(exc, f"syncing {self.path}")
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def truncate(self, size: int) -> None:
+        try:
+            os.ftruncate(self.fd, size)
+        except OSError as exc:
+            _raise_os_error(exc, f"sizing {self.path}")
+
+    def data_extents(self, offset: int, length: int) -> list[tuple[int, int]]:
+        end = offset + length
+        extents = []
+        pos = offset
+        while pos < end:
+            try:
+                start = os.lseek(self.fd, pos, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # no data after pos
+                    break
+                raise
+            if start >= end:
+                break
+            stop = min(os.lseek(self.fd, start, os.SEEK_HOLE), end)
+            extents.append((start, stop - start))
+            pos = stop
+        return extents
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class OsFileSystem:
+    """The real filesystem."""
+
+    def open(self, path: str, create: bool = False) -> OsFile:
+        return OsFile(path, create)
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    def listdir(self, path: str) -> list[str]:
+        return sorted(os.listdir(path))
+
+    def makedirs(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    def sync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def step(self, what: str) -> None:
+        pass

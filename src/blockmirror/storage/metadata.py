@@ -1,0 +1,167 @@
+"""The metadata store: SQLite in WAL mode.
+
+Holds the node's identity, its volumes, the snapshot chain, the exception
+tables (chunk -> where its preserved data lives) and a small key/value space
+for the layers above (pairing, generations). Each commit is one I/O step for
+crash tests (`FileSystem.step`); SQLite itself makes a commit atomic and, with
+synchronous=FULL, durable when `commit` returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from dataclasses import dataclass
+
+from pyroaring import BitMap
+
+from blockmirror.errors import NodeError
+
+FORMAT_VERSION = 1
+DB_NAME = "blockmirror.db"
+
+_SCHEMA = """
+CREATE TABLE node (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE volumes (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    uuid TEXT NOT NULL UNIQUE,
+    size_bytes INTEGER NOT NULL
+);
+CREATE TABLE snapshots (
+    id INTEGER PRIMARY KEY,
+    label TEXT NOT NULL,
+    created_ns INTEGER NOT NULL,
+    pause_ns INTEGER NOT NULL DEFAULT 0
+);
+-- One row per preserved chunk. `file` names the COW data file (the snapshot
+-- that first preserved it: rows move to an older snapshot when a snapshot is
+-- deleted, data does not); `slot` is its position there, NULL for a chunk
+-- that was all zeroes.
+CREATE TABLE exceptions (
+    snap INTEGER NOT NULL,
+    vol INTEGER NOT NULL,
+    chunk INTEGER NOT NULL,
+    file INTEGER NOT NULL,
+    slot INTEGER,
+    PRIMARY KEY (snap, vol, chunk)
+) WITHOUT ROWID;
+CREATE TABLE cow_files (
+    file INTEGER NOT NULL,
+    vol INTEGER NOT NULL,
+    next_slot INTEGER NOT NULL,
+    PRIMARY KEY (file, vol)
+) WITHOUT ROWID;
+CREATE TABLE kv (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class VolumeRecord:
+    id: int
+    name: str
+    uuid: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    id: int
+    label: str
+    created_ns: int
+    pause_ns: int
+
+
+class MetaStore:
+    def __init__(self, conn: sqlite3.Connection, step):
+        self._conn = conn
+        self._step = step
+        self._in_txn = False
+
+    @classmethod
+    def connect(cls, path: str, step, create: bool = False, synchronous: str = "FULL") -> MetaStore:
+        mode = "rwc" if create else "rw"
+        try:
+            conn = sqlite3.connect(
+                f"file:{path}?mode={mode}", uri=True, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={synchronous}")
+            if create:
+                conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise NodeError(f"cannot open metadata store {path}: {exc}") from exc
+        return cls(conn, step)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextlib.contextmanager
+    def transaction(self, what: str):
+        """One atomic, durable change; a crash injected at the commit step
+        leaves none of it."""
+        assert not self._in_txn, "nested metadata transaction"
+        self._in_txn = True
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+            self._step(f"meta-commit {what}")
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        finally:
+            self._in_txn = False
+
+    # -- node ----------------------------------------------------------------
+    def node_info(self) -> dict:
+        rows = dict(self._conn.execute("SELECT key, value FROM node"))
+        if rows.get("format_version") != FORMAT_VERSION:
+            raise NodeError(f"unsupported metadata format {rows.get('format_version')!r}")
+        return rows
+
+    def volumes(self) -> list[VolumeRecord]:
+        return [VolumeRecord(*r) for r in self._conn.execute(
+            "SELECT id, name, uuid, size_bytes FROM volumes ORDER BY id")]
+
+    def snapshots(self) -> list[SnapshotRecord]:
+        return [SnapshotRecord(*r) for r in self._conn.execute(
+            "SELECT id, label, created_ns, pause_ns FROM snapshots ORDER BY id")]
+
+    # -- exception tables ----------------------------------------------------
+    def load_table(self, snap: int, vol: int) -> BitMap:
+        """The chunk set of one exception table, streamed from the store."""
+        cur = self._conn.execute("SELECT chunk FROM exceptions WHERE snap=? AND vol=?", (snap, vol))
+        table = BitMap()
+        while rows := cur.fetchmany(65536):
+            table.update(r[0] for r in rows)
+        return table
+
+    def lookup(self, snap: int, vol: int, chunk: int) -> tuple[int, int | None]:
+        row = self._conn.execute(
+            "SELECT file, slot FROM exceptions WHERE snap=? AND vol=? AND chunk=?", (snap, vol, chunk)
+        ).fetchone()
+        assert row is not None, f"exception ({snap},{vol},{chunk}) missing"
+        return row[0], row[1]
+
+    def cow_files(self) -> dict[tuple[int, int], int]:
+        return {(f, v): n for f, v, n in self._conn.execute("SELECT file, vol, next_slot FROM cow_files")}
+
+    def table_space(self, snap: int) -> tuple[int, int]:
+        """(entries, entries holding data) of one snapshot over all volumes."""
+        row = self._conn.execute(
+            "SELECT count(*), count(slot) FROM exceptions WHERE snap=?", (snap,)).fetchone()
+        return row[0], row[1]
+
+    def files_of(self, snap: int, vol: int) -> set[int]:
+        return {r[0] for r in self._conn.execute(
+            "SELECT DISTINCT file FROM exceptions WHERE snap=? AND vol=?", (snap, vol))}
+
+    # -- key/value for upper layers -----------------------------------------
+    def get(self, key: str, default=None):
+        row = self._conn.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
+        return default if row is None else row[0]
+
+    @staticmethod
+    def put(conn: sqlite3.Connection, key: str, value) -> None:
+        conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))

@@ -1,0 +1,46 @@
+"""A volume: one raw sparse file, addressed in bytes and grouped in chunks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from blockmirror.errors import OutOfRange
+from blockmirror.storage.fileio import File
+
+
+@dataclass(eq=False)
+class Volume:
+    id: int
+    name: str
+    uuid: str
+    size: int
+    chunk_size: int
+    path: str
+    file: File = field(repr=False)
+
+    def check_range(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise OutOfRange(
+                f"volume {self.name}: request [{offset}, {offset + length}) outside [0, {self.size})")
+
+    def read(self, offset: int, length: int) -> bytes:
+        self.check_range(offset, length)
+        return self.file.pread(offset, length)
+
+    @property
+    def chunk_count(self) -> int:
+        return -(-self.size // self.chunk_size)
+
+    def chunk_span(self, offset: int, length: int) -> range:
+        """Chunk indices that [offset, offset+length) touches."""
+        if length <= 0:
+            return range(0)
+        return range(offset // self.chunk_size, (offset + length - 1) // self.chunk_size + 1)
+
+    def chunk_bytes(self, chunk: int) -> int:
+        """Length of a chunk; the last one may be short."""
+        return min(self.chunk_size, self.size - chunk * self.chunk_size)
+
+    def allocated_extents(self) -> list[tuple[int, int]]:
+        """(offset, length) ranges that hold data; holes are skipped."""
+        return self.file.data_extents(0, self.size)
