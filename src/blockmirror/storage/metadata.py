@@ -28,8 +28,9 @@ CREATE TABLE volumes (
     uuid TEXT NOT NULL UNIQUE,
     size_bytes INTEGER NOT NULL
 );
+-- AUTOINCREMENT: an id is never reused; COW files are named by it.
 CREATE TABLE snapshots (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     label TEXT NOT NULL,
     created_ns INTEGER NOT NULL,
     pause_ns INTEGER NOT NULL DEFAULT 0

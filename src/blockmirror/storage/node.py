@@ -135,7 +135,7 @@ class Node:
             if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
                 raise NodeError(f"{path} exists and is not an empty directory",
                                 hint="choose a new directory for the node")
-            os.makedirs(path, exist_ok=True)
+        os.makedirs(path, exist_ok=True)  # the metadata store is always a real file
         db_path = os.path.join(path, DB_NAME)
         meta = MetaStore.connect(db_path, fs.step, create=True, synchronous=meta_synchronous)
         fs.makedirs(os.path.join(path, VOLUME_DIR))
