@@ -2,10 +2,11 @@
 
 All writes of all volumes of the node go through one `GroupCommitter`: while
 one batch runs in a worker thread (`Node.write_many`), new writes queue up,
-and the next batch takes all of them. A batch that holds a FUA write or a
-flush is written with `fua=True`, so one fdatasync covers every write and
-flush in it, and every write completed in earlier batches. Reads go straight
-to a thread pool; the event loop never blocks on the disk.
+and the next batch takes all of them. One round of fdatasync per batch serves
+every FUA write and flush in it: a batch with FUA writes is written with
+`fua=True`; a batch with a flush ends with `Node.flush()`, which syncs every
+volume and so also covers writes completed in earlier batches. Reads go
+straight to a thread pool; the event loop never blocks on the disk.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ BATCH_BYTES_MAX = 64 << 20
 @dataclass
 class _Pending:
     op: WriteOp | None  # None: a flush
-    fua: bool
+    fua: bool  # the write must be on stable storage before it completes
     nbytes: int
     future: asyncio.Future
 
@@ -63,7 +64,7 @@ class GroupCommitter:
         assert not self._closing, "submit after close"
         future = asyncio.get_running_loop().create_future()
         nbytes = op.length if op is not None else 0
-        self._queue.append(_Pending(op, fua or op is None, nbytes, future))
+        self._queue.append(_Pending(op, fua, nbytes, future))
         self._wakeup.set()
         await future
 
@@ -78,9 +79,11 @@ class GroupCommitter:
                 continue
             batch = self._take_batch()
             ops = [p.op for p in batch if p.op is not None]
-            sync = any(p.fua for p in batch)
+            fua = any(p.fua for p in batch if p.op is not None)
+            flush = any(p.op is None for p in batch)
+            sync = fua or flush
             try:
-                await loop.run_in_executor(self._executor, self._apply_batch, ops, sync)
+                await loop.run_in_executor(self._executor, self._apply_batch, ops, fua, flush)
                 results: list[BaseException | None] = [None] * len(batch)
             except (BlockmirrorError, OSError) as exc:
                 # Find out which request failed: redo them one by one (writes are
@@ -109,17 +112,22 @@ class GroupCommitter:
             batch.append(pending)
         return batch
 
-    def _apply_batch(self, ops: list[WriteOp], sync: bool) -> None:
+    def _apply_batch(self, ops: list[WriteOp], fua: bool, flush: bool) -> None:
+        # write_many(fua=True) syncs the volumes it touched; a flush must cover
+        # every volume (writes completed in earlier batches), so it syncs them all.
         if ops:
-            self._node.write_many(ops, fua=sync)
-        elif sync:
+            self._node.write_many(ops, fua=fua and not flush)
+        if flush:
             self._node.flush()
 
     def _apply_each(self, batch: list[_Pending]) -> list[BaseException | None]:
         results: list[BaseException | None] = []
         for pending in batch:
             try:
-                self._apply_batch([pending.op] if pending.op is not None else [], pending.fua)
+                if pending.op is None:
+                    self._apply_batch([], False, True)
+                else:
+                    self._apply_batch([pending.op], pending.fua, False)
                 results.append(None)
             except Exception as exc:
                 results.append(exc)
