@@ -1,0 +1,50 @@
+"""`blockmirror info DIR`: what a stopped node holds (volumes, snapshots, space)."""
+
+import argparse
+import json
+
+from blockmirror.storage import Node
+from blockmirror.units import format_size
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="show a node's volumes and snapshots (offline)",
+                       description="Show the volumes, snapshots and snapshot space of a node directory "
+                                   "that no daemon is serving.")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def describe(node: Node) -> dict:
+    space = {s.id: s for s in node.snapshot_space()}
+    return {
+        "node_uuid": node.node_uuid,
+        "chunk_size": node.chunk_size,
+        "volumes": [{"name": v.name, "uuid": v.uuid, "size": v.size,
+                     "allocated_bytes": sum(n for _, n in v.allocated_extents())}
+                    for v in node.volumes.values()],
+        "snapshots": [{"id": s.id, "label": s.label, "created_ns": s.created_ns, "pause_ns": s.pause_ns,
+                       "exceptions": space[s.id].exceptions, "space_bytes": space[s.id].data_bytes}
+                      for s in node.snapshots()],
+    }
+
+
+def run(args) -> int:
+    with Node.open(args.dir) as node:
+        info = describe(node)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"node {info['node_uuid']}  chunk size {format_size(info['chunk_size'])}")
+    print(f"{'VOLUME':<16} {'SIZE':>10} {'ALLOCATED':>10}  UUID")
+    for v in info["volumes"]:
+        print(f"{v['name']:<16} {format_size(v['size']):>10} {format_size(v['allocated_bytes']):>10}  {v['uuid']}")
+    if info["snapshots"]:
+        print(f"{'SNAPSHOT':>8} {'LABEL':<16} {'CHUNKS':>8} {'SPACE':>10} {'PAUSE':>9}")
+        for s in info["snapshots"]:
+            print(f"{s['id']:>8} {s['label']:<16} {s['exceptions']:>8} {format_size(s['space_bytes']):>10} "
+                  f"{s['pause_ns'] / 1e6:>7.2f}ms")
+    else:
+        print("no snapshots")
+    return 0
