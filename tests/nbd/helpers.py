@@ -126,3 +126,128 @@ def run(cmd: list[str], timeout: float = 60, **kw) -> subprocess.CompletedProces
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n"
                              f"stdout: {proc.stdout}\nstderr: {proc.stderr}")
     return proc
+
+
+class PrimaryProcess:
+    """`blockmirror primary DIR --nbd 127.0.0.1:0` as a real process."""
+
+    def __init__(self, node_dir: str, *extra: str, log_path: str | None = None):
+        self.node_dir = node_dir
+        self.log_path = log_path or os.path.join(os.path.dirname(node_dir.rstrip("/")), "primary.log")
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "blockmirror", "primary", node_dir, "--nbd", "127.0.0.1:0", *extra],
+            stdout=subprocess.PIPE, stderr=self._log, text=True)
+        self.ready_line = self._wait_ready()
+        m = re.fullmatch(r"serving (\d+) volumes? on nbd://127\.0\.0\.1:(\d+)", self.ready_line)
+        assert m, f"unexpected readiness line {self.ready_line!r}"
+        self.port = int(m.group(2))
+        self.uri = f"nbd://127.0.0.1:{self.port}"
+
+    def _wait_ready(self, timeout_s: float = 20) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.1)
+            if ready:
+                line = self.proc.stdout.readline()
+                if line:
+                    return line.strip()
+            if self.proc.poll() is not None:
+                break
+        self.proc.kill()
+        raise AssertionError(f"primary did not become ready; log:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        with open(self.log_path) as f:
+            return f.read()
+
+    def stop(self, sig=signal.SIGTERM, timeout_s: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"primary did not stop on {sig!r}; log:\n{self.log()}")
+        self._log.close()
+        return code
+
+
+# -- a minimal raw NBD client for handshake and framing tests ---------------------
+
+NBDMAGIC = 0x4E42444D41474943
+IHAVEOPT = 0x49484156454F5054
+REPLY_MAGIC = 0x3E889045565A9
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError(f"server closed the connection after {len(buf)} of {n} bytes")
+        buf += chunk
+    return bytes(buf)
+
+
+def is_closed(sock: socket.socket, timeout_s: float = 5) -> bool:
+    """True if the server closes the connection (EOF or reset) within timeout_s."""
+    sock.settimeout(timeout_s)
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+def raw_connect(port: int, client_flags: int = 3) -> socket.socket:
+    """Connect and do the greeting; returns the socket ready for options."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    magic, opt_magic, flags = struct.unpack(">QQH", recv_exactly(sock, 18))
+    assert (magic, opt_magic, flags) == (NBDMAGIC, IHAVEOPT, 3)
+    sock.sendall(struct.pack(">I", client_flags))
+    return sock
+
+
+def send_option(sock: socket.socket, option: int, data: bytes = b"") -> None:
+    sock.sendall(struct.pack(">QII", IHAVEOPT, option, len(data)) + data)
+
+
+def read_option_reply(sock: socket.socket) -> tuple[int, int, bytes]:
+    magic, option, reply, length = struct.unpack(">QIII", recv_exactly(sock, 20))
+    assert magic == REPLY_MAGIC
+    return option, reply, recv_exactly(sock, length)
+
+
+def raw_go(sock: socket.socket, name: str) -> tuple[int, int]:
+    """NBD_OPT_GO; returns (size, transmission flags)."""
+    encoded = name.encode()
+    send_option(sock, 7, struct.pack(">I", len(encoded)) + encoded + struct.pack(">H", 0))
+    size = flags = None
+    while True:
+        _, reply, data = read_option_reply(sock)
+        if reply == 3 and struct.unpack_from(">H", data)[0] == 0:
+            size, flags = struct.unpack_from(">QH", data, 2)
+        elif reply == 1:
+            return size, flags
+        elif reply != 3:
+            raise AssertionError(f"GO failed with reply 0x{reply:x}: {data!r}")
+
+
+def send_request(sock: socket.socket, cmd: int, cookie: int, offset: int, length: int,
+                 flags: int = 0, data: bytes = b"", magic: int = 0x25609513) -> None:
+    sock.sendall(struct.pack(">IHHQQI", magic, flags, cmd, cookie, offset, length) + data)
+
+
+def read_simple_reply(sock: socket.socket, read_length: int = 0) -> tuple[int, int, bytes]:
+    """(error, cookie, data); data is read only if error is 0."""
+    magic, error, cookie = struct.unpack(">IIQ", recv_exactly(sock, 16))
+    assert magic == 0x67446698
+    data = recv_exactly(sock, read_length) if error == 0 and read_length else b""
+    return error, cookie, data
