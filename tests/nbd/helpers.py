@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
 import select
 import signal
@@ -25,13 +26,15 @@ class MemoryExport:
 
     multi_conn = True
 
-    def __init__(self, name: str, size: int, read_only: bool = False, delay_s: float = 0.0):
+    def __init__(self, name: str, size: int, read_only: bool = False, delay_s: float = 0.0, seed: int = 0):
         self.name = name
         self.size = size
         self.read_only = read_only
         self.data = bytearray(size)
         self.durable = bytearray(size)
-        self.delay_s = delay_s
+        self.delay_s = delay_s  # each call sleeps a random time up to this (replies reorder)
+        self.rng = random.Random(seed)
+        self.gate: asyncio.Event | None = None  # if set, every call waits for it
         self.flushes = 0
         self.calls: list[tuple] = []
         self.max_concurrent = 0
@@ -42,8 +45,10 @@ class MemoryExport:
         self._concurrent += 1
         self.max_concurrent = max(self.max_concurrent, self._concurrent)
         try:
+            if self.gate is not None:
+                await self.gate.wait()
             if self.delay_s:
-                await asyncio.sleep(self.delay_s)
+                await asyncio.sleep(self.rng.random() * self.delay_s)
         finally:
             self._concurrent -= 1
 
