@@ -1,0 +1,98 @@
+"""Who may pair with whom: the local node's identity and the rules that
+compare it with the peer's Hello and volume list.
+
+Volumes are matched by name, not position, so the two configs may list them
+in any order; the primary's Attach order defines the wire volume index. A
+secondary volume with a nil UUID is unpaired and adopts the primary's UUID at
+its first full sync; any other UUID must equal the primary's, so a secondary
+never takes data meant for a different volume that happens to share a name.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from blockmirror.protocol.errors import ErrorCode, RemoteProtocolError
+from blockmirror.protocol.messages import (
+    NIL_UUID,
+    Hello,
+    Role,
+    VolumeInfo,
+    _name,
+    _u,
+    _uuid,
+    _volumes,
+)
+from blockmirror.units import format_size
+
+
+@dataclass(frozen=True)
+class LocalNode:
+    """What this node says about itself in the handshake. On a secondary,
+    `committed_generation`/`committed_seq` are its last durably committed
+    point (nil/0 when it has never received anything)."""
+
+    role: Role
+    node_uuid: uuid.UUID
+    pair_uuid: uuid.UUID
+    pair_name: str
+    volumes: tuple[VolumeInfo, ...]
+    committed_generation: uuid.UUID = NIL_UUID
+    committed_seq: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "role", Role(self.role))
+        _uuid("node_uuid", self.node_uuid)
+        _uuid("pair_uuid", self.pair_uuid)
+        _name("pair name", self.pair_name)
+        _volumes(self.volumes)
+        _uuid("committed_generation", self.committed_generation)
+        _u("committed_seq", self.committed_seq, 64)
+        if self.role is Role.PRIMARY:
+            for v in self.volumes:
+                if v.uuid == NIL_UUID:
+                    raise ValueError(f"primary volume {v.name!r} has a nil UUID")
+
+
+def check_peer_hello(local: LocalNode, hello: Hello) -> None:
+    """Refuse a peer with the same role or from another pair."""
+    if hello.role is local.role:
+        raise RemoteProtocolError(
+            ErrorCode.ROLE_CONFLICT,
+            f"both nodes are {local.role.name.lower()} for pair {local.pair_name!r}")
+    if hello.pair_uuid != local.pair_uuid or hello.pair_name != local.pair_name:
+        raise RemoteProtocolError(
+            ErrorCode.PAIR_MISMATCH,
+            f"peer belongs to pair {hello.pair_name!r} ({hello.pair_uuid}), "
+            f"this node to pair {local.pair_name!r} ({local.pair_uuid})")
+    if hello.node_uuid == local.node_uuid:
+        raise RemoteProtocolError(ErrorCode.PAIR_MISMATCH,
+                                  f"peer has this node's own UUID {local.node_uuid}: connected to itself?")
+
+
+def match_volumes(primary: tuple[VolumeInfo, ...], secondary: tuple[VolumeInfo, ...]) -> tuple[VolumeInfo, ...]:
+    """The secondary's volumes in the primary's order, or VOLUME_MISMATCH
+    naming every volume that differs."""
+    by_name = {v.name: v for v in secondary}
+    problems: list[str] = []
+    ordered: list[VolumeInfo] = []
+    for p in primary:
+        s = by_name.pop(p.name, None)
+        if s is None:
+            problems.append(f"volume {p.name!r} exists on the primary but not on the secondary")
+            continue
+        if s.size_bytes != p.size_bytes:
+            problems.append(f"volume {p.name!r} is {format_size(p.size_bytes)} ({p.size_bytes} bytes) on the "
+                            f"primary but {format_size(s.size_bytes)} ({s.size_bytes} bytes) on the secondary")
+        elif p.uuid == NIL_UUID:
+            problems.append(f"volume {p.name!r} has no UUID on the primary")
+        elif s.uuid not in (NIL_UUID, p.uuid):
+            problems.append(f"volume {p.name!r} on the secondary mirrors volume {s.uuid}, "
+                            f"not the primary's {p.uuid}")
+        ordered.append(s)
+    for name in by_name:
+        problems.append(f"volume {name!r} exists on the secondary but not on the primary")
+    if problems:
+        raise RemoteProtocolError(ErrorCode.VOLUME_MISMATCH, "; ".join(problems))
+    return tuple(ordered)
