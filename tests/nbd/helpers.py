@@ -163,7 +163,8 @@ class PrimaryProcess:
         raise AssertionError(f"primary did not become ready; log:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         with open(self.log_path) as f:
             return f.read()
 
