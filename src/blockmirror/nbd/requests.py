@@ -4,7 +4,7 @@
 `get_buffer()` (asyncio.BufferedProtocol), so request headers are parsed where
 the kernel put them, and a write payload that does not fit in what was
 already received is received straight into its own buffer: at most one copy
-of any payload byte, none for most of a large write.
+of any payload byte, none for most of a large write (see SMALL_WINDOW_BYTES).
 """
 
 from __future__ import annotations
@@ -15,6 +15,11 @@ from blockmirror.nbd import wire
 from blockmirror.nbd.wire import Cmd, Err
 
 RECEIVE_BUFFER_BYTES = 256 << 10
+# After a large write, offer the socket only a small window: the next request
+# is likely another large write, and its payload should then land in its own
+# buffer rather than be received here and copied.
+LARGE_WRITE_BYTES = 64 << 10
+SMALL_WINDOW_BYTES = 4096
 
 
 class ProtocolError(Exception):
@@ -43,6 +48,7 @@ class RequestReader:
         self._payload: bytearray | None = None
         self._payload_got = 0
         self._discard_left = 0  # bytes of an oversized payload still to drop
+        self._small_window = False
 
     @property
     def mid_request(self) -> bool:
@@ -63,6 +69,8 @@ class RequestReader:
             tail = bytes(self._view[self._start:self._end])
             self._buf[:len(tail)] = tail
             self._start, self._end = 0, len(tail)
+        if self._small_window:
+            return self._view[self._end:self._end + SMALL_WINDOW_BYTES]
         return self._view[self._end:]
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -102,6 +110,7 @@ class RequestReader:
             raise ProtocolError(f"bad request magic 0x{magic:08x}")
         start += wire.REQUEST_BYTES
         available -= wire.REQUEST_BYTES
+        self._small_window = cmd == Cmd.WRITE and length >= LARGE_WRITE_BYTES
         if cmd != Cmd.WRITE:
             self._start = start
             return Request(cmd, flags, cookie, offset, length)
