@@ -131,6 +131,7 @@ def test_crash_at_every_io_step(seed):
                 crashed += 1
             run.node.meta.close()  # the process died: uncommitted metadata is gone
             check_recovered(run, random.Random(seed * 1000 + k), f"seed={seed} crash at step {k} ({run.fs.trace[-1:]})")
+            run.fs.close()
         assert crashed == total
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -10,8 +10,10 @@ between any two I/O steps. Used by the crash tests and the simulator.
 
 from __future__ import annotations
 
+import itertools
 import posixpath
 import random
+import sqlite3
 
 from blockmirror.errors import NoSpace
 
@@ -128,8 +130,17 @@ class _MemFile:
                     pos = stop
 
 
+_instances = itertools.count()
+
+
 class CrashFileSystem:
+    """The metadata store lives in a shared in-memory SQLite database that
+    outlives the node's connection (as a file outlives a process): a crash
+    loses its open transaction, never a committed one."""
+
     def __init__(self, seed: int = 0):
+        self._meta_name = f"crashfs{next(_instances)}"
+        self._meta_keepers: dict[str, sqlite3.Connection] = {}
         self.epoch = 0
         self.steps = 0
         self.crash_at_step: int | None = None
@@ -154,6 +165,20 @@ class CrashFileSystem:
 
     def step(self, what: str) -> None:
         self._step(what)
+
+    def meta_uri(self, path: str, create: bool) -> str:
+        uri = f"file:{self._meta_name}{path}?mode=memory&cache=shared"
+        if path not in self._meta_keepers:
+            if not create:
+                raise FileNotFoundError(path)
+            self._meta_keepers[path] = sqlite3.connect(uri, uri=True, check_same_thread=False)
+        return uri
+
+    def close(self) -> None:
+        """Drop the in-memory metadata stores (end of a test or scenario)."""
+        for conn in self._meta_keepers.values():
+            conn.close()
+        self._meta_keepers.clear()
 
     def crash(self, rng: random.Random | None = None) -> None:
         """Lose the cache as a power failure would; every open handle dies."""

@@ -54,6 +54,8 @@ class FileSystem(Protocol):
     def makedirs(self, path: str) -> None: ...
     def sync_dir(self, path: str) -> None:
         """Make creations and removals of entries in `path` durable."""
+    def meta_uri(self, path: str, create: bool) -> str:
+        """The SQLite URI of the metadata store at `path`."""
     def step(self, what: str) -> None:
         """Marks an I/O step that is not a file call (a metadata commit), so a
         crash can be injected before it."""
@@ -162,6 +164,9 @@ class OsFileSystem:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def meta_uri(self, path: str, create: bool) -> str:
+        return f"file:{path}?mode={'rwc' if create else 'rw'}"
 
     def step(self, what: str) -> None:
         pass

@@ -80,12 +80,12 @@ class MetaStore:
         self._in_txn = False
 
     @classmethod
-    def connect(cls, path: str, step, create: bool = False, synchronous: str = "FULL") -> MetaStore:
-        mode = "rwc" if create else "rw"
+    def connect(cls, uri: str, step, create: bool = False, synchronous: str = "FULL") -> MetaStore:
+        """`uri` is an SQLite URI from `FileSystem.meta_uri` (a file, or a
+        shared in-memory database for the simulator)."""
+        path = uri
         try:
-            conn = sqlite3.connect(
-                f"file:{path}?mode={mode}", uri=True, isolation_level=None, check_same_thread=False
-            )
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={synchronous}")
             if create:
@@ -162,6 +162,10 @@ class MetaStore:
     def get(self, key: str, default=None):
         row = self._conn.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
         return default if row is None else row[0]
+
+    def keys(self, prefix: str) -> list[str]:
+        return [r[0] for r in self._conn.execute(
+            "SELECT key FROM kv WHERE key >= ? AND key < ? ORDER BY key", (prefix, prefix + "\uffff"))]
 
     @staticmethod
     def put(conn: sqlite3.Connection, key: str, value) -> None:

@@ -11,6 +11,7 @@ its chunks with one sync per COW file and one metadata commit: group commit.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import threading
@@ -135,9 +136,9 @@ class Node:
             if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
                 raise NodeError(f"{path} exists and is not an empty directory",
                                 hint="choose a new directory for the node")
-        os.makedirs(path, exist_ok=True)  # the metadata store is always a real file
-        db_path = os.path.join(path, DB_NAME)
-        meta = MetaStore.connect(db_path, fs.step, create=True, synchronous=meta_synchronous)
+        fs.makedirs(path)
+        db_uri = fs.meta_uri(os.path.join(path, DB_NAME), create=True)
+        meta = MetaStore.connect(db_uri, fs.step, create=True, synchronous=meta_synchronous)
         fs.makedirs(os.path.join(path, VOLUME_DIR))
         fs.makedirs(os.path.join(path, COW_DIR))
         try:
@@ -179,7 +180,7 @@ class Node:
                 raise NodeError(f"{path} is in use by another blockmirror process",
                                 hint=f"blockmirror status {path}") from None
         try:
-            meta = MetaStore.connect(db_path, fs.step, synchronous=meta_synchronous)
+            meta = MetaStore.connect(fs.meta_uri(db_path, create=False), fs.step, synchronous=meta_synchronous)
             return cls(path, fs, meta, lock_fd, clock_ns, monotonic_ns)
         except BaseException:
             if lock_fd is not None:
@@ -348,9 +349,11 @@ class Node:
             vol.file.sync()
 
     # -- snapshots -------------------------------------------------------------------
-    def snapshot(self, label: str = "") -> SnapshotInfo:
+    def snapshot(self, label: str = "", state: dict | None = None) -> SnapshotInfo:
         """Steps 64-70: pause writes to every volume, snapshot them all at one
-        instant, resume. O(1) in volume size: no data is copied."""
+        instant, resume. O(1) in volume size: no data is copied. `state`
+        (key/value pairs for the layers above, e.g. the unacknowledged writes
+        of step 68) commits atomically with the snapshot."""
         self.flush()  # most dirty data goes out before the pause starts
         start = self._monotonic_ns()
         with self.gate.paused():
@@ -363,10 +366,36 @@ class Node:
                         "INSERT INTO snapshots (label, created_ns, pause_ns) VALUES (?, ?, ?)",
                         (label, created, pause_ns))
                     snap_id = cur.lastrowid
+                    if state:
+                        self._put_state(conn, {k.format(snap=snap_id): v for k, v in state.items()})
                 self._tables[snap_id] = {v: BitMap() for v in self._by_id}
                 info = SnapshotInfo(snap_id, label, created, pause_ns)
                 self._snapshots[snap_id] = info
         return info
+
+    # -- key/value state of the layers above -----------------------------------------
+    @staticmethod
+    def _put_state(conn, state: dict) -> None:
+        for key, value in state.items():
+            if value is None:
+                conn.execute("DELETE FROM kv WHERE key=?", (key,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    def set_state(self, state: dict) -> None:
+        """Commit key/value pairs (JSON values; None deletes) in one transaction."""
+        with self._lock:
+            with self.meta.transaction("state") as conn:
+                self._put_state(conn, state)
+
+    def get_state(self, key: str, default=None):
+        with self._lock:
+            raw = self.meta.get(key)
+        return default if raw is None else json.loads(raw)
+
+    def state_keys(self, prefix: str) -> list[str]:
+        with self._lock:
+            return self.meta.keys(prefix)
 
     def snapshots(self) -> list[SnapshotInfo]:
         with self._lock:
