@@ -203,7 +203,7 @@ def test_fixed_chunk_sizes_decode_identically(chunk):
 def test_buffered_protocol_path_decodes_identically(chunk):
     """get_buffer/buffer_updated, as asyncio.BufferedProtocol uses them."""
     p, s = established_pair()
-    msgs, data = stream_of_writes(p)
+    msgs, data = stream_of_writes(p, count=6 if chunk == 1 else 20)
     got, pos = [], 0
     held = []  # views the "runtime" keeps alive: must not break the decoder
     while pos < len(data):
@@ -227,11 +227,13 @@ def test_received_data_does_not_alias_the_receive_buffer():
 
 
 def test_decoder_gives_back_memory_after_a_huge_chunk():
-    decoder = FrameDecoder({MessageType.HEARTBEAT})
-    frame = frame_bytes(Heartbeat(1))
-    decoder.feed(frame * 2_000_000)  # ~48 MB in one go
+    decoder = FrameDecoder({MessageType.WRITE})
+    frame = frame_bytes(Write(1, 0, 0, b"x" * WRITE_DATA_MAX_BYTES))
+    decoder.feed(frame * 6)  # ~25 MB in one go
+    frames = 0
     while decoder.next_frame() is not None:
-        pass
+        frames += 1
+    assert frames == 6
     assert len(decoder._buf) == RECEIVE_BUFFER_BYTES_INITIAL
 
 

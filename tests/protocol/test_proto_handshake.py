@@ -321,14 +321,28 @@ def test_attach_before_proof_is_refused():
 
 # --- local misuse ---------------------------------------------------------------
 
-def test_engine_cannot_send_handshake_messages_or_data_before_ready():
-    p = Connection(primary_node(), SECRET, random.Random(1).randbytes)
-    with pytest.raises(LocalProtocolError):
+def test_engine_cannot_send_handshake_messages():
+    p, s = make_pair()
+    handshake(p, s)
+    with pytest.raises(LocalProtocolError) as e:
         p.send(Attach(VOLUMES))
+    assert e.value.code is ErrorCode.UNEXPECTED_MESSAGE and p.state is State.ERROR
+    assert [type(m) for m in decode_all(p.data_to_send())] == [Error]
+
+
+def test_engine_cannot_send_data_before_ready():
+    p = Connection(primary_node(), SECRET, random.Random(1).randbytes)
     p.initiate()
     with pytest.raises(LocalProtocolError) as e:
         p.send(Write(1, 0, 0, b"x"))
     assert e.value.code is ErrorCode.UNEXPECTED_MESSAGE and p.state is State.ERROR
+
+
+def test_initiating_twice_is_a_local_error():
+    p = Connection(primary_node(), SECRET, random.Random(1).randbytes)
+    p.initiate()
+    with pytest.raises(LocalProtocolError):
+        p.initiate()
 
 
 def test_only_the_primary_initiates():

@@ -118,8 +118,10 @@ class Connection:
         """Like send(), but a Write/ResyncData's data comes back as its own,
         uncopied buffer (for transport.writelines / socket.sendmsg)."""
         if msg.TYPE in _HANDSHAKE_TYPES:
-            raise LocalProtocolError(ErrorCode.UNEXPECTED_MESSAGE,
-                                     f"{msg.TYPE.name} is sent by the connection itself")
+            err = LocalProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"{msg.TYPE.name} is sent by the connection itself")
+            if self.state is not State.CLOSED:
+                self._fail(err)
+            raise err
         self._process_send(msg)
         out = self._outgoing + encode_message(msg)
         self._outgoing = []
@@ -129,6 +131,8 @@ class Connection:
 
     def receive_data(self, data: Buffer) -> None:
         """Bytes from the peer; b"" means the peer closed its side."""
+        if self.state is State.ERROR:
+            return  # nothing more will be parsed; do not buffer it
         if self._decoder.eof:
             if memoryview(data).nbytes == 0:
                 return
@@ -223,7 +227,10 @@ class Connection:
 
     def _queue(self, msg: Message) -> None:
         """Send a message the connection originates (handshake)."""
-        self._machine.process(Direction.SEND, msg.TYPE)
+        try:
+            self._machine.process(Direction.SEND, msg.TYPE)
+        except StateViolation as v:  # only reachable by calling initiate() twice
+            raise LocalProtocolError(ErrorCode.UNEXPECTED_MESSAGE, str(v)) from None
         self._outgoing.extend(encode_message(msg))
 
     def _send_hello(self) -> None:
