@@ -3,7 +3,7 @@
 `blockmirror primary` vs nbdkit's file plugin, same machine, same client
 flags, both over TCP on 127.0.0.1. Median of 3 runs; prints MB/s and ratio.
 
-    .venv/bin/python bench/nbd_throughput.py [--size-mib 256] [--runs 3]
+    .venv/bin/python bench/nbd_throughput.py [--size-mib 256] [--runs 3] [--smoke]
 """
 
 from __future__ import annotations
@@ -54,14 +54,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--dir", default="/var/tmp", help="where the node and the images go (default: /var/tmp)")
+    parser.add_argument("--smoke", action="store_true", help="16 MiB, 1 run: checks the script still works")
     args = parser.parse_args()
+    if args.smoke:
+        args.size_mib, args.runs = 16, 1
     size = args.size_mib << 20
     for tool in ("nbdcopy", "nbdkit"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed (apt-get install libnbd-bin nbdkit)")
     from blockmirror.storage import Node
 
-    tmp = tempfile.mkdtemp(prefix="nbd-bench-")
+    tmp = tempfile.mkdtemp(prefix="nbd-bench-", dir=args.dir)
     procs: list[subprocess.Popen] = []
     try:
         source = os.path.join(tmp, "source.img")

@@ -23,7 +23,7 @@ from blockmirror.storage import Node, WriteOp
 
 log = logging.getLogger("blockmirror.nbd.local")
 
-IO_THREADS = 8
+IO_THREADS = 4  # reads in flight on the disk at once; more only contend for the GIL
 BATCH_OPS_MAX = 512
 BATCH_BYTES_MAX = 64 << 20
 
