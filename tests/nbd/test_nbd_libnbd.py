@@ -6,8 +6,7 @@ import random
 
 import nbd
 import pytest
-from conftest import VOL0_BYTES, read_volume
-from helpers import PrimaryProcess
+from nbd_helpers import VOL0_BYTES, PrimaryProcess, read_volume
 
 MiB = 1 << 20
 

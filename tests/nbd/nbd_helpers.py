@@ -16,8 +16,17 @@ import threading
 import time
 
 from blockmirror.nbd.server import NbdServer, ServerLimits
+from blockmirror.storage import Node
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+VOL0_BYTES = 64 << 20
+VOL1_BYTES = 16 << 20
+
+
+def read_volume(node_dir: str, name: str, offset: int = 0, length: int | None = None) -> bytes:
+    """Volume bytes as the storage sees them (the primary must be stopped)."""
+    with Node.open(node_dir) as node:
+        vol = node.volumes[name]
+        return vol.read(offset, vol.size - offset if length is None else length)
 
 
 class MemoryExport:

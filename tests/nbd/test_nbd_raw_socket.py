@@ -7,9 +7,8 @@ import socket
 import struct
 import time
 
-from conftest import read_volume
-from helpers import (is_closed, raw_connect, raw_go, read_option_reply, read_simple_reply, recv_exactly,
-                     send_option, send_request)
+from nbd_helpers import (is_closed, raw_connect, raw_go, read_option_reply, read_simple_reply, read_volume,
+                         recv_exactly, send_option, send_request)
 
 MiB = 1 << 20
 CMD_READ, CMD_WRITE, CMD_DISC = 0, 1, 2

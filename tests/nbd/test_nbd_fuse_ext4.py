@@ -7,8 +7,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import read_volume
-from helpers import run
+from nbd_helpers import read_volume, run
 
 
 def wait_for(path: str, timeout_s: float = 15) -> None:

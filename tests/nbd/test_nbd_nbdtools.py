@@ -4,8 +4,7 @@ import json
 import os
 import subprocess
 
-from conftest import VOL0_BYTES, VOL1_BYTES, read_volume
-from helpers import run
+from nbd_helpers import VOL0_BYTES, VOL1_BYTES, read_volume, run
 
 
 def test_nbdinfo_list_shows_every_volume_with_its_size(primary):

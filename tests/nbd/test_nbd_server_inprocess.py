@@ -11,8 +11,8 @@ import time
 
 import nbd
 import pytest
-from helpers import (MemoryExport, ServerThread, is_closed, raw_connect, raw_go, read_simple_reply,
-                     recv_exactly, send_request)
+from nbd_helpers import (MemoryExport, ServerThread, is_closed, raw_connect, raw_go, read_simple_reply,
+                         recv_exactly, send_request)
 
 from blockmirror.nbd.server import ServerLimits
 

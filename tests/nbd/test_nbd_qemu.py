@@ -3,8 +3,7 @@
 import random
 import subprocess
 
-from conftest import VOL1_BYTES, read_volume
-from helpers import run
+from nbd_helpers import VOL1_BYTES, read_volume, run
 
 MiB = 1 << 20
 

@@ -8,7 +8,7 @@ import sys
 
 import nbd
 import pytest
-from helpers import PrimaryProcess
+from nbd_helpers import PrimaryProcess
 
 from blockmirror.cli.primary import parse_host_port
 from blockmirror.errors import ConfigError
