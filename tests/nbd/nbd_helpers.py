@@ -71,8 +71,8 @@ class MemoryExport:
         if fua:
             self.durable[offset:offset + len(data)] = data
 
-    async def write_zeroes(self, offset, length, fua):
-        await self._enter(("zero", offset, length, fua))
+    async def write_zeroes(self, offset, length, fua, no_hole):
+        await self._enter(("zero", offset, length, fua, no_hole))
         self.data[offset:offset + length] = bytes(length)
         if fua:
             self.durable[offset:offset + length] = bytes(length)

@@ -45,7 +45,7 @@ def power_cut_scenario(tmp_path, seed: int) -> bool:
         local.start()
         vol0, vol1 = local.exports
         await vol1.write(0, b"A" * 4096, fua=False)
-        await vol1.write_zeroes(4096, 4096, fua=False)
+        await vol1.write_zeroes(4096, 4096, fua=False, no_hole=False)
         await vol0.flush()  # a flush on any export covers writes completed on every volume
         await vol0.write(8192, b"B" * 4096, fua=True)
         await vol1.write(65536, b"C" * 65536, fua=False)  # never flushed
@@ -100,3 +100,26 @@ def test_a_failing_write_in_a_batch_fails_only_itself():
     assert [type(r).__name__ for r in results] == ["NoneType", "NoneType", "NoSpace", "NoneType", "NoneType", "NoneType"]
     assert [off for _, off in node.applied if off != 1] == [2, 4, 5]  # retried in order, 13 never applied
     assert node.flushes >= 1
+
+
+def test_write_zeroes_with_no_hole_stays_allocated_and_without_it_is_punched(tmp_path):
+    node = Node.create(str(tmp_path / "node"), {"vol0": 8 * MiB})
+
+    async def main():
+        local = LocalNodeExports(node)
+        local.start()
+        (vol0,) = local.exports
+        await vol0.write(0, b"\x01" * (8 * MiB), fua=False)
+        await vol0.write_zeroes(MiB, 2 * MiB, fua=True, no_hole=True)
+        await vol0.write_zeroes(4 * MiB, 2 * MiB, fua=True, no_hole=False)
+        data = await vol0.read(0, 8 * MiB)
+        extents = node.volumes["vol0"].allocated_extents()
+        await local.close()
+        return data, extents
+
+    data, extents = asyncio.run(main())
+    assert data == b"\x01" * MiB + bytes(2 * MiB) + b"\x01" * MiB + bytes(2 * MiB) + b"\x01" * (2 * MiB)
+    allocated = set()
+    for start, length in extents:
+        allocated.update(range(start // MiB, (start + length) // MiB))
+    assert allocated == {0, 1, 2, 3, 6, 7}  # NO_HOLE MiBs 1-2 allocated; MiBs 4-5 punched

@@ -147,6 +147,7 @@ class LocalExport:
         self.name = volume_name
         self.size = self._volume.size
         self.read_only = read_only
+        self._zeroes: memoryview | None = None  # for NO_HOLE write-zeroes
 
     async def read(self, offset: int, length: int) -> bytes:
         if length == 0:
@@ -158,8 +159,11 @@ class LocalExport:
             return
         await self._committer.submit(WriteOp(self.name, offset, data, len(data), "write"), fua)
 
-    async def write_zeroes(self, offset: int, length: int, fua: bool) -> None:
-        await self._submit_ranges("zero", offset, length, fua)
+    async def write_zeroes(self, offset: int, length: int, fua: bool, no_hole: bool) -> None:
+        # NO_HOLE: the range must stay allocated, so zeroes are written, not
+        # punched; they come from one calloc'd buffer whose pages the kernel
+        # maps to the zero page, so it costs no memory.
+        await self._submit_ranges("write" if no_hole else "zero", offset, length, fua)
 
     async def trim(self, offset: int, length: int, fua: bool) -> None:
         await self._submit_ranges("trim", offset, length, fua)
@@ -171,7 +175,13 @@ class LocalExport:
         # Zeroing or trimming a whole volume is one NBD request; the storage gets
         # it in pieces no larger than a payload so no single op is unbounded.
         step = wire.MAX_PAYLOAD_BYTES
-        pieces = [WriteOp(self.name, pos, None, min(step, offset + length - pos), kind)
+        zeroes = None
+        if kind == "write":
+            if self._zeroes is None:
+                self._zeroes = memoryview(bytes(step))
+            zeroes = self._zeroes
+        pieces = [WriteOp(self.name, pos, None if zeroes is None else zeroes[:min(step, offset + length - pos)],
+                          min(step, offset + length - pos), kind)
                   for pos in range(offset, offset + length, step)]
         if pieces:
             await asyncio.gather(*(self._committer.submit(op, fua) for op in pieces))

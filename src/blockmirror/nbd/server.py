@@ -310,7 +310,8 @@ class NbdConnection(asyncio.BufferedProtocol):
             elif cmd == Cmd.WRITE:
                 await export.write(request.offset, request.data, fua)
             elif cmd == Cmd.WRITE_ZEROES:
-                await export.write_zeroes(request.offset, request.length, fua)
+                await export.write_zeroes(request.offset, request.length, fua,
+                                          bool(request.flags & wire.CMD_FLAG_NO_HOLE))
             elif cmd == Cmd.TRIM:
                 await export.trim(request.offset, request.length, fua)
             elif cmd == Cmd.FLUSH:
