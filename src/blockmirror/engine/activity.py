@@ -1,0 +1,75 @@
+"""The primary's activity log: the regions that may differ between the two
+nodes after a primary crash.
+
+A region becomes hot, durably, before the first write to it that the
+secondary has not acknowledged; it cools once every such write is acknowledged
+and the volume has been synced locally. After an unclean stop, the hot
+regions are added to the resync (like DRBD's activity log): one metadata
+commit when a region first turns hot, not one per write.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from blockmirror.storage import Node
+
+K_ACTIVITY = "primary.activity"
+
+
+class ActivityLog:
+    def __init__(self, node: Node, region_bytes: int):
+        self.node = node
+        self.region_bytes = region_bytes
+        self.durable: set[tuple[int, int]] = {tuple(r) for r in node.get_state(K_ACTIVITY, [])}
+        self._pending = Counter()  # (volume index, region) -> unacknowledged writes
+
+    def regions(self, volume: int, offset: int, length: int) -> range:
+        if length <= 0:
+            return range(0)
+        return range(offset // self.region_bytes, (offset + length - 1) // self.region_bytes + 1)
+
+    def mark(self, extents: list[tuple[int, int, int]]) -> None:
+        """Before these writes are issued: make their regions durably hot."""
+        new = set()
+        for vol, off, length in extents:
+            for r in self.regions(vol, off, length):
+                key = (vol, r)
+                self._pending[key] += 1
+                if key not in self.durable:
+                    new.add(key)
+        if new:
+            self.durable |= new
+            self.node.set_state({K_ACTIVITY: sorted(self.durable)})
+
+    def release(self, extents: list[tuple[int, int, int]]) -> None:
+        """These writes are acknowledged (or now covered by a snapshot's record)."""
+        for vol, off, length in extents:
+            for r in self.regions(vol, off, length):
+                key = (vol, r)
+                self._pending[key] -= 1
+                if self._pending[key] <= 0:
+                    del self._pending[key]
+
+    def checkpoint(self) -> bool:
+        """Cool the regions with nothing pending, after a local sync. True if
+        anything changed."""
+        cold = {k for k in self.durable if k not in self._pending}
+        if not cold:
+            return False
+        self.node.flush()
+        self.durable -= cold
+        self.node.set_state({K_ACTIVITY: sorted(self.durable) or None})
+        return True
+
+    def hot_extents(self, sizes: list[int]) -> list[tuple[int, int, int]]:
+        out = []
+        for vol, r in sorted(self.durable):
+            off = r * self.region_bytes
+            if vol < len(sizes) and off < sizes[vol]:
+                out.append((vol, off, min(self.region_bytes, sizes[vol] - off)))
+        return out
+
+    def clear(self) -> None:
+        self.durable.clear()
+        self._pending.clear()

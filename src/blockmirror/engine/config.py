@@ -1,0 +1,39 @@
+"""Engine settings. Units are in the names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MODES = ("sync", "async")
+
+
+@dataclass(frozen=True)
+class PrimaryConfig:
+    mode: str = "async"
+    window_bytes_max: int = 8 << 20       # async lag bound; host writes wait beyond it
+    window_writes_max: int = 4096
+    heartbeat_interval_s: float = 1.0
+    link_timeout_s: float = 5.0           # no message for this long = link down (black hole)
+    reconnect_min_s: float = 0.2
+    reconnect_max_s: float = 10.0
+    final_round_bytes_max: int = 4 << 20  # a round this small ends in live mirroring
+    rounds_max: int = 8                   # then the last round ends in live mirroring anyway
+    resync_extent_bytes_max: int = 1 << 20
+    resync_unconfirmed_bytes_max: int = 64 << 20  # resync data in flight, not yet acked by a heartbeat
+    activity_region_bytes: int = 4 << 20  # hot-region granularity of the activity log
+    activity_checkpoint_s: float = 1.0
+    # Deliberately broken behaviours, for the test suite's mutation checks only.
+    mutations: frozenset = frozenset()
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
+
+
+@dataclass(frozen=True)
+class SecondaryConfig:
+    heartbeat_interval_s: float = 1.0
+    link_timeout_s: float = 5.0
+    journal_checkpoint_bytes: int = 64 << 20  # apply-and-truncate the journal beyond this
+    journal_checkpoint_s: float = 5.0
+    mutations: frozenset = frozenset()  # test suite's mutation checks only
