@@ -40,6 +40,7 @@ from blockmirror.engine.config import PrimaryConfig
 from blockmirror.errors import BlockmirrorError
 from blockmirror.protocol import (
     NIL_UUID,
+    WRITE_DATA_MAX_BYTES,
     Ack,
     Established,
     Goodbye,
@@ -59,7 +60,8 @@ log = logging.getLogger("blockmirror.primary")
 
 K_GENERATION = "primary.generation"
 K_CLEAN = "primary.clean"
-K_BASE = "primary.base."  # + snapshot id: the record that makes it a resync base
+K_BASE = "primary.base."
+ZERO_EXTENT_BYTES_MAX = 1 << 30  # + snapshot id: the record that makes it a resync base
 
 INITIAL_SYNC = "initial-sync"
 MIRRORING = "mirroring"
@@ -280,19 +282,26 @@ class PrimaryEngine:
                 if self.observer:
                     self.observer.applied(it.token, it.op, None, None)
                 continue
-            self.seq += 1
             op = it.op
-            if op.kind == "write":
-                msg = Write(self.seq, extent[0], op.offset, op.data)
-            else:
-                msg = WriteZeroes(self.seq, extent[0], op.offset, op.length)
-            if self.round is not None and not self.round.commit_sent:
-                self.live_queue.append(msg)
-            else:
-                self.outbox.append(msg)
             sync = self.config.mode == "sync"
-            self.inflight[self.seq] = _Inflight(it.token if sync else None, extent, op.nbytes)
-            self.inflight_bytes += op.nbytes
+            # One seq per wire message; a host write larger than a message spans several.
+            step = WRITE_DATA_MAX_BYTES
+            for pos in range(0, max(op.nbytes, 1), step):
+                n = min(step, op.nbytes - pos)
+                self.seq += 1
+                if op.kind == "write":
+                    msg = Write(self.seq, extent[0], op.offset + pos, memoryview(op.data)[pos:pos + n] if op.nbytes > step
+                                else op.data)
+                else:
+                    msg = WriteZeroes(self.seq, extent[0], op.offset + pos, n)
+                if self.round is not None and not self.round.commit_sent:
+                    self.live_queue.append(msg)
+                else:
+                    self.outbox.append(msg)
+                last = pos + step >= op.nbytes
+                self.inflight[self.seq] = _Inflight(it.token if (sync and last) else None,
+                                                    (extent[0], op.offset + pos, n), n)
+                self.inflight_bytes += n
             if not sync:
                 self.completions.append((it.token, None))
             if self.observer:
@@ -386,10 +395,11 @@ class PrimaryEngine:
         rnd = _Round(self._round_ids, kind, base, base_gen, info.id, target_gen, final, self.seq, chunks, now,
                      total_chunks=total_chunks, total_bytes=total_bytes)
         rnd.cursor = self._extents(rnd)
+        extent_count = sum(1 for _ in self._extents(rnd))
         self.round = rnd
         self.live = final
         self.state = INITIAL_SYNC if kind == "full" else RESYNCING
-        self.outbox.append(ResyncBegin(rnd.id, base_gen, target_gen, max(total_chunks, 1), total_bytes))
+        self.outbox.append(ResyncBegin(rnd.id, base_gen, target_gen, max(extent_count, 1), total_bytes))
         if self.observer:
             self.observer.round_started(target_gen, base_gen, self.seq, kind, chunks)
         log.info("round %d (%s%s): %d chunks, %d bytes", rnd.id, kind, ", final" if final else "",
@@ -398,21 +408,39 @@ class PrimaryEngine:
     def _chunk_bytes(self, vol: int, chunk: int) -> int:
         return min(self.chunk_size, self.sizes[vol] - chunk * self.chunk_size)
 
-    def _extents(self, rnd: _Round):
-        """The round's chunks in disk order, joined into extents read from the
-        stable image T."""
+    def _runs(self, chunks: BitMap):
+        """(first, count) runs of consecutive chunks, each at most one extent."""
         step_max = max(1, self.config.resync_extent_bytes_max // self.chunk_size)
-        for vol, chunks in enumerate(rnd.chunks):
-            run_start = run_len = None
-            for c in chunks:
-                if run_start is not None and c == run_start + run_len and run_len < step_max:
-                    run_len += 1
-                    continue
-                if run_start is not None:
-                    yield vol, run_start, run_len
-                run_start, run_len = c, 1
+        run_start = run_len = None
+        for c in chunks:
+            if run_start is not None and c == run_start + run_len and run_len < step_max:
+                run_len += 1
+                continue
             if run_start is not None:
-                yield vol, run_start, run_len
+                yield run_start, run_len
+            run_start, run_len = c, 1
+        if run_start is not None:
+            yield run_start, run_len
+
+    def _extents(self, rnd: _Round):
+        """The round's extents in disk order: ('data', vol, first, count)
+        read from the stable image T; a full round also covers every hole with
+        ('zero', ...) so stale data on the secondary is cleared without
+        sending zero bytes."""
+        for vol, chunks in enumerate(rnd.chunks):
+            pos = 0
+            for first, count in self._runs(chunks):
+                if rnd.kind == "full" and first > pos:
+                    yield from self._zero_runs(vol, pos, first)
+                yield "data", vol, first, count
+                pos = first + count
+            if rnd.kind == "full":
+                yield from self._zero_runs(vol, pos, -(-self.sizes[vol] // self.chunk_size))
+
+    def _zero_runs(self, vol: int, first: int, end: int):
+        step = max(1, ZERO_EXTENT_BYTES_MAX // self.chunk_size)
+        for c in range(first, end, step):
+            yield "zero", vol, c, min(step, end - c)
 
     def poll_transmit(self, now: float, budget_bytes: int = 1 << 62) -> list:
         """Messages to send now, in stream order, up to about `budget_bytes`."""
@@ -428,6 +456,10 @@ class PrimaryEngine:
             while budget_bytes > 0:
                 nxt = next(rnd.cursor, None)
                 if nxt is None:
+                    # Before the commit leaves: if it lands and we crash, T must
+                    # still be known as the base of the secondary's new generation.
+                    self.node.set_state({K_BASE + str(rnd.target): {
+                        "generation": str(rnd.target_generation), "acked_seq": rnd.commit_seq, "unacked": []}})
                     out.append(ResyncCommit(rnd.id, rnd.target_generation, rnd.commit_seq,
                                             rnd.extents_sent, rnd.data_bytes_sent))
                     rnd.commit_sent = True
@@ -435,11 +467,15 @@ class PrimaryEngine:
                     self.outbox.extend(self.live_queue)
                     self.live_queue.clear()
                     break
-                vol, first, count = nxt
+                kind, vol, first, count = nxt
                 off = first * self.chunk_size
                 length = min(count * self.chunk_size, self.sizes[vol] - off)
-                data = self.node.read_snapshot(rnd.target, self.names[vol], off, length)
                 rnd.extents_sent += 1
+                if kind == "zero":
+                    out.append(ResyncZeroes(rnd.id, vol, off, length))
+                    budget_bytes -= 64
+                    continue
+                data = self.node.read_snapshot(rnd.target, self.names[vol], off, length)
                 rnd.chunks_sent += count
                 if data.count(0) == len(data):
                     out.append(ResyncZeroes(rnd.id, vol, off, length))

@@ -21,6 +21,8 @@ from __future__ import annotations
 import logging
 import random
 import uuid
+
+import xxhash
 from dataclasses import dataclass, field
 
 from pyroaring import BitMap
@@ -36,6 +38,7 @@ from blockmirror.engine import (
 )
 from blockmirror.errors import BlockmirrorError
 from blockmirror.protocol import (
+    Ack,
     Connection,
     ConnectionClosed,
     Error,
@@ -87,7 +90,7 @@ class _Side:
 
 
 class Scenario:
-    def __init__(self, seed: int, mutations: frozenset = frozenset(), safety_s: float = 20.0,
+    def __init__(self, seed: int, mutations: frozenset = frozenset(), safety_s: float = 8.0,
                  liveness_s: float = 400.0):
         self.seed = seed
         self.rng = random.Random(seed)
@@ -104,7 +107,7 @@ class Scenario:
         self.fault_weights = {f: rng.choice((0, 1, 1, 3)) for f in FAULTS}
         if not any(self.fault_weights.values()):
             self.fault_weights["cut"] = 1
-        self.fault_rate = rng.uniform(0.05, 0.4)  # faults per second
+        self.fault_rate = rng.uniform(0.1, 0.8)  # faults per second
         self.write_rate = rng.uniform(3, 15)  # host ops per second
         self.pconfig = PrimaryConfig(
             mode=self.mode, window_bytes_max=rng.choice((8, 32, 128)) * 1024,
@@ -125,7 +128,11 @@ class Scenario:
         self.conn_ids = 0
         self.tokens = 0
         self.token_info: dict[int, tuple] = {}
+        self.pending_ops: dict[int, WriteOp] = {}
         self.sync_acked_point = 0
+        self.claimed = ("", 0)  # (generation, seq) the secondary last acknowledged
+        self.probes = 0
+        self.probe_rate = rng.choice((0.0, 0.05, 0.2))
         self.secondary_point = 0
         self.crashed_hot: list[BitMap] = [BitMap() for _ in self.sizes]
         self.host_writes = 0
@@ -174,7 +181,6 @@ class Scenario:
         self.log(f"{side.name} up")
 
     def _crash(self, side: _Side, where: str) -> None:
-        self.faults["crash-" + side.name] = self.faults.get("crash-" + side.name, 0)
         self.log(f"{side.name} CRASH {where} ({side.fs.trace[-1:]})")
         if self.net.conn is not None:
             self._close_conn(side, "peer crashed", local_notice=False)
@@ -188,6 +194,13 @@ class Scenario:
         side.up = False
         side.restart_at = self.now + self.rng.uniform(0.3, 3.0)
         if side is self.primary:
+            # Writes the host issued and never saw complete may or may not have
+            # landed (and their chunks may be preserved): a resync may name them.
+            for op in self.pending_ops.values():
+                vol = self.names.index(op.volume)
+                if op.nbytes:
+                    self.crashed_hot[vol].add_range(op.offset // CHUNK, (op.offset + op.nbytes - 1) // CHUNK + 1)
+            self.pending_ops.clear()
             # The primary's history continues from what its disk kept.
             node = Node.open(side.path, fs=side.fs, meta_synchronous="OFF")
             image = b"".join(node.volumes[n].read(0, s) for n, s in zip(self.names, self.sizes))
@@ -237,6 +250,7 @@ class Scenario:
     def _take_completions(self) -> None:
         eng = self.primary.engine
         for token, err in eng.take_completions():
+            self.pending_ops.pop(token, None)
             info = self.token_info.pop(token, None)
             if (self.mode == "sync" and err is None and info is not None and info[1] is not None
                     and eng.linked and eng.state == MIRRORING):
@@ -257,7 +271,6 @@ class Scenario:
         point = self.model.point_of(gen, eng.seq)
         if point is None:
             raise Violation(f"{when}: secondary at generation {gen} seq {eng.seq}, a point the primary never had")
-        import xxhash
         if xxhash.xxh3_64_intdigest(self._secondary_image()) != self.model.hashes[point]:
             raise Violation(f"{when}: secondary image is not the primary's image at point {point} "
                             f"(generation {gen[:8]} seq {eng.seq})")
@@ -267,6 +280,33 @@ class Scenario:
             raise Violation(f"{when}: sync-mode write acknowledged at point {self.sync_acked_point} is missing "
                             f"(secondary recovered to point {point})")
         self.secondary_point = point
+
+    def _probe_secondary(self) -> None:
+        """What would a crash of the secondary right now leave? Crash a copy
+        of its disk, recover it, and check it holds every write it has
+        acknowledged, at a point of the primary's history."""
+        self.probes += 1
+        side = self.secondary
+        clone = side.fs.clone(self.rng.randrange(1 << 30))
+        node = None
+        try:
+            clone.crash(random.Random(self.rng.random()))
+            node = Node.open(side.path, fs=clone, meta_synchronous="OFF")
+            eng = SecondaryEngine(node, self.sconfig, self.now)
+            gen, seq = str(eng.generation), eng.seq
+            if gen == self.claimed[0] and seq < self.claimed[1]:
+                raise Violation(f"the secondary acknowledged seq {self.claimed[1]} but a crash now "
+                                f"recovers it to seq {seq}")
+            if not eng.inconsistent and eng.generation.int:
+                point = self.model.point_of(gen, seq)
+                image = b"".join(node.volumes[n].read(0, s) for n, s in zip(self.names, self.sizes))
+                if point is None or xxhash.xxh3_64_intdigest(image) != self.model.hashes[point]:
+                    raise Violation(f"a crash of the secondary now would leave an image that is no point "
+                                    f"of the primary's history (generation {gen[:8]} seq {seq})")
+        finally:
+            if node is not None:
+                node.close()
+            clone.close()
 
     # -- connections -------------------------------------------------------------------------
     def _connect(self) -> None:
@@ -377,6 +417,10 @@ class Scenario:
             self.net.send(self.now, conn.to_secondary, conn.p_conn.data_to_send())
         if s.up and conn.secondary_attached:
             for msg in s.engine.take_outbox():
+                if isinstance(msg, Ack) and msg.seq > self.claimed[1]:
+                    self.claimed = (str(s.engine.generation), msg.seq)
+                    if self.rng.random() < self.probe_rate:
+                        self._probe_secondary()
                 self.net.send(self.now, conn.to_primary, conn.s_conn.send(msg))
         if s.up:
             self.net.send(self.now, conn.to_primary, conn.s_conn.data_to_send())
@@ -415,6 +459,9 @@ class Scenario:
             self.tokens += 1
             items.append(HostFlush(self.tokens))
         self.host_writes += count
+        for it in items:
+            if isinstance(it, HostWrite):
+                self.pending_ops[it.token] = it.op
         self._call(p, p.engine.submit, self.now, items)
 
     # -- faults --------------------------------------------------------------------------------

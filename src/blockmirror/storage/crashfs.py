@@ -174,6 +174,28 @@ class CrashFileSystem:
             self._meta_keepers[path] = sqlite3.connect(uri, uri=True, check_same_thread=False)
         return uri
 
+    def clone(self, seed: int) -> CrashFileSystem:
+        """A copy of this disk, cache included, that can be crashed and
+        recovered without touching the original (the simulator's probe of
+        what a crash right now would leave)."""
+        c = CrashFileSystem(seed)
+        c._content = {p: bytearray(b) for p, b in self._content.items()}
+        c._visible = set(self._visible)
+        c._entries_durable = set(self._entries_durable)
+        c._dirs = set(self._dirs)
+        for path, f in self._open.items():
+            if f.epoch != self.epoch or path not in c._content:
+                continue
+            nf = _MemFile(c, path, c._content[path])
+            nf.current = bytearray(f.current)
+            nf.pending = list(f.pending)
+            c._open[path] = nf
+        for path, conn in self._meta_keepers.items():
+            dst = sqlite3.connect(c.meta_uri(path, create=True), uri=True)
+            conn.backup(dst)
+            dst.close()
+        return c
+
     def close(self) -> None:
         """Drop the in-memory metadata stores (end of a test or scenario)."""
         for conn in self._meta_keepers.values():
