@@ -33,7 +33,11 @@ CREATE TABLE snapshots (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     label TEXT NOT NULL,
     created_ns INTEGER NOT NULL,
-    pause_ns INTEGER NOT NULL DEFAULT 0
+    pause_ns INTEGER NOT NULL DEFAULT 0,
+    -- 0 until every volume was synced after the snapshot: a crash before that
+    -- may have lost writes issued (not flushed) before it, so its image can
+    -- lack them; its exception table is complete either way.
+    sealed INTEGER NOT NULL DEFAULT 1
 );
 -- One row per preserved chunk. `file` names the COW data file (the snapshot
 -- that first preserved it: rows move to an older snapshot when a snapshot is
@@ -71,6 +75,7 @@ class SnapshotRecord:
     label: str
     created_ns: int
     pause_ns: int
+    sealed: bool
 
 
 class MetaStore:
@@ -126,8 +131,8 @@ class MetaStore:
             "SELECT id, name, uuid, size_bytes FROM volumes ORDER BY id")]
 
     def snapshots(self) -> list[SnapshotRecord]:
-        return [SnapshotRecord(*r) for r in self._conn.execute(
-            "SELECT id, label, created_ns, pause_ns FROM snapshots ORDER BY id")]
+        return [SnapshotRecord(r[0], r[1], r[2], r[3], bool(r[4])) for r in self._conn.execute(
+            "SELECT id, label, created_ns, pause_ns, sealed FROM snapshots ORDER BY id")]
 
     # -- exception tables ----------------------------------------------------
     def load_table(self, snap: int, vol: int) -> BitMap:

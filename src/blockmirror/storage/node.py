@@ -57,7 +57,8 @@ class SnapshotInfo:
     id: int
     label: str
     created_ns: int
-    pause_ns: int
+    pause_ns: int  # how long writers were kept out (drain + metadata commit)
+    sealed: bool = True  # False only after a crash between its commit and its volume sync
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class Node:
             self.volumes[rec.name] = vol
             self._by_id[rec.id] = vol
         self._snapshots: dict[int, SnapshotInfo] = {
-            r.id: SnapshotInfo(r.id, r.label, r.created_ns, r.pause_ns) for r in meta.snapshots()}
+            r.id: SnapshotInfo(r.id, r.label, r.created_ns, r.pause_ns, r.sealed) for r in meta.snapshots()}
         # Exception-table chunk sets per snapshot and volume id.
         self._tables: dict[int, dict[int, BitMap]] = {
             s: {v: meta.load_table(s, v) for v in self._by_id} for s in self._snapshots}
@@ -317,7 +318,8 @@ class Node:
                 cow = None
                 for chunk in chunks:
                     original = vol.file.pread(chunk * self.chunk_size, vol.chunk_bytes(chunk))
-                    if original == self._zero_chunk or original.count(0) == len(original):
+                    zero = self._zero_chunk if len(original) == self.chunk_size else bytes(len(original))
+                    if original == zero:
                         rows.append((snap, vid, chunk, snap, None))
                         continue
                     if cow is None:
@@ -353,23 +355,35 @@ class Node:
         """Steps 64-70: pause writes to every volume, snapshot them all at one
         instant, resume. O(1) in volume size: no data is copied. `state`
         (key/value pairs for the layers above, e.g. the unacknowledged writes
-        of step 68) commits atomically with the snapshot."""
+        of step 68) commits atomically with the snapshot.
+
+        The pause holds only the drain of in-flight writes and one metadata
+        commit: copy-on-write starts at that commit, and originals are read
+        through the page cache, so the image is right from then on. The
+        volumes are synced after the writers are let go, and the snapshot is
+        then sealed: a crash before the seal may have lost writes that were
+        issued (not flushed) before the snapshot, and its image lacks them,
+        as the volume does. Its exception table is complete either way."""
         self.flush()  # most dirty data goes out before the pause starts
         start = self._monotonic_ns()
         with self.gate.paused():
-            self.flush()  # a snapshot's image must survive a crash
             with self._lock:
                 created = self._clock_ns()
-                pause_ns = self._monotonic_ns() - start
                 with self.meta.transaction("snapshot") as conn:
                     cur = conn.execute(
-                        "INSERT INTO snapshots (label, created_ns, pause_ns) VALUES (?, ?, ?)",
-                        (label, created, pause_ns))
+                        "INSERT INTO snapshots (label, created_ns, sealed) VALUES (?, ?, 0)", (label, created))
                     snap_id = cur.lastrowid
                     if state:
                         self._put_state(conn, {k.format(snap=snap_id): v for k, v in state.items()})
                 self._tables[snap_id] = {v: BitMap() for v in self._by_id}
-                info = SnapshotInfo(snap_id, label, created, pause_ns)
+                pause_ns = self._monotonic_ns() - start
+                self._snapshots[snap_id] = SnapshotInfo(snap_id, label, created, pause_ns, False)
+        self.flush()
+        with self._lock:
+            with self.meta.transaction("seal") as conn:
+                conn.execute("UPDATE snapshots SET sealed=1, pause_ns=? WHERE id=?", (pause_ns, snap_id))
+            if snap_id in self._snapshots:
+                info = SnapshotInfo(snap_id, label, created, pause_ns, True)
                 self._snapshots[snap_id] = info
         return info
 
