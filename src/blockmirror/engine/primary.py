@@ -161,6 +161,7 @@ class PrimaryEngine:
         self._next_heartbeat = now
         self._reconnect_at = now
         self._attempts = 0
+        self._connect_deadline: float | None = None
         self._next_activity_checkpoint = now + config.activity_checkpoint_s
         self._pending_flushes: list[tuple[int, Any]] = []
         self._recover(now)
@@ -318,10 +319,13 @@ class PrimaryEngine:
 
     def connecting(self, now: float) -> None:
         """The driver started a connection attempt; no reconnect timer until
-        it ends (link_up, or connect_failed)."""
+        it ends (link_up, or connect_failed). A handshake that has not
+        finished within link_timeout_s is given up (on_timer returns False)."""
         self._reconnect_at = float("inf")
+        self._connect_deadline = now + self.config.link_timeout_s
 
     def connect_failed(self, now: float, reason: str) -> None:
+        self._connect_deadline = None
         self._schedule_reconnect(now)
         log.info("connect failed: %s; next try in %.2fs", reason, self._reconnect_at - now)
 
@@ -334,6 +338,7 @@ class PrimaryEngine:
         """Step 72: the link is back; choose how to bring the secondary up."""
         assert [v.name for v in est.volumes] == self.names, "volume order is the primary's"
         self.linked = True
+        self._connect_deadline = None
         self._attempts = 0
         self._last_heard = now
         self._next_heartbeat = now + self.config.heartbeat_interval_s
@@ -594,6 +599,8 @@ class PrimaryEngine:
         t = self._next_activity_checkpoint
         if self.linked:
             t = min(t, self._next_heartbeat, self._last_heard + self.config.link_timeout_s)
+        elif self._connect_deadline is not None:
+            t = min(t, self._connect_deadline)
         else:
             t = min(t, self._reconnect_at)
         return t
@@ -605,7 +612,8 @@ class PrimaryEngine:
             self._next_activity_checkpoint = now + self.config.activity_checkpoint_s
             self.activity.checkpoint()
         if not self.linked:
-            return True
+            # A connection attempt that never finished its handshake.
+            return self._connect_deadline is None or now < self._connect_deadline
         if now >= self._last_heard + self.config.link_timeout_s:
             return False
         if now >= self._next_heartbeat:

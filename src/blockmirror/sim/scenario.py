@@ -353,7 +353,8 @@ class Scenario:
                 self._orphans.add(s.name)
                 continue
             if s is self.primary and not s.engine.linked:
-                self._call(s, s.engine.connect_failed, self.now, reason)
+                if s is side or self.net.conn is None:
+                    self._call(s, s.engine.connect_failed, self.now, reason)
                 continue
             self._call(s, s.engine.link_down, self.now, reason)
 
@@ -503,7 +504,13 @@ class Scenario:
             if side.engine.next_timer() is not None and side.engine.next_timer() <= self.now:
                 alive = self._call(side, side.engine.on_timer, self.now)
                 if alive is False:
-                    if side.name in self._orphans:
+                    if side is self.primary and not side.engine.linked:
+                        self._orphans.discard(side.name)
+                        if self.net.conn is not None:
+                            self._close_conn(side, "handshake timed out")
+                        else:
+                            self._call(side, side.engine.connect_failed, self.now, "handshake timed out")
+                    elif side.name in self._orphans:
                         self._orphans.discard(side.name)
                         self._call(side, side.engine.link_down, self.now, "link silent")
                     else:

@@ -1,0 +1,98 @@
+"""The method of Fig. 2 on real node directories: what crosses the link, and
+when host writes complete."""
+
+import pytest
+
+from blockmirror.engine import DISCONNECTED, INITIAL_SYNC, MIRRORING
+from tests.engine.pair import Pair
+
+CHUNK = 4096
+SIZE = 64 * CHUNK
+
+
+@pytest.fixture
+def pair(tmp_path):
+    p = Pair(tmp_path, {"a": SIZE, "b": SIZE}, chunk_size=CHUNK, final_round_bytes_max=1 << 20)
+    yield p
+    p.close()
+
+
+def test_initial_sync_sends_only_allocated_chunks(pair):
+    pair.write("a", 5 * CHUNK, b"x" * CHUNK)
+    pair.write("b", 40 * CHUNK + 100, b"y" * 10)
+    assert pair.primary.state == INITIAL_SYNC
+    pair.connect()
+    st = pair.primary.status()
+    assert st["state"] == MIRRORING
+    # Two chunks of data out of 128: holes are skipped (sent as zero extents, no bytes).
+    assert st["last_resync"]["chunks"] == 2 and st["last_resync"]["bytes"] == 2 * CHUNK
+    for v in ("a", "b"):
+        assert pair.image(pair.snode, v) == pair.image(pair.pnode, v)
+    assert pair.pnode.snapshots() == [], "step 80: no snapshot is kept while mirroring"
+
+
+def test_link_failure_snapshot_records_unacked_and_resync_sends_diff_plus_unacked(pair):
+    pair.connect()
+    pair.write("a", 0, b"1" * CHUNK)
+    pair.run()
+    # Three writes leave but their acks never come back.
+    pair.write("a", 10 * CHUNK, b"2" * CHUNK)
+    pair.write("b", 20 * CHUNK, b"3" * CHUNK)
+    pair.write("b", 21 * CHUNK, b"4" * 10)
+    pair.run(deliver_acks=False)
+    assert pair.primary.status()["inflight_writes"] == 3
+    pair.cut()
+    st = pair.primary.status()
+    assert st["state"] == DISCONNECTED and len(st["snapshots"]) == 1
+    # Writes go on during the outage and complete at once.
+    t = pair.write("a", 30 * CHUNK, b"5" * 2 * CHUNK)
+    assert pair.done[t] is None
+    pair.write("a", 10 * CHUNK + 5, b"6" * 5)  # rewrites an unacked chunk
+    pair.connect()
+    st = pair.primary.status()
+    assert st["state"] == MIRRORING
+    # diff = a:30,31 + a:10; unacked = a:10, b:20, b:21 -> 5 chunks, nothing else of 128.
+    assert st["last_resync"]["chunks"] == 5, st["last_resync"]
+    assert st["snapshots"] == []
+    for v in ("a", "b"):
+        assert pair.image(pair.snode, v) == pair.image(pair.pnode, v)
+
+
+def test_sync_mode_completes_only_on_ack(tmp_path):
+    pair = Pair(tmp_path, {"a": SIZE}, chunk_size=CHUNK, mode="sync")
+    try:
+        pair.connect()
+        t = pair.write("a", 0, b"z" * 100)
+        assert t not in pair.done, "a sync write must wait for the secondary"
+        pair.run(deliver_acks=False)
+        assert t not in pair.done
+        pair.run()
+        assert pair.done[t] is None
+        # The secondary has it on stable storage: its journal replays it after a restart.
+        assert pair.secondary.seq >= 1
+    finally:
+        pair.close()
+
+
+def test_async_window_back_pressure(tmp_path):
+    pair = Pair(tmp_path, {"a": SIZE}, chunk_size=CHUNK, window_writes_max=2)
+    try:
+        pair.connect()
+        tokens = [pair.write("a", i * CHUNK, bytes([i + 1]) * CHUNK) for i in range(3)]
+        pair.run(deliver_acks=False)
+        assert tokens[0] in pair.done and tokens[1] in pair.done
+        assert tokens[2] not in pair.done, "beyond the window a host write waits"
+        assert pair.pnode.volumes["a"].read(2 * CHUNK, 1) == b"\0", "and is not applied yet"
+        pair.run()
+        assert tokens[2] in pair.done
+        assert pair.image(pair.snode, "a") == pair.image(pair.pnode, "a")
+    finally:
+        pair.close()
+
+
+def test_out_of_range_host_write_gets_error_and_changes_nothing(pair):
+    pair.connect()
+    before = pair.image(pair.pnode, "a")
+    t = pair.write("a", SIZE - 10, b"q" * 20)
+    assert pair.done[t] is not None and "outside" in str(pair.done[t])
+    assert pair.image(pair.pnode, "a") == before
