@@ -77,6 +77,7 @@ class SecondaryEngine:
         self._round_ops: list[WriteOp] = []
         self._journaled_seq = 0
         self._primary_uuids: dict[str, str] = {}
+        self._round: dict | None = None  # mirrors K_ROUND in the node's state
         self._ack_due = False
         self._recover()
 
@@ -95,12 +96,14 @@ class SecondaryEngine:
             node.fs.sync_dir(node.path)
         self.journal = RedoJournal(jfile, epoch, checkpoint)
         rnd = node.get_state(K_ROUND)
+        self._round = rnd
         if rnd is not None:
             if rnd["kind"] == "incremental":
                 self._roll_back(rnd)
             else:
                 log.warning("full sync round %s was interrupted; the secondary stays inconsistent", rnd["id"])
                 node.set_state({K_ROUND: None})
+                self._round = None
         # A safety snapshot with no open round is left from a crash after commit.
         for snap in node.snapshots():
             node.delete_snapshot(snap.id)
@@ -137,6 +140,7 @@ class SecondaryEngine:
             node.write_many(ops)
             node.flush()
         node.set_state({K_ROUND: None})
+        self._round = None
         log.warning("rolled back interrupted resync round %s to generation %s", rnd["id"], self.generation)
 
     def _checkpoint(self, force: bool = False) -> None:
@@ -161,7 +165,7 @@ class SecondaryEngine:
     # -- status --------------------------------------------------------------------
     @property
     def round_open(self) -> dict | None:
-        return self.node.get_state(K_ROUND)
+        return self._round
 
     def status(self) -> SecondaryStatus:
         rnd = self.round_open
@@ -263,8 +267,8 @@ class SecondaryEngine:
         self.end_of_batch(self._last_heard)
         self._checkpoint(force=True)
         if msg.base_generation == NIL_UUID:
-            self.node.set_state({K_INCONSISTENT: True, K_ROUND: {"id": msg.round_id, "kind": "full",
-                                                                  "target": str(msg.target_generation)}})
+            self._round = {"id": msg.round_id, "kind": "full", "target": str(msg.target_generation)}
+            self.node.set_state({K_INCONSISTENT: True, K_ROUND: self._round})
             self.inconsistent = True
             log.info("full sync round %d begins (target generation %s)", msg.round_id, msg.target_generation)
         elif "round-in-place" in self.config.mutations:
@@ -274,8 +278,9 @@ class SecondaryEngine:
             # A crash between these two commits leaves a stray snapshot and no
             # round: recovery deletes the snapshot, nothing was applied yet.
             safety = self.node.snapshot("resync-safety")
-            self.node.set_state({K_ROUND: {"id": msg.round_id, "kind": "incremental", "safety": safety.id,
-                                           "target": str(msg.target_generation)}})
+            self._round = {"id": msg.round_id, "kind": "incremental", "safety": safety.id,
+                           "target": str(msg.target_generation)}
+            self.node.set_state({K_ROUND: self._round})
             log.info("incremental round %d begins (%s -> %s)", msg.round_id, msg.base_generation,
                      msg.target_generation)
 
@@ -294,6 +299,7 @@ class SecondaryEngine:
         if rnd is not None and rnd["kind"] == "full":
             update[K_PAIRED] = self._primary_uuids
         self.node.set_state(update)
+        self._round = None
         if rnd is not None and rnd["kind"] == "incremental":
             self.node.delete_snapshot(rnd["safety"])
         if self.observer is not None:

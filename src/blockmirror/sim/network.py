@@ -17,6 +17,7 @@ class Pipe:
     """One direction of a connection: bytes in flight with delivery times."""
     queue: deque = field(default_factory=deque)  # (deliver_at, bytes or EOF_MARK)
     busy_until: float = 0.0
+    queued_bytes: int = 0
 
     def next_time(self) -> float | None:
         return self.queue[0][0] if self.queue else None
@@ -61,19 +62,21 @@ class SimNetwork:
         if self.blackholed(now):
             arrive = max(arrive, self.blackhole_until + self.latency_s)
         pipe.queue.append((arrive, data))
+        pipe.queued_bytes += size
         self.bytes_sent += size
 
     def hold_in_flight(self, until: float) -> None:
         """A black hole opens: nothing in flight arrives before it closes."""
         if self.conn is not None:
             for pipe in (self.conn.to_primary, self.conn.to_secondary):
-                pipe.queue = type(pipe.queue)((max(t, until + self.latency_s), d) for t, d in pipe.queue)
+                pipe.queue = deque((max(t, until + self.latency_s), d) for t, d in pipe.queue)
                 pipe.busy_until = max(pipe.busy_until, until)
 
     def drop_in_flight(self) -> None:
         if self.conn is not None:
-            self.conn.to_primary.queue.clear()
-            self.conn.to_secondary.queue.clear()
+            for pipe in (self.conn.to_primary, self.conn.to_secondary):
+                pipe.queue.clear()
+                pipe.queued_bytes = 0
 
     def next_time(self) -> float | None:
         if self.conn is None:

@@ -366,6 +366,7 @@ class Scenario:
                                   (conn.to_primary, self.primary, conn.p_conn)):
             while pipe.queue and pipe.queue[0][0] <= self.now and self.net.conn is conn:
                 _, data = pipe.queue.popleft()
+                pipe.queued_bytes -= len(data) if data is not EOF_MARK else 0
                 if not side.up:
                     continue
                 self._receive(side, pconn, conn, data)
@@ -409,7 +410,7 @@ class Scenario:
             return
         p, s = self.primary, self.secondary
         if p.up:
-            budget = max(0, 64 * 1024 - sum(len(d or b"") for _, d in conn.to_secondary.queue))
+            budget = max(0, 64 * 1024 - conn.to_secondary.queued_bytes)
             msgs = self._call(p, p.engine.poll_transmit, self.now, budget) or []
             if self.net.conn is not conn:
                 return
