@@ -1,72 +1,101 @@
-"""`blockmirror primary DIR --nbd HOST:PORT`: serve a node's volumes over NBD.
+"""`blockmirror primary DIR --nbd HOST:PORT [--peer HOST:PORT --secret-file FILE]`:
+serve a node's volumes over NBD, mirrored to a secondary.
 
-Without `--peer` (the only mode so far) the primary is standalone: hosts read
-and write its volumes over NBD and nothing is mirrored.
+With `--peer` every host write is also sent, in order, to the secondary
+(runtime/primary_daemon.py); without it the primary is standalone: hosts
+read and write its volumes over NBD and nothing is mirrored.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import logging
-import re
-import signal
 import socket
-import sys
 
+from blockmirror.cli._daemon import (
+    nbd_uri,
+    LINK_DEFAULTS,
+    add_config_flag,
+    add_link_flags,
+    apply_config,
+    heartbeat_for,
+    listen_error,
+    parse_address,
+    ready,
+    setup_logging,
+    wait_for_signal,
+)
 from blockmirror.errors import ConfigError
 
 log = logging.getLogger("blockmirror.primary")
 
 SHUTDOWN_GRACE_S = 30.0
-_PORT_RE = re.compile(r"^[0-9]{1,5}$")
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "primary",
-        help="serve a node's volumes to hosts over NBD",
+        help="serve a node's volumes to hosts over NBD, mirrored to a secondary",
         description=(
             "Serve the volumes of the node in DIR to hosts over NBD (export name = volume name; "
-            "an empty export name selects the first volume). Without --peer the node runs standalone: "
-            "nothing is mirrored. Prints 'serving N volumes on nbd://HOST:PORT' when ready; "
-            "SIGTERM or SIGINT stops it cleanly (in-flight requests finish, data is flushed)."),
-        epilog="Example: blockmirror primary /srv/node --nbd 127.0.0.1:10809",
+            "an empty export name selects the first volume). With --peer every write is mirrored to the "
+            "secondary at HOST:PORT (run `blockmirror secondary` there, with the same secret file and pair "
+            "name); when the link fails writes go on locally and a copy-on-write snapshot remembers what "
+            "changed, sent when the link returns. Without --peer the node runs standalone: nothing is "
+            "mirrored. Prints 'serving N volumes on nbd://HOST:PORT' when ready; `blockmirror status DIR` "
+            "asks the running daemon; SIGTERM or SIGINT stops it cleanly (in-flight requests finish, "
+            "the secondary gets what is in flight, data is flushed)."),
+        epilog="Example: blockmirror primary /srv/node --nbd 127.0.0.1:10809 --peer 10.0.0.2:7000 "
+               "--secret-file /etc/blockmirror/secret --mode sync",
     )
     parser.add_argument("dir", metavar="DIR", help="node directory (made by `blockmirror init`)")
-    parser.add_argument("--nbd", required=True, metavar="HOST:PORT",
-                        help="address to serve NBD on; port 0 picks a free port (printed when ready)")
-    parser.add_argument("--read-only", action="store_true", help="refuse every write (clients see read-only exports)")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                        help="log verbosity on stderr (default: info)")
-    parser.set_defaults(func=run)
+    parser.add_argument("--nbd", metavar="HOST:PORT",
+                        help="address to serve NBD on; port 0 picks a free port (printed when ready). Required.")
+    parser.add_argument("--read-only", action="store_true", default=None,
+                        help="refuse every write (standalone only)")
+    parser.add_argument("--peer", metavar="HOST:PORT", help="the secondary's --listen address")
+    parser.add_argument("--secret-file", metavar="FILE",
+                        help="file holding the pair's shared secret (at least 16 bytes); required with --peer")
+    parser.add_argument("--mode", choices=["sync", "async"],
+                        help="sync: a write completes once durable on both nodes; async (default): once "
+                             "durable locally, with the secondary at most --window behind")
+    parser.add_argument("--window", metavar="SIZE",
+                        help="async mode: most bytes the secondary may lag behind (default 8MiB)")
+    parser.add_argument("--reconnect-max", type=_seconds, metavar="SECONDS",
+                        help="longest wait between reconnect attempts (default 10)")
+    add_link_flags(parser)
+    add_config_flag(parser)
+    parser.set_defaults(func=run, _parser=parser)
+
+
+def _seconds(text: str) -> float:
+    from blockmirror.cli._daemon import positive_seconds
+    return positive_seconds(text)
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
-    """`HOST:PORT` or `[IPV6]:PORT`, port 0-65535."""
-    hint = "write the address as HOST:PORT, e.g. 127.0.0.1:10809 or [::1]:10809 (port 0 picks a free port)"
-    m = re.match(r"^\[([^\[\]]+)\]:([^:]*)$", text) or re.match(r"^([^:\[\]]+):([^:]*)$", text)
-    if not m:
-        raise ConfigError(f"--nbd {text!r} is not HOST:PORT", hint=hint)
-    host, port_text = m.group(1).strip(), m.group(2)
-    if not host or host != m.group(1):
-        raise ConfigError(f"--nbd {text!r}: bad host {m.group(1)!r}", hint=hint)
-    if not _PORT_RE.match(port_text) or int(port_text) > 65535:
-        raise ConfigError(f"--nbd {text!r}: port {port_text!r} is not a number from 0 to 65535", hint=hint)
-    return host, int(port_text)
-
-
-def _nbd_uri(host: str, port: int) -> str:
-    return f"nbd://[{host}]:{port}" if ":" in host else f"nbd://{host}:{port}"
+    """`HOST:PORT` or `[IPV6]:PORT`, port 0-65535 (for --nbd)."""
+    return parse_address(text, "--nbd")
 
 
 def run(args: argparse.Namespace) -> int:
+    parser = args._parser
+    apply_config(args, parser, {**LINK_DEFAULTS, "read_only": False, "mode": "async", "window": "8MiB",
+                                "reconnect_max": 10.0})
+    if not args.nbd:
+        parser.error("the following arguments are required: --nbd (or nbd = \"HOST:PORT\" in --config)")
     host, port = parse_host_port(args.nbd)
-    logging.basicConfig(
-        stream=sys.stderr, level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
+    if args.peer is None:
+        for flag, given in (("--secret-file", args.secret_file), ("--http", args.http)):
+            if given:
+                raise ConfigError(f"{flag} needs --peer", hint="give the secondary's address with --peer HOST:PORT")
+        setup_logging(args.log_level)
+        return _run_standalone(args, host, port)
+    return _run_mirrored(args, host, port)
 
+
+def _run_standalone(args, host: str, port: int) -> int:
     from blockmirror.nbd.local import LocalNodeExports
     from blockmirror.storage import Node
 
@@ -74,13 +103,14 @@ def run(args: argparse.Namespace) -> int:
     if not node.volumes:
         node.close()
         raise ConfigError(f"node {args.dir} has no volumes to serve",
-                          hint=f"blockmirror init a node with --volume NAME=SIZE")
+                          hint="blockmirror init a node with --volume NAME=SIZE")
     local = LocalNodeExports(node, read_only=args.read_only)  # owns the node from here on
     return asyncio.run(_serve(local, host, port))
 
 
 async def _serve(local, host: str, port: int) -> int:
     from blockmirror.nbd.server import NbdServer
+    from blockmirror.runtime.control import ControlServer
 
     local.start()
     server = NbdServer(local.exports)
@@ -88,37 +118,133 @@ async def _serve(local, host: str, port: int) -> int:
         bound_host, bound_port = await server.start(host, port)
     except (OSError, socket.gaierror) as exc:
         await local.close()
-        raise _listen_error(host, port, exc) from None
+        raise listen_error("serve NBD", "--nbd", host, port, exc) from None
 
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    node = local.node
+
+    async def status(command: str) -> dict:
+        if command != "status":
+            raise KeyError(command)
+        space = {s.id: s for s in node.snapshot_space()}
+        return {"role": "primary", "state": "standalone", "peer_connected": False, "mode": None,
+                "node": node.path, "volumes": [{"name": v.name, "size": v.size, "uuid": v.uuid}
+                                               for v in node.volumes.values()],
+                "snapshots": [{"id": s.id, "label": s.label, "space_bytes": space[s.id].data_bytes,
+                               "exceptions": space[s.id].exceptions} for s in node.snapshots()],
+                "last_resync": {"round": 0, "kind": "", "chunks": 0, "bytes": 0, "seconds": 0.0}}
+
+    control = ControlServer(node.path, status)
+    await control.start()
+    stop = await wait_for_signal()
     names = ", ".join(e.name for e in local.exports)
-    uri = _nbd_uri(bound_host, bound_port)
-    log.info("node %s: serving volumes %s on %s (standalone: no peer)", local.node.path, names, uri)
+    uri = nbd_uri(bound_host, bound_port)
+    log.info("node %s: serving volumes %s on %s (standalone: no peer)", node.path, names, uri)
     count = len(local.exports)
     print(f"serving {count} volume{'s' if count != 1 else ''} on {uri}", flush=True)
 
     await stop.wait()
     log.info("shutting down: no new connections; finishing in-flight requests")
     await server.shutdown(SHUTDOWN_GRACE_S)
+    await control.close()
     log.info("flushing and closing the node")
     await local.close()
     log.info("stopped (%d write batches, %d syncs)", local.committer.batches, local.committer.syncs)
     return 0
 
 
-def _listen_error(host: str, port: int, exc: OSError) -> ConfigError:
-    where = f"{host}:{port}"
-    if exc.errno == errno.EADDRINUSE:
-        return ConfigError(f"cannot serve NBD on {where}: the address is already in use",
-                           hint="choose another port with --nbd HOST:PORT (port 0 picks a free one), "
-                                "or stop the process that holds it (ss -ltnp)")
-    if isinstance(exc, socket.gaierror) or exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-        return ConfigError(f"cannot serve NBD on {where}: {exc.strerror or exc}",
-                           hint="use an address of this machine, e.g. 127.0.0.1, 0.0.0.0 or ::")
-    if exc.errno == errno.EACCES:
-        return ConfigError(f"cannot serve NBD on {where}: permission denied",
-                           hint="use a port above 1023, or run as root")
-    return ConfigError(f"cannot serve NBD on {where}: {exc}")
+def _run_mirrored(args, host: str, port: int) -> int:
+    from blockmirror.engine import PrimaryConfig
+    from blockmirror.runtime.pairing import bind_pair, check_pair_name, read_secret
+    from blockmirror.storage import Node
+    from blockmirror.units import parse_size
+
+    if args.read_only:
+        raise ConfigError("--read-only is for a standalone primary", hint="drop --read-only, or drop --peer")
+    if not args.secret_file:
+        raise ConfigError("--peer needs --secret-file", hint="give the pair's shared secret with --secret-file FILE")
+    peer = parse_address(args.peer, "--peer")
+    if peer[1] == 0:
+        raise ConfigError(f"--peer {args.peer!r}: port 0 is not a peer's port", hint="give the port the secondary "
+                          "listens on (its --listen)")
+    http = parse_address(args.http, "--http") if args.http else None
+    pair_name = check_pair_name(args.pair)
+    window = parse_size(args.window)
+    if window < (64 << 10):
+        raise ConfigError(f"--window {args.window} is too small", hint="use at least 64KiB, e.g. --window 8MiB")
+    secret = read_secret(args.secret_file)
+    config = PrimaryConfig(mode=args.mode, window_bytes_max=window, link_timeout_s=args.link_timeout,
+                           heartbeat_interval_s=heartbeat_for(args),
+                           reconnect_max_s=max(args.reconnect_max, 0.2))
+    setup_logging(args.log_level)
+    node = Node.open(args.dir)
+    try:
+        if not node.volumes:
+            raise ConfigError(f"node {args.dir} has no volumes to serve",
+                              hint="blockmirror init a node with --volume NAME=SIZE")
+        pair = bind_pair(node, "primary", pair_name, secret)
+    except BaseException:
+        node.close()
+        raise
+    return asyncio.run(_serve_mirrored(args, node, config, peer, secret, pair, host, port, http))
+
+
+async def _serve_mirrored(args, node, config, peer, secret, pair, host, port, http) -> int:
+    from blockmirror.nbd.server import NbdServer
+    from blockmirror.runtime.control import ControlServer
+    from blockmirror.runtime.primary_daemon import PrimaryDaemon
+    from blockmirror.runtime.progress import Progress
+
+    daemon = PrimaryDaemon(node, config, peer, secret, pair)
+    await daemon.open()
+    server = NbdServer(daemon.exports)
+    try:
+        bound_host, bound_port = await server.start(host, port)
+    except (OSError, socket.gaierror) as exc:
+        await daemon.close()
+        raise listen_error("serve NBD", "--nbd", host, port, exc) from None
+    http_server = None
+    lines = []
+    if http is not None:
+        from blockmirror.runtime.http import HttpServer
+        http_server = HttpServer(daemon.status)
+        try:
+            h, p = await http_server.start(*http)
+        except (OSError, socket.gaierror) as exc:
+            await server.shutdown(1)
+            await daemon.close()
+            raise listen_error("serve HTTP", "--http", http[0], http[1], exc) from None
+        lines.append(f"http on http://{h}:{p}" if ":" not in h else f"http on http://[{h}]:{p}")
+
+    async def handle(command: str) -> dict:
+        if command != "status":
+            raise KeyError(command)
+        return await daemon.status()
+
+    control = ControlServer(node.path, handle)
+    await control.start()
+    stop = await wait_for_signal()
+    daemon.on_fatal = stop.set
+    daemon.start()
+    progress = Progress.maybe(args.progress, daemon.status)
+    uri = nbd_uri(bound_host, bound_port)
+    count = len(daemon.exports)
+    log.info("node %s: serving volumes %s on %s; mirroring to %s (%s mode, pair %r)", node.path,
+             ", ".join(e.name for e in daemon.exports), uri, daemon.peer_text, config.mode, pair.name)
+    ready([f"serving {count} volume{'s' if count != 1 else ''} on {uri}",
+           f"mirroring to {daemon.peer_text} ({config.mode} mode, pair {pair.name})", *lines,
+           f"control socket {control.path}"])
+
+    await stop.wait()
+    if progress is not None:
+        progress.stop()
+    log.info("shutting down: no new NBD connections; finishing in-flight requests")
+    await server.shutdown(SHUTDOWN_GRACE_S)
+    if daemon.fatal is None and not await daemon.drain():
+        log.warning("shutting down with writes the secondary has not acknowledged; they are recorded for resync")
+    log.info("recording the stop, flushing and closing the node")
+    await daemon.close()
+    if http_server is not None:
+        await http_server.close()
+    await control.close()
+    log.info("stopped")
+    return 1 if daemon.fatal is not None else 0

@@ -1,0 +1,164 @@
+"""What the daemon subcommands (primary, secondary) share: addresses,
+logging, the TOML config file, listen errors, and the serve loop around a
+daemon (signals, readiness lines, ordered shutdown)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+
+from blockmirror.errors import ConfigError
+
+_PORT_RE = re.compile(r"^[0-9]{1,5}$")
+LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s"
+LOG_DATEFMT = "%Y-%m-%dT%H:%M:%S"
+
+
+def parse_address(text: str, flag: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[IPV6]:PORT`, port 0-65535."""
+    hint = "write the address as HOST:PORT, e.g. 127.0.0.1:10809 or [::1]:10809 (port 0 picks a free port)"
+    m = re.match(r"^\[([^\[\]]+)\]:([^:]*)$", text) or re.match(r"^([^:\[\]]+):([^:]*)$", text)
+    if not m:
+        raise ConfigError(f"{flag} {text!r} is not HOST:PORT", hint=hint)
+    host, port_text = m.group(1).strip(), m.group(2)
+    if not host or host != m.group(1):
+        raise ConfigError(f"{flag} {text!r}: bad host {m.group(1)!r}", hint=hint)
+    if not _PORT_RE.match(port_text) or int(port_text) > 65535:
+        raise ConfigError(f"{flag} {text!r}: port {port_text!r} is not a number from 0 to 65535", hint=hint)
+    return host, int(port_text)
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def nbd_uri(host: str, port: int) -> str:
+    return f"nbd://{format_address(host, port)}"
+
+
+def setup_logging(level: str) -> None:
+    import faulthandler
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: stacks on stderr
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper()), format=LOG_FORMAT,
+                        datefmt=LOG_DATEFMT)
+
+
+def listen_error(what: str, flag: str, host: str, port: int, exc: OSError) -> ConfigError:
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(f"cannot {what} on {where}: the address is already in use",
+                           hint=f"choose another port with {flag} HOST:PORT (port 0 picks a free one), "
+                                "or stop the process that holds it (ss -ltnp)")
+    if isinstance(exc, socket.gaierror) or exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+        return ConfigError(f"cannot {what} on {where}: {exc.strerror or exc}",
+                           hint="use an address of this machine, e.g. 127.0.0.1, 0.0.0.0 or ::")
+    if exc.errno == errno.EACCES:
+        return ConfigError(f"cannot {what} on {where}: permission denied",
+                           hint="use a port above 1023, or run as root")
+    return ConfigError(f"cannot {what} on {where}: {exc}")
+
+
+# -- config file ------------------------------------------------------------------------------
+
+def add_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML file with the same settings as the flags (keys are flag names without "
+                             "the dashes, e.g. secret-file = \"/etc/blockmirror/secret\"); flags win")
+
+
+def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser, defaults: dict) -> None:
+    """Fill unset flags from --config, then from `defaults`."""
+    settings: dict = {}
+    if getattr(args, "config", None):
+        import tomllib
+        path = args.config
+        try:
+            with open(path, "rb") as f:
+                settings = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist", hint="give the path of a TOML file") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}",
+                              hint='write one setting per line, e.g. peer = "10.0.0.2:7000"') from None
+        known = {a.dest: a for a in parser._actions if a.dest not in ("help", "config", "dir")}
+        for key, value in settings.items():
+            dest = key.replace("-", "_")
+            if dest not in known:
+                names = ", ".join(sorted(d.replace("_", "-") for d in known))
+                raise ConfigError(f"config file {path}: unknown setting {key!r}", hint=f"known settings: {names}")
+            action = known[dest]
+            if getattr(args, dest) is not None:
+                continue  # the flag wins
+            if action.choices is not None and value not in action.choices:
+                raise ConfigError(f"config file {path}: {key} = {value!r} is not one of "
+                                  f"{', '.join(map(str, action.choices))}")
+            if action.type is not None and not isinstance(value, bool):
+                try:
+                    value = action.type(str(value))
+                except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+                    raise ConfigError(f"config file {path}: bad value for {key}: {exc}") from None
+            setattr(args, dest, value)
+    for dest, value in defaults.items():
+        if getattr(args, dest, None) is None:
+            setattr(args, dest, value)
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (0 < value <= 3600):
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 3600 seconds")
+    return value
+
+
+def add_link_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pair", metavar="NAME",
+                        help="pair name; both nodes must use the same one (default: default)")
+    parser.add_argument("--link-timeout", type=positive_seconds, metavar="SECONDS",
+                        help="the link counts as down after this long without a message from the peer "
+                             "(detects black holes; default 5)")
+    parser.add_argument("--heartbeat-interval", type=positive_seconds, metavar="SECONDS",
+                        help="heartbeat period (default: min(1, link-timeout/4))")
+    parser.add_argument("--http", metavar="HOST:PORT",
+                        help="serve /status (JSON) and /metrics (Prometheus) over HTTP")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="log verbosity on stderr (default: info)")
+    parser.add_argument("--progress", choices=["auto", "always", "never"],
+                        help="a progress line for initial sync and resync on stderr "
+                             "(auto: when stderr is a terminal)")
+
+
+LINK_DEFAULTS = {"pair": "default", "link_timeout": 5.0, "heartbeat_interval": None, "log_level": "info",
+                 "progress": "auto"}
+
+
+def heartbeat_for(args) -> float:
+    return args.heartbeat_interval or min(1.0, args.link_timeout / 4)
+
+
+# -- serving ------------------------------------------------------------------------------------
+
+async def wait_for_signal() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def ready(lines: list[str]) -> None:
+    """Readiness on stdout: the addresses, then `ready`."""
+    for line in lines:
+        print(line, flush=True)
+    print(f"ready (pid {os.getpid()})", flush=True)

@@ -1,0 +1,105 @@
+"""The pair a daemon belongs to: its shared secret and its identity.
+
+Both nodes must present the same pair UUID and name in the handshake. The
+UUID is derived from the pair name and the secret, so two nodes started with
+the same `--pair NAME` and secret file agree without any other config:
+
+    pair_uuid = uuid5(PAIR_NAMESPACE, hex(HMAC-SHA256(secret, "blockmirror-pair-v1\\0" + name)))
+
+An HMAC, so the UUID (which travels in clear in the Hello) reveals nothing
+about the secret. At the first daemon start the pair name, UUID and the
+node's role are stored in the node's key/value state; later starts use the
+stored UUID (so the secret can be rotated on both nodes) and refuse another
+pair name or role for the same node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import stat
+import uuid
+from dataclasses import dataclass
+
+from blockmirror.errors import ConfigError, NodeError
+from blockmirror.protocol.auth import SECRET_BYTES_MIN
+
+log = logging.getLogger("blockmirror.pairing")
+
+PAIR_NAMESPACE = uuid.UUID("5b1e3c52-5f0c-4f4b-9a43-6d1a0f6b1c7e")
+K_PAIR = "daemon.pair"  # {"name", "uuid", "role"}
+PAIR_NAME_DEFAULT = "default"
+SECRET_FILE_BYTES_MAX = 64 << 10
+
+
+@dataclass(frozen=True)
+class PairIdentity:
+    name: str
+    uuid: uuid.UUID
+
+
+def read_secret(path: str) -> bytes:
+    """The pair secret from a file; surrounding whitespace (a trailing
+    newline) is not part of it."""
+    hint = (f"create it with: head -c 32 /dev/urandom | base64 > {path}; chmod 600 {path} "
+            f"(and copy the same file to the other node)")
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ConfigError(f"secret file {path} is not a regular file", hint=hint)
+            data = f.read(SECRET_FILE_BYTES_MAX + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"secret file {path} does not exist", hint=hint) from None
+    except PermissionError:
+        raise ConfigError(f"secret file {path} is not readable (permission denied)",
+                          hint="run the daemon as a user that can read it, or fix its owner/mode") from None
+    except IsADirectoryError:
+        raise ConfigError(f"secret file {path} is a directory", hint=hint) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read secret file {path}: {exc.strerror or exc}", hint=hint) from None
+    if len(data) > SECRET_FILE_BYTES_MAX:
+        raise ConfigError(f"secret file {path} is larger than {SECRET_FILE_BYTES_MAX} bytes: not a secret file?",
+                          hint=hint)
+    secret = data.strip()
+    if not secret:
+        raise ConfigError(f"secret file {path} is empty", hint=hint)
+    if len(secret) < SECRET_BYTES_MIN:
+        raise ConfigError(f"secret in {path} is {len(secret)} bytes; at least {SECRET_BYTES_MIN} are needed",
+                          hint=hint)
+    if st.st_mode & 0o077:
+        log.warning("secret file %s is readable by other users (mode %o); chmod 600 it", path,
+                    stat.S_IMODE(st.st_mode))
+    return secret
+
+
+def derive_pair_uuid(name: str, secret: bytes) -> uuid.UUID:
+    mac = hmac.new(secret, b"blockmirror-pair-v1\0" + name.encode("utf-8"), hashlib.sha256).hexdigest()
+    return uuid.uuid5(PAIR_NAMESPACE, mac)
+
+
+def check_pair_name(name: str) -> str:
+    if not name or len(name.encode("utf-8")) > 255 or any(ord(c) < 32 for c in name):
+        raise ConfigError(f"bad pair name {name!r}", hint="use a short printable name, e.g. --pair db-mirror")
+    return name
+
+
+def bind_pair(node, role: str, name: str, secret: bytes) -> PairIdentity:
+    """The node's pair identity, stored at its first daemon start (blocking:
+    a metadata commit the first time)."""
+    stored = node.get_state(K_PAIR)
+    if stored is None:
+        ident = PairIdentity(name, derive_pair_uuid(name, secret))
+        node.set_state({K_PAIR: {"name": name, "uuid": str(ident.uuid), "role": role}})
+        log.info("node %s joins pair %r (%s) as the %s", node.path, name, ident.uuid, role)
+        return ident
+    if stored["role"] != role:
+        raise NodeError(f"{node.path} is the {stored['role']} of pair {stored['name']!r}; "
+                        f"it cannot run as the {role}",
+                        hint=f"run `blockmirror {stored['role']} {node.path} ...`, or init a new node for the {role}")
+    if stored["name"] != name:
+        raise NodeError(f"{node.path} belongs to pair {stored['name']!r}, not {name!r}",
+                        hint=f"start it with --pair {stored['name']}")
+    return PairIdentity(stored["name"], uuid.UUID(stored["uuid"]))

@@ -1,0 +1,253 @@
+"""One replication link over TCP: an asyncio BufferedProtocol around a
+sans-IO protocol `Connection`.
+
+The kernel receives straight into the Connection's frame buffer
+(`get_buffer`/`buffer_updated`); frames are parsed on the event loop thread
+and handed to a `LinkSink` (the daemon) as events, in order. The Connection
+is only ever touched on the loop thread; the engine, on its own thread, sees
+decoded messages (received `data` is a fresh bytes object) and returns
+messages that the daemon sends with `send()`.
+
+Back-pressure both ways:
+- sending: the transport's write buffer has a high-water mark; the daemon
+  asks `send_budget()` before polling the engine for more, and the sink hears
+  `link_writable()` when the buffer drains;
+- receiving: the daemon calls `pause_receiving()` while its queue of events
+  not yet taken by the engine is large, `resume_receiving()` when it drains.
+
+Every link reports exactly one terminal event: `closed`, with a reason and
+whether it had been established.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Protocol
+
+from blockmirror.protocol import (
+    Connection,
+    ConnectionClosed,
+    Error,
+    ErrorCode,
+    Established,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from blockmirror.protocol.errors import error_code_name
+
+log = logging.getLogger("blockmirror.link")
+
+SEND_BUFFER_HIGH_BYTES = 8 << 20  # transport write buffer that stops polling the engine
+SEND_BUFFER_LOW_BYTES = 2 << 20
+_PRESTART_BYTES_MAX = 64 << 10  # bytes a not-yet-started link may receive (a Hello is far smaller)
+
+
+class LinkSink(Protocol):
+    def link_event(self, link: LinkProtocol, kind: str, payload) -> None:
+        """kind: 'up' (Established), 'msg' (a message), 'closed' (reason str)."""
+
+    def link_writable(self, link: LinkProtocol) -> None: ...
+
+
+class LinkProtocol(asyncio.BufferedProtocol):
+    """A replication link; `start(conn)` attaches the protocol Connection
+    (at once on the primary; on the secondary once the link may proceed)."""
+
+    _ids = 0
+
+    def __init__(self, sink: LinkSink, on_made=None):
+        LinkProtocol._ids += 1
+        self.id = LinkProtocol._ids
+        self.attempt = 0  # the primary's connection attempt number
+        self.sink = sink
+        self._on_made = on_made
+        self.conn: Connection | None = None
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.established = False
+        self.closed = False
+        self.close_reason = ""
+        self._prestart = bytearray()
+        self._scratch = bytearray(16 << 10)
+        self._writing_paused = False
+        self._recv_paused = False
+        self.bytes_received = 0
+        self.bytes_sent = 0
+
+    def __repr__(self) -> str:
+        return f"<link #{self.id} {self.peer}>"
+
+    # -- asyncio callbacks -----------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            except OSError:
+                pass
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
+        transport.set_write_buffer_limits(high=SEND_BUFFER_HIGH_BYTES, low=SEND_BUFFER_LOW_BYTES)
+        if self._on_made is not None:
+            self._on_made(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.conn is None:
+            return memoryview(self._scratch)
+        return self.conn.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.bytes_received += nbytes
+        if self.closed:
+            return
+        if self.conn is None:
+            self._prestart += self._scratch[:nbytes]
+            if len(self._prestart) > _PRESTART_BYTES_MAX:
+                self.abort("peer sent too much before the handshake")
+            return
+        self.conn.buffer_updated(nbytes)
+        self._drain()
+
+    def eof_received(self) -> bool:
+        if self.conn is not None and not self.closed:
+            self.conn.receive_data(b"")
+            self._drain()
+        return False  # close our side too
+
+    def connection_lost(self, exc) -> None:
+        if exc is not None:
+            reason = f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+        else:
+            reason = "the peer closed the connection"
+        self._finish(reason)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if not self.closed:
+            self.sink.link_writable(self)
+
+    # -- daemon side -------------------------------------------------------------------
+    def start(self, conn: Connection) -> None:
+        """Attach the protocol Connection and begin (the primary has already
+        called `conn.initiate()`)."""
+        if self.closed:
+            return
+        self.conn = conn
+        self._write(conn.data_to_send())
+        if self._prestart:
+            data, self._prestart = bytes(self._prestart), bytearray()
+            conn.receive_data(data)
+            self._drain()
+        self.resume_receiving()
+
+    def send(self, messages) -> None:
+        """Encode and write messages in order; a message the Connection
+        refuses (a local bug) fails the link."""
+        if self.closed or self.conn is None:
+            return
+        try:
+            for msg in messages:
+                bufs = self.conn.send_buffers(msg)
+                for b in bufs:
+                    self.bytes_sent += memoryview(b).nbytes
+                self.transport.writelines(bufs)
+        except LocalProtocolError as exc:
+            log.error("%r: refusing to send %s: %s", self, type(msg).__name__, exc)
+            self._write(self.conn.data_to_send())
+            self.close(f"local protocol error: {exc}")
+
+    def send_budget(self) -> int:
+        if self.closed or self.transport is None:
+            return 0
+        return max(0, SEND_BUFFER_HIGH_BYTES - self.transport.get_write_buffer_size())
+
+    @property
+    def writable(self) -> bool:
+        return not self.closed and not self._writing_paused
+
+    def pause_receiving(self) -> None:
+        if not self._recv_paused and not self.closed:
+            self._recv_paused = True
+            self.transport.pause_reading()
+
+    def resume_receiving(self) -> None:
+        if self._recv_paused and not self.closed:
+            self._recv_paused = False
+            self.transport.resume_reading()
+
+    def hold(self) -> None:
+        """Do not read until start(): the link waits for its turn."""
+        self._recv_paused = True
+        # asyncio adds the reader right after connection_made; pause after that.
+        asyncio.get_running_loop().call_soon(self._hold_now)
+
+    def _hold_now(self) -> None:
+        if self._recv_paused and not self.closed and self.conn is None:
+            self.transport.pause_reading()
+
+    def close(self, reason: str) -> None:
+        """Orderly: write what is queued, then close (FIN)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self._finish(reason)
+
+    def abort(self, reason: str) -> None:
+        """At once: drop what is queued, reset the connection."""
+        if self.transport is not None:
+            self.transport.abort()
+        self._finish(reason)
+
+    # -- internals ---------------------------------------------------------------------
+    def _write(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.bytes_sent += len(data)
+            self.transport.write(data)
+
+    def _drain(self) -> None:
+        conn = self.conn
+        try:
+            for event in conn.events():
+                if isinstance(event, Established):
+                    self.established = True
+                    self.sink.link_event(self, "up", event)
+                elif isinstance(event, ConnectionClosed):
+                    self.close("the peer said goodbye and closed the connection" if event.clean
+                               else "the peer closed the connection")
+                    return
+                elif isinstance(event, Error):
+                    self.close(_peer_error_text(event))
+                    return
+                else:
+                    self.sink.link_event(self, "msg", event)
+                if self.closed:
+                    return
+        except RemoteProtocolError as exc:
+            self._write(conn.data_to_send())  # the Error frame for the peer
+            hint = f" (try: {exc.hint})" if exc.hint else ""
+            self.close(f"protocol error: {exc}{hint}")
+            return
+        self._write(conn.data_to_send())  # handshake replies
+
+    def _finish(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        self.sink.link_event(self, "closed", reason)
+
+
+def _peer_error_text(err: Error) -> str:
+    text = f"the peer refused: {error_code_name(err.code)}: {err.text}"
+    try:
+        hint = RemoteProtocolError(ErrorCode(err.code), err.text).hint
+    except ValueError:
+        hint = None
+    return text + (f" (try: {hint})" if hint else "")
