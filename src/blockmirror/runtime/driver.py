@@ -146,7 +146,7 @@ class EngineDriver:
             res.link.send(res.send)
             more = res.link.writable
         if res.state and res.state != self.state:
-            why = "; ".join(res.reasons) if res.reasons else "engine decision"
+            why = "; ".join(res.reasons) if res.reasons else ("daemon started" if not self.state else "engine decision")
             if self.state:
                 self.log.info("state %s -> %s (%s)", self.state, res.state, why)
             else:

@@ -97,6 +97,8 @@ class PrimaryDaemon(EngineDriver):
         if link is self.link:
             self.link = None
         if not link.established:
+            if reason != self.last_link_error and ("refused" in reason or "protocol error" in reason):
+                log.error("the link to %s was refused: %s", self.peer_text, reason)
             self.last_link_error = reason
 
     async def _connect(self, attempt: int) -> None:

@@ -169,6 +169,10 @@ class SecondaryDaemon(EngineDriver):
                     self._observe(now, payload)
                     eng.on_message(now, payload)
                     got = True
+                    if isinstance(payload, ResyncBegin):
+                        res.reasons.append(f"resync round {payload.round_id} begins")
+                    elif isinstance(payload, ResyncCommit):
+                        res.reasons.append(f"resync round {payload.round_id} committed")
             elif kind == "closed":
                 reason, _ = payload
                 if link is self._engine_link and got:

@@ -42,6 +42,11 @@ log = logging.getLogger("blockmirror.link")
 SEND_BUFFER_HIGH_BYTES = 8 << 20  # transport write buffer that stops polling the engine
 SEND_BUFFER_LOW_BYTES = 2 << 20
 _PRESTART_BYTES_MAX = 64 << 10  # bytes a not-yet-started link may receive (a Hello is far smaller)
+# The daemons derive the pair UUID from the pair name and the secret (pairing.py).
+_RUNTIME_HINTS = {
+    ErrorCode.PAIR_MISMATCH: "give both nodes the same --pair name and the same secret file "
+                             "(the pair UUID is derived from both)",
+}
 
 
 class LinkSink(Protocol):
@@ -231,7 +236,8 @@ class LinkProtocol(asyncio.BufferedProtocol):
                     return
         except RemoteProtocolError as exc:
             self._write(conn.data_to_send())  # the Error frame for the peer
-            hint = f" (try: {exc.hint})" if exc.hint else ""
+            hint = _RUNTIME_HINTS.get(exc.code, exc.hint)
+            hint = f" (try: {hint})" if hint else ""
             self.close(f"protocol error: {exc}{hint}")
             return
         self._write(conn.data_to_send())  # handshake replies
@@ -247,7 +253,8 @@ class LinkProtocol(asyncio.BufferedProtocol):
 def _peer_error_text(err: Error) -> str:
     text = f"the peer refused: {error_code_name(err.code)}: {err.text}"
     try:
-        hint = RemoteProtocolError(ErrorCode(err.code), err.text).hint
+        code = ErrorCode(err.code)
+        hint = _RUNTIME_HINTS.get(code, RemoteProtocolError(code, err.text).hint)
     except ValueError:
         hint = None
     return text + (f" (try: {hint})" if hint else "")
