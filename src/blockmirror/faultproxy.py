@@ -11,13 +11,14 @@ Modes:
   reading both sides (the senders' buffers fill, as with a silent path) and
   holds back closes; new connections are accepted and go nowhere. `heal()`
   lets the held bytes and closes through, as TCP would once a path returns.
-- delay: every chunk is delivered `delay_s` later, in order.
+- delay: every chunk is delivered `delay_s` later, in order;
+- rate: each direction is limited to `rate_bps` bytes per second.
 
 In-process: `FaultProxyThread(target)` runs it on its own event loop thread
 (tests, the demo). As a process: `python -m blockmirror.faultproxy --listen
 127.0.0.1:0 --target HOST:PORT --control PATH`, then one line per command on
 the Unix socket PATH: `cut`, `cut-once`, `blackhole`, `delay SECONDS`,
-`heal`, `status` (answers one JSON line).
+`rate BYTES_PER_S`, `heal`, `status` (answers one JSON line).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import threading
 from collections import deque
 
 PASS, DOWN, BLACKHOLE = "pass", "down", "blackhole"
+QUEUE_BYTES_MAX = 1 << 20  # per direction; beyond it the proxy stops reading
 
 
 def _reset(transport: asyncio.BaseTransport | None) -> None:
@@ -60,6 +62,9 @@ class _Side(asyncio.Protocol):
         self.closed = False
         self.reset_seen = False
         self.reset_on_connect = False
+        self.write_blocked = False
+        self.queued_bytes = 0
+        self._last_due = 0.0
         self._reading = True
 
     def connection_made(self, transport) -> None:
@@ -86,16 +91,25 @@ class _Side(asyncio.Protocol):
         self.pair.side_lost(self)
 
     def pause_writing(self) -> None:  # our socket is full: stop reading the other side
-        self.other.set_reading(False)
+        self.write_blocked = True
+        self.other.update_reading()
 
     def resume_writing(self) -> None:
-        if self.pair.proxy.mode == PASS:
-            self.other.set_reading(True)
+        self.write_blocked = False
+        self.other.update_reading()
 
     def _enqueue(self, data) -> None:
         proxy = self.pair.proxy
-        loop = asyncio.get_running_loop()
-        self.queue.append((loop.time() + proxy.delay_s, data))
+        due = asyncio.get_running_loop().time() + proxy.delay_s
+        if proxy.rate_bps and data:
+            # A slow link: each chunk leaves after the previous one, at the rate.
+            due = max(due, self._last_due) + len(data) / proxy.rate_bps
+            self._last_due = due
+        self.queue.append((due, data))
+        if data:
+            self.queued_bytes += len(data)
+        if self.queued_bytes > QUEUE_BYTES_MAX:
+            self.update_reading()
         self.pump()
 
     def pump(self) -> None:
@@ -117,6 +131,8 @@ class _Side(asyncio.Protocol):
                 self._timer = loop.call_at(due, self.pump)
                 break
             self.queue.popleft()
+            if data:
+                self.queued_bytes -= len(data)
             if other.closed:
                 continue
             if data is None:
@@ -124,8 +140,13 @@ class _Side(asyncio.Protocol):
                     other.transport.write_eof()
             else:
                 other.transport.write(data)
+        self.update_reading()
 
-    def set_reading(self, on: bool) -> None:
+    def update_reading(self) -> None:
+        """Read while the link passes bytes, our queue is short and the
+        other side's socket takes them."""
+        on = (self.pair.proxy.mode == PASS and self.queued_bytes <= QUEUE_BYTES_MAX
+              and not (self.other is not None and self.other.write_blocked))
         if self.transport is None or self.closed or on == self._reading:
             return
         self._reading = on
@@ -183,6 +204,7 @@ class FaultProxy:
         self.target = target
         self.mode = PASS
         self.delay_s = 0.0
+        self.rate_bps = 0.0  # 0: unlimited
         self.pairs: set[_Pair] = set()
         self.server: asyncio.base_events.Server | None = None
         self.address: tuple[str, int] | None = None
@@ -214,7 +236,7 @@ class FaultProxy:
         return pair.client
 
     def _apply_reading(self, side: _Side) -> None:
-        side.set_reading(self.mode == PASS)
+        side.update_reading()
 
     # -- commands -------------------------------------------------------------------------------
     def cut(self, stay_down: bool = True) -> None:
@@ -229,10 +251,14 @@ class FaultProxy:
         self.mode = BLACKHOLE
         for pair in self.pairs:
             for side in (pair.client, pair.server):
-                side.set_reading(False)
+                side.update_reading()
 
     def delay(self, seconds: float) -> None:
         self.delay_s = max(0.0, seconds)
+
+    def rate(self, bytes_per_s: float) -> None:
+        """Limit each direction of each connection to this rate (0: no limit)."""
+        self.rate_bps = max(0.0, bytes_per_s)
 
     def heal(self) -> None:
         was = self.mode
@@ -244,7 +270,7 @@ class FaultProxy:
                     continue
                 asyncio.get_running_loop().create_task(pair.connect())
             for side in (pair.client, pair.server):
-                side.set_reading(True)
+                side.update_reading()
                 side.pump()
             if was == BLACKHOLE:
                 for side in (pair.client, pair.server):
@@ -252,7 +278,7 @@ class FaultProxy:
                         pair._propagate(side)
 
     def status(self) -> dict:
-        return {"mode": self.mode, "delay_s": self.delay_s, "connections": len(self.pairs),
+        return {"mode": self.mode, "delay_s": self.delay_s, "rate_bps": self.rate_bps, "connections": len(self.pairs),
                 "accepted": self.accepted, "resets": self.resets, "bytes_forwarded": self.bytes_forwarded,
                 "listen": list(self.address) if self.address else None, "target": list(self.target)}
 
@@ -269,10 +295,12 @@ class FaultProxy:
             self.blackhole()
         elif cmd == "delay":
             self.delay(float(rest[0]) if rest else 0.0)
+        elif cmd == "rate":
+            self.rate(float(rest[0]) if rest else 0.0)
         elif cmd == "heal":
             self.heal()
         elif cmd != "status":
-            raise ValueError(f"unknown command {cmd!r}: cut, cut-once, blackhole, delay SECONDS, heal, status")
+            raise ValueError(f"unknown command {cmd!r}: cut, cut-once, blackhole, delay SECONDS, rate BPS, heal, status")
         return self.status()
 
 
@@ -303,6 +331,9 @@ class FaultProxyThread:
 
     def delay(self, seconds: float) -> None:
         self._call(self.proxy.delay, seconds)
+
+    def rate(self, bytes_per_s: float) -> None:
+        self._call(self.proxy.rate, bytes_per_s)
 
     def heal(self) -> None:
         self._call(self.proxy.heal)

@@ -1,0 +1,119 @@
+"""Faults during initial sync and during resync, on a slow link (the fault
+proxy limits the rate so a round lasts long enough to be hit)."""
+
+import hashlib
+import subprocess
+
+from daemon_helpers import VOLUMES, HostWriter, assert_identical, converged, qemu_io, secondary_args
+
+from blockmirror.storage import Node
+
+RATE_BPS = 12 << 20  # a 16 MiB sync takes over a second
+
+
+def prefill(node_dir: str, tag: bytes, nbytes: int = 12 << 20) -> None:
+    block = hashlib.sha256(tag).digest() * 2048  # 64 KiB
+    with Node.open(node_dir) as node:
+        node.write("vol0", 0, (block * (nbytes // len(block) + 1))[:nbytes])
+        node.flush()
+
+
+def read_export(uri: str) -> bytes:
+    proc = subprocess.run(["nbdcopy", uri, "-"], capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def in_round(st: dict) -> bool:
+    """A round with data is open (its commit not yet confirmed)."""
+    prog = st.get("resync_progress")
+    return bool(prog) and prog["chunks_total"] > 0 and prog["chunks_done"] > 0
+
+
+def test_link_cut_during_initial_sync(new_pair):
+    pair = new_pair()
+    prefill(pair.p_dir, b"initial")
+    pair.start_secondary()
+    pair.proxy.rate(RATE_BPS)
+    pair.start_primary()
+    p, s = pair.primary, pair.secondary
+    st = p.wait_for(in_round, timeout_s=10, what="an initial sync under way")
+    assert st["state"] == "initial-sync"
+    writer = HostWriter(p.uri("vol0"), area_bytes=1 << 20, seed=11)
+    try:
+        pair.proxy.cut()
+        p.wait_for(lambda st: not st["peer_connected"], timeout_s=10, what="link-down detection")
+        sst = s.wait_for(lambda st: st["state"] == "disconnected", timeout_s=10, what="secondary link-down")
+        assert not sst["consistent"], "a half-done first sync is not a consistent image"
+        proc = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", p.uri("vol0"), s.uri("vol0")],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode != 0, "the secondary must not serve a torn first sync as an image"
+        writer.wait_writes(20)
+        pair.proxy.rate(0)
+        pair.proxy.heal()
+        writer.wait_writes(20)
+    finally:
+        writer.stop()
+    st = p.wait_for(converged, timeout_s=30, what="convergence after a cut during initial sync")
+    # No common base yet: the first sync starts over (then a small final round).
+    assert p.log().count("full sync: no common base") == 2
+    assert s.status()["consistent"]
+    assert_identical(p, s)
+
+
+def test_kill9_of_the_secondary_during_resync_keeps_a_consistent_image(new_pair):
+    pair = new_pair()
+    pair.start_secondary()
+    pair.start_primary()
+    p, s = pair.primary, pair.secondary
+    p.wait_for(converged, what="initial sync")
+    qemu_io(p.uri("vol0"), "write -P 0x21 0 16M")
+    p.wait_for(converged, what="mirroring")
+    before = read_export(s.uri("vol0"))
+    assert before == b"\x21" * VOLUMES["vol0"]
+    pair.proxy.cut()
+    p.wait_for(lambda st: st["state"] == "disconnected", timeout_s=10, what="link-down detection")
+    qemu_io(p.uri("vol0"), "write -P 0x42 0 12M")  # a big change while the link is down
+    pair.proxy.rate(RATE_BPS)
+    pair.proxy.heal()
+    st = p.wait_for(in_round, timeout_s=10, what="a resync under way")
+    assert st["state"] == "resyncing" and st["resync_progress"]["kind"] == "incremental"
+    # While the round is applied the read-only export shows the pre-round image, whole.
+    assert read_export(s.uri("vol0")) == before
+    s.kill9()
+    port = s.listen[1]
+    pair.proxy.rate(0)
+    s.restart(*secondary_args(pair.secret, listen=f"127.0.0.1:{port}"))
+    # The interrupted round was rolled back: still the old image, never a mix.
+    assert read_export(s.uri("vol0")) in (before, b"\x42" * (12 << 20) + b"\x21" * (4 << 20))
+    st = p.wait_for(converged, timeout_s=30, what="convergence after kill -9 during resync")
+    assert st["last_resync"]["kind"] == "incremental"
+    assert st["last_resync"]["bytes"] <= (12 << 20) + (64 << 10)
+    assert_identical(p, s)
+
+
+def test_black_hole_during_resync(new_pair):
+    pair = new_pair()
+    pair.start_secondary()
+    pair.start_primary()
+    p, s = pair.primary, pair.secondary
+    p.wait_for(converged, what="initial sync")
+    pair.proxy.cut()
+    p.wait_for(lambda st: st["state"] == "disconnected", timeout_s=10, what="link-down detection")
+    qemu_io(p.uri("vol0"), "write -P 0x61 1M 12M")
+    pair.proxy.rate(RATE_BPS)
+    pair.proxy.heal()
+    p.wait_for(in_round, timeout_s=10, what="a resync under way")
+    writer = HostWriter(p.uri("vol1"), area_bytes=1 << 20, seed=13)
+    try:
+        pair.proxy.blackhole()
+        p.wait_for(lambda st: not st["peer_connected"], timeout_s=10, what="black-hole detection in a round")
+        writer.wait_writes(20)
+        pair.proxy.rate(0)
+        pair.proxy.heal()
+        writer.wait_writes(20)
+    finally:
+        writer.stop()
+    st = p.wait_for(converged, timeout_s=30, what="convergence after a black hole during resync")
+    assert st["last_resync"]["kind"] == "incremental"
+    assert_identical(p, s)
