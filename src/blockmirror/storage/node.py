@@ -314,21 +314,22 @@ class Node:
             for vid, chunks in need.items():
                 vol = self._by_id[vid]
                 key = (snap, vid)
-                slot = self._next_slot.get(key, 0)
-                cow = None
+                first_slot = slot = self._next_slot.get(key, 0)
+                originals = []  # new slots are contiguous: one write for the batch
                 for chunk in chunks:
                     original = vol.file.pread(chunk * self.chunk_size, vol.chunk_bytes(chunk))
-                    zero = self._zero_chunk if len(original) == self.chunk_size else bytes(len(original))
-                    if original == zero:
+                    if len(original) < self.chunk_size:  # the short last chunk: pad its slot
+                        original += bytes(self.chunk_size - len(original))
+                    if original == self._zero_chunk:
                         rows.append((snap, vid, chunk, snap, None))
                         continue
-                    if cow is None:
-                        created |= key not in self._next_slot  # its entry is not yet durable
-                        cow = self._cow(snap, vid, create=True)
-                    cow.pwrite(slot * self.chunk_size, original)
+                    originals.append(original)
                     rows.append((snap, vid, chunk, snap, slot))
                     slot += 1
-                if cow is not None:
+                if originals:
+                    created |= key not in self._next_slot  # its entry is not yet durable
+                    cow = self._cow(snap, vid, create=True)
+                    cow.pwrite(first_slot * self.chunk_size, b"".join(originals))
                     synced.append((key, slot, cow))
             for _, _, cow in synced:
                 cow.sync()
