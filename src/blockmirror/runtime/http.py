@@ -72,7 +72,7 @@ def metrics_text(st: dict) -> str:
         out.append(f"# TYPE blockmirror_{name} {kind}")
         for labels, value in samples:
             lab = ",".join(f'{k}="{v}"' for k, v in labels.items())
-            out.append(f"blockmirror_{name}{{{lab}}} {float(value):g}" if lab else f"blockmirror_{name} {float(value):g}")
+            out.append(f"blockmirror_{name}{{{lab}}} {_num(value)}" if lab else f"blockmirror_{name} {_num(value)}")
 
     role = st.get("role", "?")
     metric("info", "gauge", "Role of this node (value 1).", [({"role": role, "pair": (st.get("pair") or {}).get("name", "")}, 1)])
@@ -107,3 +107,10 @@ def metrics_text(st: dict) -> str:
         metric("consistent", "gauge", "1 when the volumes hold a consistent image.", [({}, 1 if st.get("consistent") else 0)])
         metric("journal_bytes", "gauge", "Bytes in the redo journal.", [({}, st.get("journal_bytes", 0))])
     return "\n".join(out) + "\n"
+
+
+def _num(value) -> str:
+    value = float(value)
+    if value.is_integer() and abs(value) < 2 ** 53:
+        return str(int(value))
+    return repr(value)
