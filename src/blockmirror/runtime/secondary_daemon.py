@@ -226,8 +226,8 @@ class SecondaryDaemon(EngineDriver):
         elif isinstance(msg, (ResyncData, ResyncZeroes)) and self._round is not None:
             length = len(msg.data) if isinstance(msg, ResyncData) else msg.length_bytes
             self._round.extents += 1
-            self._round.chunks += -(-length // chunk)
-            if isinstance(msg, ResyncData):
+            if isinstance(msg, ResyncData):  # like the primary: zero extents (holes) are not counted
+                self._round.chunks += -(-length // chunk)
                 self._round.bytes += length
         elif isinstance(msg, ResyncCommit) and self._round is not None:
             r = self._round
