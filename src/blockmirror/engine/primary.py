@@ -649,6 +649,9 @@ class PrimaryEngine:
             "lag_writes": self.seq - self.acked,
             "write_pause_ms": self.last_pause_ns / 1e6,
             "link_failures": self.link_failures,
+            # After an unclean stop: the regions that joined the resync because
+            # the primary could not know what the secondary had.
+            "unclean_restart_hot_bytes": sum(e[2] for e in self.recovered_hot),
             "last_resync": {"round": self.last_resync.round_id, "kind": self.last_resync.kind,
                             "chunks": self.last_resync.chunks, "bytes": self.last_resync.bytes,
                             "seconds": self.last_resync.seconds},

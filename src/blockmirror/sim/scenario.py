@@ -132,7 +132,7 @@ class Scenario:
         self.sync_acked_point = 0
         self.claimed = ("", 0)  # (generation, seq) the secondary last acknowledged
         self.probes = 0
-        self.probe_rate = rng.choice((0.0, 0.05, 0.2))
+        self.probe_rate = rng.choice((0.0, 0.02, 0.1))
         self.secondary_point = 0
         self.crashed_hot: list[BitMap] = [BitMap() for _ in self.sizes]
         self.host_writes = 0
