@@ -96,3 +96,35 @@ def test_out_of_range_host_write_gets_error_and_changes_nothing(pair):
     t = pair.write("a", SIZE - 10, b"q" * 20)
     assert pair.done[t] is not None and "outside" in str(pair.done[t])
     assert pair.image(pair.pnode, "a") == before
+
+
+def test_unclean_primary_restart_resyncs_only_hot_regions(tmp_path):
+    import random
+
+    from blockmirror.engine import PrimaryConfig, PrimaryEngine
+    from blockmirror.storage import Node
+
+    region = 4 * CHUNK
+    pair = Pair(tmp_path, {"a": SIZE}, chunk_size=CHUNK, activity_region_bytes=region)
+    try:
+        pair.connect()
+        pair.write("a", 0, b"1" * CHUNK)
+        pair.run()
+        pair.primary.on_timer(pair.now + 5)  # the activity log cools what is acked and synced
+        pair.write("a", 40 * CHUNK, b"2" * 100)  # in flight when the primary dies
+        pair.run(deliver_acks=False)
+        # The primary process dies: no shutdown, the node is reopened as after kill -9.
+        pair.pnode.close()
+        pair.secondary.link_down(pair.now, "peer died")
+        pair.pnode = Node.open(str(tmp_path / "p"))
+        pair.primary = PrimaryEngine(pair.pnode, PrimaryConfig(activity_region_bytes=region),
+                                     random.Random(3), pair.now)
+        st = pair.primary.status()
+        assert st["unclean_restart_hot_bytes"] == region, "one hot region: the unacknowledged write's"
+        pair.connect()
+        st = pair.primary.status()
+        assert st["state"] == "mirroring"
+        assert 1 <= st["last_resync"]["chunks"] <= region // CHUNK, st["last_resync"]
+        assert pair.image(pair.snode, "a") == pair.image(pair.pnode, "a")
+    finally:
+        pair.close()
