@@ -128,3 +128,19 @@ def test_unclean_primary_restart_resyncs_only_hot_regions(tmp_path):
         assert pair.image(pair.snode, "a") == pair.image(pair.pnode, "a")
     finally:
         pair.close()
+
+
+def test_secondary_refuses_out_of_order_or_unbased_data(pair):
+    from blockmirror.protocol import NIL_UUID, RemoteProtocolError, ResyncBegin, Write
+    import uuid as uuid_mod
+
+    pair.connect()
+    s = pair.secondary
+    before = pair.image(pair.snode, "a")
+    with pytest.raises(RemoteProtocolError, match="does not follow"):
+        s.on_message(pair.now, Write(s.seq + 2, 0, 0, b"x" * 10))
+    with pytest.raises(RemoteProtocolError, match="holds"):
+        s.on_message(pair.now, ResyncBegin(99, uuid_mod.UUID(int=5, version=4), uuid_mod.UUID(int=6, version=4), 1, 0))
+    s.end_of_batch(pair.now)
+    assert pair.image(pair.snode, "a") == before
+    assert s.round_open is None and s.status().journal_bytes == 0

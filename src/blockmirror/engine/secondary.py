@@ -37,6 +37,7 @@ from blockmirror.protocol import (
     Write,
     WriteZeroes,
 )
+from blockmirror.protocol.errors import ErrorCode, RemoteProtocolError
 from blockmirror.storage import Node, WriteOp
 
 log = logging.getLogger("blockmirror.secondary")
@@ -236,8 +237,13 @@ class SecondaryEngine:
             raise AssertionError(f"unexpected message {type(msg).__name__}")
 
     def _journal(self, seq, volume, kind, offset, length, data) -> None:
-        assert not self.inconsistent, "live write to an inconsistent secondary"
-        assert seq == self._journaled_seq + 1, f"seq {seq} after {self._journaled_seq}"
+        # A peer that breaks these is refused (the driver closes the link); nothing is written.
+        if self.inconsistent:
+            raise RemoteProtocolError(ErrorCode.REFUSED, "live write to a secondary that holds no consistent "
+                                                         "image; a full sync must come first")
+        if seq != self._journaled_seq + 1:
+            raise RemoteProtocolError(ErrorCode.SEQUENCE_ERROR, f"write seq {seq} does not follow seq "
+                                                                f"{self._journaled_seq}")
         self.journal.append(seq, volume, kind, offset, length, data)
         self._pending_writes.append(self._record_op(volume, kind, offset, length, data))
         self._journaled_seq = seq
@@ -274,7 +280,10 @@ class SecondaryEngine:
         elif "round-in-place" in self.config.mutations:
             pass  # broken on purpose: no safety snapshot, a torn round stays torn
         else:
-            assert msg.base_generation == self.generation, "round from a generation we do not hold"
+            if msg.base_generation != self.generation:
+                raise RemoteProtocolError(ErrorCode.REFUSED, f"round {msg.round_id} starts from generation "
+                                                             f"{msg.base_generation}; this secondary holds "
+                                                             f"{self.generation}")
             # A crash between these two commits leaves a stray snapshot and no
             # round: recovery deletes the snapshot, nothing was applied yet.
             safety = self.node.snapshot("resync-safety")
