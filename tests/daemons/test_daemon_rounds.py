@@ -2,7 +2,9 @@
 proxy limits the rate so a round lasts long enough to be hit)."""
 
 import hashlib
+import re
 import subprocess
+import time
 
 from daemon_helpers import VOLUMES, HostWriter, assert_identical, converged, qemu_io, secondary_args
 
@@ -117,3 +119,19 @@ def test_black_hole_during_resync(new_pair):
     st = p.wait_for(converged, timeout_s=30, what="convergence after a black hole during resync")
     assert st["last_resync"]["kind"] == "incremental"
     assert_identical(p, s)
+
+
+def test_progress_line_shows_rate_and_eta(new_pair):
+    pair = new_pair(primary_extra=["--progress", "always"])
+    prefill(pair.p_dir, b"progress")
+    pair.start_secondary()
+    pair.proxy.rate(RATE_BPS)
+    pair.start_primary()
+    p = pair.primary
+    p.wait_for(converged, timeout_s=30, what="initial sync")
+    deadline = time.monotonic() + 3
+    while " done: " not in p.log() and time.monotonic() < deadline:
+        time.sleep(0.1)  # the line is redrawn twice a second
+    log = p.log()
+    assert "initial sync round 1 [" in log and "/s ETA" in log and "%" in log
+    assert re.search(r"resync round \d+ done: \d+ chunks", log), log[-2000:]

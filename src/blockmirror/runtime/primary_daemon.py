@@ -214,6 +214,10 @@ class PrimaryDaemon(EngineDriver):
         st["link"] = None if link is None else {
             "peer": link.peer, "established": link.established,
             "bytes_sent": link.bytes_sent, "bytes_received": link.bytes_received}
+        if st.get("resync_progress") and link is not None:
+            # Chunks "done" are handed to the socket; what still sits in our
+            # buffers has not reached the secondary yet.
+            st["resync_progress"]["bytes_queued"] = link.queued_bytes()
         st["last_link_error"] = self.last_link_error
         st["state_seconds"] = round(time.monotonic() - self.state_since, 3)
         st["connect_attempts"] = self.connects

@@ -84,5 +84,6 @@ def _done_total(prog: dict) -> tuple[float, float]:
     if "chunks_total" in prog:
         total = prog.get("bytes_total") or 0
         ctot = prog.get("chunks_total") or 0
-        return (total * prog.get("chunks_done", 0) / ctot if ctot else 0.0), float(total)
+        handed = total * prog.get("chunks_done", 0) / ctot if ctot else 0.0
+        return max(0.0, handed - prog.get("bytes_queued", 0)), float(total)
     return float(prog.get("bytes_done", 0)), float(prog.get("bytes_max") or 0)

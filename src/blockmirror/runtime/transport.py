@@ -22,8 +22,11 @@ whether it had been established.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import socket
+import struct
+import termios
 from typing import Protocol
 
 from blockmirror.protocol import (
@@ -173,6 +176,20 @@ class LinkProtocol(asyncio.BufferedProtocol):
         if self.closed or self.transport is None:
             return 0
         return max(0, SEND_BUFFER_HIGH_BYTES - self.transport.get_write_buffer_size())
+
+    def queued_bytes(self) -> int:
+        """Bytes sent by us but not yet acknowledged by the peer's TCP: our
+        transport's buffer plus the socket's send queue (SIOCOUTQ)."""
+        if self.transport is None or self.closed:
+            return 0
+        n = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                n += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+            except OSError:
+                pass
+        return n
 
     @property
     def writable(self) -> bool:
