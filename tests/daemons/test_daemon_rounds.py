@@ -135,3 +135,26 @@ def test_progress_line_shows_rate_and_eta(new_pair):
     log = p.log()
     assert "initial sync round 1 [" in log and "/s ETA" in log and "%" in log
     assert re.search(r"resync round \d+ done: \d+ chunks", log), log[-2000:]
+
+
+def test_kill9_of_the_primary_during_resync(new_pair):
+    pair = new_pair()
+    pair.start_secondary()
+    pair.start_primary()
+    p, s = pair.primary, pair.secondary
+    p.wait_for(converged, what="initial sync")
+    pair.proxy.cut()
+    p.wait_for(lambda st: st["state"] == "disconnected", timeout_s=10, what="link-down detection")
+    qemu_io(p.uri("vol0"), "write -P 0x71 2M 12M")
+    pair.proxy.rate(RATE_BPS)
+    pair.proxy.heal()
+    p.wait_for(in_round, timeout_s=10, what="a resync under way")
+    p.kill9()
+    pair.proxy.rate(0)
+    s.wait_for(lambda st: st["state"] == "disconnected", timeout_s=10, what="the secondary noticing")
+    assert s.status()["consistent"], "the interrupted round is rolled back: the old image stands"
+    p.restart()
+    st = p.wait_for(converged, timeout_s=30, what="convergence after kill -9 of the primary during resync")
+    assert st["last_resync"]["kind"] == "incremental", "the base snapshot survived the crash: no full copy"
+    assert "unclean stop" in p.log()
+    assert_identical(p, s)
