@@ -88,11 +88,13 @@ class _Inflight:
 
 @dataclass
 class ResyncStats:
-    round_id: int = 0
-    kind: str = ""
+    """One resync: every round from a reconnect until mirroring."""
+    rounds: int = 0
+    kind: str = ""  # 'full' if any round had no common base, else 'incremental'
     chunks: int = 0
     bytes: int = 0
     seconds: float = 0.0
+    started: float = 0.0
 
 
 @dataclass
@@ -153,6 +155,7 @@ class PrimaryEngine:
         self.live = False  # writes get seqs and go to the peer
         self.rounds_this_link = 0
         self.last_resync = ResyncStats()
+        self._episode = ResyncStats()
         self.resync_chunks_total = 0
         self.last_pause_ns = 0
         self.link_failures = 0
@@ -344,6 +347,7 @@ class PrimaryEngine:
         self._next_heartbeat = now + self.config.heartbeat_interval_s
         self.seq = self.acked = est.committed_seq
         self.rounds_this_link = 0
+        self._episode = ResyncStats(started=now)
         peer_gen = est.committed_generation
         base = None
         reason = ""
@@ -539,7 +543,11 @@ class PrimaryEngine:
         if rnd.base is not None:
             self.node.delete_snapshot(rnd.base)
         seconds = now - rnd.started
-        self.last_resync = ResyncStats(rnd.id, rnd.kind, rnd.chunks_sent, rnd.data_bytes_sent, seconds)
+        ep = self._episode
+        ep.rounds += 1
+        ep.kind = "full" if "full" in (ep.kind, rnd.kind) else "incremental"
+        ep.chunks += rnd.chunks_sent
+        ep.bytes += rnd.data_bytes_sent
         self.resync_chunks_total += rnd.chunks_sent
         log.info("round %d committed: %d chunks, %d bytes in %.3fs", rnd.id, rnd.chunks_sent,
                  rnd.data_bytes_sent, seconds)
@@ -547,6 +555,8 @@ class PrimaryEngine:
         if rnd.final:
             self.node.set_state({K_BASE + str(rnd.target): None})
             self.node.delete_snapshot(rnd.target)
+            ep.seconds = now - ep.started
+            self.last_resync = ep
             self.state = MIRRORING
             log.info("mirroring (generation %s)", self.generation)
         else:
@@ -652,7 +662,7 @@ class PrimaryEngine:
             # After an unclean stop: the regions that joined the resync because
             # the primary could not know what the secondary had.
             "unclean_restart_hot_bytes": sum(e[2] for e in self.recovered_hot),
-            "last_resync": {"round": self.last_resync.round_id, "kind": self.last_resync.kind,
+            "last_resync": {"rounds": self.last_resync.rounds, "kind": self.last_resync.kind,
                             "chunks": self.last_resync.chunks, "bytes": self.last_resync.bytes,
                             "seconds": self.last_resync.seconds},
             "resync_progress": None if self.round is None else {

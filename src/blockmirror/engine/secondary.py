@@ -62,6 +62,11 @@ class SecondaryStatus:
     linked: bool
     journal_bytes: int
 
+    def as_dict(self) -> dict:
+        return {"role": "secondary", "generation": str(self.generation), "seq": self.seq,
+                "inconsistent": self.inconsistent, "round": self.round_id, "peer_connected": self.linked,
+                "journal_bytes": self.journal_bytes}
+
 
 class SecondaryEngine:
     def __init__(self, node: Node, config: SecondaryConfig, now: float, observer=None):

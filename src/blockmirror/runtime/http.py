@@ -81,9 +81,9 @@ def metrics_text(st: dict) -> str:
     metric("peer_connected", "gauge", "1 while the replication link is up.", [({}, 1 if st.get("peer_connected") else 0)])
     metric("state_seconds", "gauge", "Seconds in the current state.", [({}, st.get("state_seconds", 0))])
     last = st.get("last_resync") or {}
-    metric("last_resync_chunks", "gauge", "Chunks sent by the last resync round.", [({}, last.get("chunks", 0))])
-    metric("last_resync_bytes", "gauge", "Data bytes sent by the last resync round.", [({}, last.get("bytes", 0))])
-    metric("last_resync_seconds", "gauge", "Duration of the last resync round.", [({}, last.get("seconds", 0))])
+    metric("last_resync_chunks", "gauge", "Chunks sent by the last resync (all its rounds).", [({}, last.get("chunks", 0))])
+    metric("last_resync_bytes", "gauge", "Data bytes sent by the last resync (all its rounds).", [({}, last.get("bytes", 0))])
+    metric("last_resync_seconds", "gauge", "Duration of the last resync, from reconnect to mirroring.", [({}, last.get("seconds", 0))])
     snaps = st.get("snapshots") or []
     metric("snapshots", "gauge", "Snapshots held on this node.", [({}, len(snaps))])
     metric("snapshot_space_bytes", "gauge", "Preserved data held by snapshots.",

@@ -51,7 +51,9 @@ class Progress:
         if not prog:
             if self._shown:
                 last = st.get("last_resync") or {}
-                self._stream.write(f"\r\x1b[Kresync round {last.get('round')} done: {last.get('chunks')} chunks, "
+                rounds = last.get("rounds") or 1
+                self._stream.write(f"\r\x1b[K{last.get('kind') or 'resync'} resync done in {rounds} "
+                                   f"round{'s' if rounds != 1 else ''}: {last.get('chunks')} chunks, "
                                    f"{format_size(last.get('bytes') or 0)} in {last.get('seconds', 0):.1f}s\n")
                 self._stream.flush()
                 self._shown = False
