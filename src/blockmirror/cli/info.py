@@ -25,6 +25,7 @@ def describe(node: Node) -> dict:
                      "allocated_bytes": sum(n for _, n in v.allocated_extents())}
                     for v in node.volumes.values()],
         "snapshots": [{"id": s.id, "label": s.label, "created_ns": s.created_ns, "pause_ns": s.pause_ns,
+                       "sealed": s.sealed,
                        "exceptions": space[s.id].exceptions, "space_bytes": space[s.id].data_bytes}
                       for s in node.snapshots()],
     }
@@ -44,7 +45,7 @@ def run(args) -> int:
         print(f"{'SNAPSHOT':>8} {'LABEL':<16} {'CHUNKS':>8} {'SPACE':>10} {'PAUSE':>9}")
         for s in info["snapshots"]:
             print(f"{s['id']:>8} {s['label']:<16} {s['exceptions']:>8} {format_size(s['space_bytes']):>10} "
-                  f"{s['pause_ns'] / 1e6:>7.2f}ms")
+                  f"{s['pause_ns'] / 1e6:>7.2f}ms" + ("" if s["sealed"] else "  (unsealed: crashed before its sync)"))
     else:
         print("no snapshots")
     return 0
