@@ -20,7 +20,8 @@ def test_500_seeds_keep_every_invariant():
     assert not failed, out.getvalue()
     # The run must actually have exercised what it claims to check.
     kinds = set().union(*(r.faults for r in results))
-    assert {"cut", "blackhole", "partition", "crash-primary", "crash-secondary", "disk-full"} <= kinds
+    assert {"cut", "blackhole", "partition", "slow", "delay", "crash-primary", "crash-secondary",
+            "disk-full"} <= kinds
     assert {r.mode for r in results} == {"sync", "async"}
     assert {r.workload for r in results} == {"sequential", "random", "hot", "spanning"}
     assert sum(r.rounds for r in results) > SEEDS  # resyncs happened, many

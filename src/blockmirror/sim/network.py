@@ -42,6 +42,8 @@ class SimNetwork:
         self.partitioned_until = 0.0
         self.blackhole_until = 0.0
         self.slow_until = 0.0
+        self.delay_until = 0.0
+        self.delay_extra_s = 0.0
         self.conn: SimConn | None = None
         self.bytes_sent = 0
 
@@ -59,6 +61,8 @@ class SimNetwork:
         size = len(data) if data is not None else 0
         pipe.busy_until = start + size / bw
         arrive = pipe.busy_until + self.latency_s
+        if now < self.delay_until:  # a latency spike (a congested or rerouted path)
+            arrive += self.delay_extra_s
         if self.blackholed(now):
             arrive = max(arrive, self.blackhole_until + self.latency_s)
         pipe.queue.append((arrive, data))

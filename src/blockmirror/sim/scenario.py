@@ -56,7 +56,7 @@ from blockmirror.storage.crashfs import CrashFileSystem, SimulatedCrash
 CHUNK = 4096
 SECRET = b"simulated pair secret, 32 bytes!"
 WORKLOADS = ("sequential", "random", "hot", "spanning")
-FAULTS = ("cut", "blackhole", "partition", "slow", "crash-primary", "crash-secondary", "disk-full")
+FAULTS = ("cut", "blackhole", "partition", "slow", "delay", "crash-primary", "crash-secondary", "disk-full")
 
 
 class Violation(Exception):
@@ -488,6 +488,9 @@ class Scenario:
             self.net.hold_in_flight(self.net.blackhole_until)
         elif kind == "slow":
             self.net.slow_until = self.now + duration
+        elif kind == "delay":
+            self.net.delay_until = self.now + duration
+            self.net.delay_extra_s = rng.uniform(0.05, 2.5)  # past link_timeout_s at times
         elif kind.startswith("crash-"):
             side = self.primary if kind == "crash-primary" else self.secondary
             if side.up:
@@ -570,6 +573,7 @@ class Scenario:
             self.healing = True
             self.log("HEAL")
             self.net.partitioned_until = self.net.blackhole_until = self.net.slow_until = 0.0
+            self.net.delay_until = 0.0
             for side in (self.primary, self.secondary):
                 side.fs.crash_at_step = None
                 side.fs.disk_full = False
