@@ -58,7 +58,7 @@ class Daemon:
             m = re.match(r"serving \d+ volumes? (?:read-only )?on (nbd://127\.0\.0\.1:\d+)$", line)
             if m:
                 self.nbd_uri = m.group(1)
-            m = re.match(r"listening for the primary on (127\.0\.0\.1):(\d+)$", line)
+            m = re.match(r"listening for the primary on ([0-9.]+):(\d+)(?: \(TLS[^)]*\))?$", line)
             if m:
                 self.listen = (m.group(1), int(m.group(2)))
 

@@ -134,6 +134,13 @@ def add_link_flags(parser: argparse.ArgumentParser) -> None:
                         help="serve /status (JSON) and /metrics (Prometheus) over HTTP")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                         help="log verbosity on stderr (default: info)")
+    parser.add_argument("--tls-cert", metavar="FILE",
+                        help="encrypt the replication link with TLS: this node's certificate (PEM); "
+                             "needs --tls-key, and TLS on both nodes")
+    parser.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM, unencrypted)")
+    parser.add_argument("--tls-ca", metavar="FILE",
+                        help="verify the peer's TLS certificate against this CA (PEM); on the secondary this "
+                             "requires the primary to present a certificate from it")
     parser.add_argument("--progress", choices=["auto", "always", "never"],
                         help="a progress line for initial sync and resync on stderr "
                              "(auto: when stderr is a terminal)")

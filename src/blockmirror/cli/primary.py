@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
         parser.error("the following arguments are required: --nbd (or nbd = \"HOST:PORT\" in --config)")
     host, port = parse_host_port(args.nbd)
     if args.peer is None:
-        for flag, given in (("--secret-file", args.secret_file), ("--http", args.http)):
+        for flag, given in (("--secret-file", args.secret_file), ("--http", args.http),
+                            ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key), ("--tls-ca", args.tls_ca)):
             if given:
                 raise ConfigError(f"{flag} needs --peer", hint="give the secondary's address with --peer HOST:PORT")
         setup_logging(args.log_level)
@@ -154,6 +155,7 @@ async def _serve(local, host: str, port: int) -> int:
 
 def _run_mirrored(args, host: str, port: int) -> int:
     from blockmirror.engine import PrimaryConfig
+    from blockmirror.runtime import tls
     from blockmirror.runtime.pairing import bind_pair, check_pair_name, read_secret
     from blockmirror.storage import Node
     from blockmirror.units import parse_size
@@ -172,6 +174,8 @@ def _run_mirrored(args, host: str, port: int) -> int:
     if window < (64 << 10):
         raise ConfigError(f"--window {args.window} is too small", hint="use at least 64KiB, e.g. --window 8MiB")
     secret = read_secret(args.secret_file)
+    tls_files = tls.files_from_args(args)
+    tls_context = tls.client_context(tls_files) if tls_files is not None else None
     config = PrimaryConfig(mode=args.mode, window_bytes_max=window, link_timeout_s=args.link_timeout,
                            heartbeat_interval_s=heartbeat_for(args),
                            reconnect_max_s=max(args.reconnect_max, 0.2))
@@ -185,16 +189,16 @@ def _run_mirrored(args, host: str, port: int) -> int:
     except BaseException:
         node.close()
         raise
-    return asyncio.run(_serve_mirrored(args, node, config, peer, secret, pair, host, port, http))
+    return asyncio.run(_serve_mirrored(args, node, config, peer, secret, pair, host, port, http, tls_context))
 
 
-async def _serve_mirrored(args, node, config, peer, secret, pair, host, port, http) -> int:
+async def _serve_mirrored(args, node, config, peer, secret, pair, host, port, http, tls_context) -> int:
     from blockmirror.nbd.server import NbdServer
     from blockmirror.runtime.control import ControlServer
     from blockmirror.runtime.primary_daemon import PrimaryDaemon
     from blockmirror.runtime.progress import Progress
 
-    daemon = PrimaryDaemon(node, config, peer, secret, pair)
+    daemon = PrimaryDaemon(node, config, peer, secret, pair, tls_context)
     await daemon.open()
     server = NbdServer(daemon.exports)
     try:
@@ -228,10 +232,11 @@ async def _serve_mirrored(args, node, config, peer, secret, pair, host, port, ht
     progress = Progress.maybe(args.progress, daemon.status)
     uri = nbd_uri(bound_host, bound_port)
     count = len(daemon.exports)
-    log.info("node %s: serving volumes %s on %s; mirroring to %s (%s mode, pair %r)", node.path,
-             ", ".join(e.name for e in daemon.exports), uri, daemon.peer_text, config.mode, pair.name)
+    over = "" if tls_context is None else (", TLS, peer verified" if args.tls_ca else ", TLS, peer not verified")
+    log.info("node %s: serving volumes %s on %s; mirroring to %s (%s mode, pair %r%s)", node.path,
+             ", ".join(e.name for e in daemon.exports), uri, daemon.peer_text, config.mode, pair.name, over)
     ready([f"serving {count} volume{'s' if count != 1 else ''} on {uri}",
-           f"mirroring to {daemon.peer_text} ({config.mode} mode, pair {pair.name})", *lines,
+           f"mirroring to {daemon.peer_text} ({config.mode} mode, pair {pair.name}{over})", *lines,
            f"control socket {control.path}"])
 
     await stop.wait()

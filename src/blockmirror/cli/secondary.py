@@ -58,6 +58,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from blockmirror.engine import SecondaryConfig
+    from blockmirror.runtime import tls
     from blockmirror.runtime.pairing import bind_pair, check_pair_name, read_secret
     from blockmirror.storage import Node
 
@@ -71,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     http = parse_address(args.http, "--http") if args.http else None
     pair_name = check_pair_name(args.pair)
     secret = read_secret(args.secret_file)
+    tls_files = tls.files_from_args(args)
+    tls_context = tls.server_context(tls_files) if tls_files is not None else None
     config = SecondaryConfig(heartbeat_interval_s=heartbeat_for(args), link_timeout_s=args.link_timeout)
     setup_logging(args.log_level)
     node = Node.open(args.dir)
@@ -81,16 +84,16 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         node.close()
         raise
-    return asyncio.run(_serve(args, node, config, secret, pair, listen, nbd, http))
+    return asyncio.run(_serve(args, node, config, secret, pair, listen, nbd, http, tls_context))
 
 
-async def _serve(args, node, config, secret, pair, listen, nbd, http) -> int:
+async def _serve(args, node, config, secret, pair, listen, nbd, http, tls_context) -> int:
     from blockmirror.nbd.server import NbdServer
     from blockmirror.runtime.control import ControlServer
     from blockmirror.runtime.progress import Progress
     from blockmirror.runtime.secondary_daemon import SecondaryDaemon
 
-    daemon = SecondaryDaemon(node, config, secret, pair)
+    daemon = SecondaryDaemon(node, config, secret, pair, tls_context)
     await daemon.open()
     lines = []
     try:
@@ -98,7 +101,8 @@ async def _serve(args, node, config, secret, pair, listen, nbd, http) -> int:
     except (OSError, socket.gaierror) as exc:
         await daemon.close()
         raise listen_error("listen for the primary", "--listen", listen[0], listen[1], exc) from None
-    lines.append(f"listening for the primary on {format_address(h, p)}")
+    over = "" if tls_context is None else (" (TLS, primary verified)" if args.tls_ca else " (TLS)")
+    lines.append(f"listening for the primary on {format_address(h, p)}{over}")
     server = None
     if nbd is not None:
         server = NbdServer(daemon.exports)
@@ -133,7 +137,7 @@ async def _serve(args, node, config, secret, pair, listen, nbd, http) -> int:
     daemon.on_fatal = stop.set
     daemon.start()
     progress = Progress.maybe(args.progress, daemon.status)
-    log.info("node %s: secondary of pair %r, listening on %s%s", node.path, pair.name, daemon.listen_text,
+    log.info("node %s: secondary of pair %r, listening on %s%s%s", node.path, pair.name, daemon.listen_text, over,
              "" if server is None else ", volumes read-only over NBD")
     ready([*lines, f"control socket {control.path}"])
 

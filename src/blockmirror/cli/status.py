@@ -46,6 +46,10 @@ def render(st: dict) -> str:
     else:
         rows.append(("listen", f"{st.get('listen')} ({'primary connected' if st.get('peer_connected') else 'no primary'})"))
         rows.append(("consistent", "yes" if st.get("consistent") else "no (no complete sync yet)"))
+    link_tls = (st.get("link") or {}).get("tls")
+    if link_tls:
+        rows.append(("tls", f"{link_tls.get('version')} {link_tls.get('cipher')}, peer "
+                            f"{link_tls.get('peer_subject') or 'not verified'}"))
     if st.get("pair"):
         rows.append(("pair", st["pair"]["name"]))
     if st.get("generation"):

@@ -16,6 +16,7 @@ import itertools
 import logging
 import os
 import random
+import ssl
 import time
 import uuid
 
@@ -27,6 +28,7 @@ from blockmirror.protocol import Connection, Goodbye, LocalNode, ResyncCommitted
 from blockmirror.runtime.driver import EngineDriver, StepResult
 from blockmirror.runtime.engine_export import PrimaryExport
 from blockmirror.runtime.enginethread import EngineThread
+from blockmirror.runtime import tls
 from blockmirror.runtime.pairing import PairIdentity
 from blockmirror.runtime.transport import LinkProtocol
 from blockmirror.storage import Node, WriteOp
@@ -41,8 +43,9 @@ class PrimaryDaemon(EngineDriver):
     role = "primary"
 
     def __init__(self, node: Node, config: PrimaryConfig, peer: tuple[str, int], secret: bytes,
-                 pair: PairIdentity):
+                 pair: PairIdentity, tls_context: ssl.SSLContext | None = None):
         super().__init__(EngineThread("primary-engine"), log)
+        self.tls_context = tls_context
         self.node = node
         self.config = config
         self.peer = peer
@@ -97,22 +100,35 @@ class PrimaryDaemon(EngineDriver):
         if link is self.link:
             self.link = None
         if not link.established:
-            if reason != self.last_link_error and ("refused" in reason or "protocol error" in reason):
+            if reason != self.last_link_error and any(w in reason for w in ("refused", "protocol error", "TLS")):
                 log.error("the link to %s was refused: %s", self.peer_text, reason)
             self.last_link_error = reason
 
     async def _connect(self, attempt: int) -> None:
-        link = LinkProtocol(self)
+        link = LinkProtocol(self, peer_role="the secondary")
         link.attempt = attempt
         self.link = link
         self.connects += 1
         loop = asyncio.get_running_loop()
         host, port = self.peer
         timeout = self.config.link_timeout_s
+        kw = {} if self.tls_context is None else {"ssl": self.tls_context, "ssl_handshake_timeout": timeout}
         try:
-            await asyncio.wait_for(loop.create_connection(lambda: link, host, port), timeout)
+            await asyncio.wait_for(loop.create_connection(lambda: link, host, port, **kw), timeout)
         except asyncio.TimeoutError:
             link._finish(f"connecting to {self.peer_text} timed out after {timeout:g}s")
+            return
+        except ssl.SSLError as exc:
+            link._finish(tls.explain(exc, "the secondary"))
+            return
+        except ConnectionError as exc:
+            if self.tls_context is not None and not isinstance(exc, ConnectionRefusedError):
+                # reset or closed in the middle of the TLS handshake
+                link._finish(f"the secondary closed the connection during the TLS handshake: {tls.reason(exc)} "
+                             "(try: check that the secondary runs with --tls-cert and --tls-key and trusts this "
+                             "node's certificate; its log says why)")
+            else:
+                link._finish(f"cannot connect to {self.peer_text}: {exc.strerror or exc}")
             return
         except OSError as exc:
             link._finish(f"cannot connect to {self.peer_text}: {exc.strerror or exc}")
@@ -212,7 +228,7 @@ class PrimaryDaemon(EngineDriver):
         st["node"] = self.node.path
         link = self.link
         st["link"] = None if link is None else {
-            "peer": link.peer, "established": link.established,
+            "peer": link.peer, "established": link.established, "tls": link.tls,
             "bytes_sent": link.bytes_sent, "bytes_received": link.bytes_received}
         if st.get("resync_progress") and link is not None:
             # Chunks "done" are handed to the socket; what still sits in our

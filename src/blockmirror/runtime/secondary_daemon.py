@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import time
 import uuid
 from collections import deque
@@ -46,6 +47,7 @@ from blockmirror.storage import Node
 log = logging.getLogger("blockmirror.secondary")
 
 WAITING_LINKS_MAX = 4
+TLS_PENDING_MAX = 8  # TLS handshakes at once; more connections are reset
 
 
 class _RoundStats:
@@ -62,8 +64,13 @@ class _RoundStats:
 class SecondaryDaemon(EngineDriver):
     role = "secondary"
 
-    def __init__(self, node: Node, config: SecondaryConfig, secret: bytes, pair: PairIdentity):
+    def __init__(self, node: Node, config: SecondaryConfig, secret: bytes, pair: PairIdentity,
+                 tls_context: ssl.SSLContext | None = None):
         super().__init__(EngineThread("secondary-engine"), log)
+        self.tls_context = tls_context
+        self._tls_pending: set[LinkProtocol] = set()  # TLS handshakes under way
+        self._tls_errors_logged: set[str] = set()
+        self.tls_failures = 0
         self.node = node
         self.config = config
         self.secret = secret
@@ -87,14 +94,41 @@ class SecondaryDaemon(EngineDriver):
 
     async def listen(self, host: str, port: int) -> tuple[str, int]:
         loop = asyncio.get_running_loop()
-        self.listener = await loop.create_server(
-            lambda: LinkProtocol(self, on_made=self._accepted), host, port, reuse_address=True, backlog=16)
+        self.listener = await loop.create_server(self._new_link, host, port, reuse_address=True, backlog=16)
         name = self.listener.sockets[0].getsockname()
         self.listen_text = f"[{name[0]}]:{name[1]}" if ":" in name[0] else f"{name[0]}:{name[1]}"
         return name[0], name[1]
 
     # -- links ----------------------------------------------------------------------------------
+    def _new_link(self) -> LinkProtocol:
+        if self.tls_context is None:
+            return LinkProtocol(self, on_made=self._accepted, peer_role="the primary")
+        if len(self._tls_pending) >= TLS_PENDING_MAX or self._closing:
+            def refuse(link):
+                log.warning("refusing a connection from %s: %d TLS handshakes already under way", link.peer,
+                            len(self._tls_pending))
+                link.abort("too many TLS handshakes")
+            return LinkProtocol(self, on_made=refuse)
+        link = LinkProtocol(self, on_made=self._accepted, peer_role="the primary", tls_server=self.tls_context,
+                            tls_timeout_s=self.config.link_timeout_s, on_tls_failed=self._tls_failed)
+        self._tls_pending.add(link)
+        return link
+
+    def _tls_failed(self, link: LinkProtocol, peer: str, reason: str | None) -> None:
+        self._tls_pending.discard(link)
+        if reason is None:
+            log.debug("the connection from %s closed right after its TLS handshake", peer)
+            return
+        self.tls_failures += 1
+        if self._closing:
+            return
+        # Once per distinct reason: a misconfigured primary retries for ever.
+        level = logging.ERROR if reason not in self._tls_errors_logged else logging.DEBUG
+        self._tls_errors_logged.add(reason)
+        log.log(level, "refused a connection from %s: %s", peer, reason)
+
     def _accepted(self, link: LinkProtocol) -> None:
+        self._tls_pending.discard(link)
         self.accepted += 1
         if self._closing:
             link.abort("shutting down")
@@ -303,8 +337,10 @@ class SecondaryDaemon(EngineDriver):
         st["node"] = self.node.path
         link = self.active
         st["link"] = None if link is None else {
-            "peer": link.peer, "established": link.established,
+            "peer": link.peer, "established": link.established, "tls": link.tls,
             "bytes_sent": link.bytes_sent, "bytes_received": link.bytes_received}
+        st["tls"] = self.tls_context is not None
+        st["tls_failures"] = self.tls_failures
         st["state_seconds"] = round(time.monotonic() - self.state_since, 3)
         st["connections_accepted"] = self.accepted
         return st
@@ -318,6 +354,10 @@ class SecondaryDaemon(EngineDriver):
         for link in list(self.waiting):
             link.abort("shutting down")
         self.waiting.clear()
+        for link in list(self._tls_pending):
+            if link.tls_task is not None:
+                link.tls_task.cancel()
+        self._tls_pending.clear()
         await self.stop()
         link = self.active
         if link is not None and not link.closed:

@@ -17,6 +17,13 @@ Back-pressure both ways:
 
 Every link reports exactly one terminal event: `closed`, with a reason and
 whether it had been established.
+
+TLS: the primary dials with `ssl=` (asyncio wraps the socket before the link
+sees it); the secondary accepts plain TCP and upgrades each connection with
+`start_tls` itself (`tls_server=`), so a failed TLS handshake is an error it
+can log with the peer's address and a hint (asyncio's own TLS server drops
+them silently). A link whose TLS handshake fails never starts: `on_made` is
+not called and no `closed` event is sent; `on_tls_failed` is.
 """
 
 from __future__ import annotations
@@ -25,8 +32,10 @@ import asyncio
 import fcntl
 import logging
 import socket
+import ssl
 import struct
 import termios
+import time
 from typing import Protocol
 
 from blockmirror.protocol import (
@@ -39,12 +48,14 @@ from blockmirror.protocol import (
     RemoteProtocolError,
 )
 from blockmirror.protocol.errors import error_code_name
+from blockmirror.runtime import tls
 
 log = logging.getLogger("blockmirror.link")
 
 SEND_BUFFER_HIGH_BYTES = 8 << 20  # transport write buffer that stops polling the engine
 SEND_BUFFER_LOW_BYTES = 2 << 20
 _PRESTART_BYTES_MAX = 64 << 10  # bytes a not-yet-started link may receive (a Hello is far smaller)
+_TLS_RECORD_FIRST_BYTES = (0x15, 0x16)  # a TLS alert or handshake record: the peer speaks TLS
 # The daemons derive the pair UUID from the pair name and the secret (pairing.py).
 _RUNTIME_HINTS = {
     ErrorCode.PAIR_MISMATCH: "give both nodes the same --pair name and the same secret file "
@@ -65,7 +76,8 @@ class LinkProtocol(asyncio.BufferedProtocol):
 
     _ids = 0
 
-    def __init__(self, sink: LinkSink, on_made=None):
+    def __init__(self, sink: LinkSink, on_made=None, peer_role: str = "the peer",
+                 tls_server: ssl.SSLContext | None = None, tls_timeout_s: float = 5.0, on_tls_failed=None):
         LinkProtocol._ids += 1
         self.id = LinkProtocol._ids
         self.attempt = 0  # the primary's connection attempt number
@@ -83,13 +95,27 @@ class LinkProtocol(asyncio.BufferedProtocol):
         self._recv_paused = False
         self.bytes_received = 0
         self.bytes_sent = 0
+        self.last_received = 0.0  # time.monotonic() of the last bytes from the peer
+        self.peer_role = peer_role  # "the primary" / "the secondary", for messages
+        self.first_byte: int | None = None
+        self._buf: memoryview | None = None
+        self._tls_server = tls_server
+        self._tls_timeout_s = tls_timeout_s
+        self._on_tls_failed = on_tls_failed
+        self.tls_task: asyncio.Task | None = None
+        self.tls: dict | None = None  # version, cipher, peer subject once TLS is up
 
     def __repr__(self) -> str:
         return f"<link #{self.id} {self.peer}>"
 
     # -- asyncio callbacks -----------------------------------------------------------
     def connection_made(self, transport) -> None:
+        if self._tls_server is not None and self.tls_task is None:
+            transport.pause_reading()  # nothing is read until the TLS layer takes over
+            self.tls_task = asyncio.get_running_loop().create_task(self._accept_tls(transport))
+            return
         self.transport = transport
+        self.tls = tls.describe(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -104,13 +130,54 @@ class LinkProtocol(asyncio.BufferedProtocol):
         if self._on_made is not None:
             self._on_made(self)
 
+    async def _accept_tls(self, raw) -> None:
+        peer = raw.get_extra_info("peername")
+        text = f"{peer[0]}:{peer[1]}" if peer else "?"
+        loop = asyncio.get_running_loop()
+        try:
+            transport = await loop.start_tls(raw, self, self._tls_server, server_side=True,
+                                             ssl_handshake_timeout=self._tls_timeout_s)
+        except asyncio.CancelledError:
+            raw.abort()
+            self.closed = True
+            raise
+        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+            raw.abort()
+            self.closed = True
+            if isinstance(exc, asyncio.TimeoutError):
+                reason = f"no TLS handshake within {self._tls_timeout_s:g}s"
+            elif isinstance(exc, ssl.SSLError):
+                reason = tls.explain(exc, self.peer_role)
+            else:
+                detail = tls.reason(exc)
+                reason = (f"{self.peer_role} closed the connection during the TLS handshake"
+                          f"{': ' + detail if detail else ''} (try: if {self.peer_role} verifies certificates "
+                          f"(--tls-ca), issue this node's --tls-cert from that CA; {self.peer_role}'s log says why)")
+            if self._on_tls_failed is not None:
+                self._on_tls_failed(self, text, reason)
+            return
+        if self.closed:  # the peer left right after the handshake
+            transport.abort()
+            if self._on_tls_failed is not None:
+                self._on_tls_failed(self, text, None)
+            return
+        self.connection_made(transport)
+
     def get_buffer(self, sizehint: int) -> memoryview:
         if self.conn is None:
-            return memoryview(self._scratch)
-        return self.conn.get_buffer(sizehint)
+            buf = memoryview(self._scratch)
+        else:
+            buf = self.conn.get_buffer(sizehint)
+        if self.first_byte is None:
+            self._buf = buf
+        return buf
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self.first_byte is None and nbytes > 0 and self._buf is not None:
+            self.first_byte = self._buf[0]
+            self._buf = None
         self.bytes_received += nbytes
+        self.last_received = time.monotonic()
         if self.closed:
             return
         if self.conn is None:
@@ -128,11 +195,27 @@ class LinkProtocol(asyncio.BufferedProtocol):
         return False  # close our side too
 
     def connection_lost(self, exc) -> None:
-        if exc is not None:
-            reason = f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+        if self.transport is None and self._tls_server is not None:
+            self.closed = True  # during or right after the TLS handshake: _accept_tls reports it
+            return
+        if isinstance(exc, ssl.SSLError):
+            reason = tls.explain(exc, self.peer_role) if not self.established else f"TLS error: {tls.reason(exc)}"
+        elif exc is not None:
+            reason = self._early_close(f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc))
         else:
-            reason = "the peer closed the connection"
+            reason = self._early_close("the peer closed the connection")
         self._finish(reason)
+
+    def _early_close(self, reason: str) -> str:
+        """A close before the protocol handshake ended: say what may be wrong."""
+        if self.established or self.conn is None:
+            return reason
+        if self.tls is not None:
+            # A TLS 1.3 server checks the client's certificate after the
+            # client's handshake is done, and asyncio sends no alert.
+            return (f"{reason} right after the TLS handshake (try: if {self.peer_role} verifies certificates "
+                    f"(--tls-ca), issue this node's --tls-cert from that CA; {self.peer_role}'s log says why)")
+        return f"{reason} during the handshake (if it uses TLS, give this node --tls-cert and --tls-key too)"
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -242,7 +325,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
                     self.sink.link_event(self, "up", event)
                 elif isinstance(event, ConnectionClosed):
                     self.close("the peer said goodbye and closed the connection" if event.clean
-                               else "the peer closed the connection")
+                               else self._early_close("the peer closed the connection"))
                     return
                 elif isinstance(event, Error):
                     self.close(_peer_error_text(event))
@@ -254,6 +337,9 @@ class LinkProtocol(asyncio.BufferedProtocol):
         except RemoteProtocolError as exc:
             self._write(conn.data_to_send())  # the Error frame for the peer
             hint = _RUNTIME_HINTS.get(exc.code, exc.hint)
+            if self.first_byte in _TLS_RECORD_FIRST_BYTES and self.tls is None and not self.established:
+                hint = (f"{self.peer_role} speaks TLS: give this node --tls-cert and --tls-key (and --tls-ca) "
+                        "too, or drop TLS on both")
             hint = f" (try: {hint})" if hint else ""
             self.close(f"protocol error: {exc}{hint}")
             return
