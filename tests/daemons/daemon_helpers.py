@@ -38,8 +38,10 @@ def make_nodes(tmp_path, volumes=VOLUMES, secondary_volumes=None):
 class Daemon:
     """`blockmirror primary|secondary DIR ...` as a real process."""
 
-    def __init__(self, role: str, node_dir: str, *args: str, log_name: str | None = None):
+    def __init__(self, role: str, node_dir: str, *args: str, log_name: str | None = None,
+                 prefix: tuple[str, ...] = ()):
         self.role = role
+        self.prefix = list(prefix)  # e.g. ip netns exec NS
         self.node_dir = node_dir
         self.args = args
         base = os.path.dirname(node_dir.rstrip("/"))
@@ -50,12 +52,12 @@ class Daemon:
     def start(self) -> None:
         self._log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "blockmirror", self.role, self.node_dir, *self.args],
+            [*self.prefix, sys.executable, "-m", "blockmirror", self.role, self.node_dir, *self.args],
             stdout=subprocess.PIPE, stderr=self._log, text=True)
         self.lines = self._wait_ready()
         self.nbd_uri = self.listen = None
         for line in self.lines:
-            m = re.match(r"serving \d+ volumes? (?:read-only )?on (nbd://127\.0\.0\.1:\d+)$", line)
+            m = re.match(r"serving \d+ volumes? (?:read-only )?on (nbd://[0-9.]+:\d+)$", line)
             if m:
                 self.nbd_uri = m.group(1)
             m = re.match(r"listening for the primary on ([0-9.]+):(\d+)(?: \(TLS[^)]*\))?$", line)
