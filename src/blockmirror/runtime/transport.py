@@ -201,20 +201,24 @@ class LinkProtocol(asyncio.BufferedProtocol):
         if isinstance(exc, ssl.SSLError):
             reason = tls.explain(exc, self.peer_role) if not self.established else f"TLS error: {tls.reason(exc)}"
         elif exc is not None:
-            reason = self._early_close(f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc))
+            reason = self._early_close(f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc), True)
         else:
             reason = self._early_close("the peer closed the connection")
         self._finish(reason)
 
-    def _early_close(self, reason: str) -> str:
-        """A close before the protocol handshake ended: say what may be wrong."""
-        if self.established or self.conn is None:
+    def _early_close(self, reason: str, reset: bool = False) -> str:
+        """A close before the peer sent a single byte of the protocol
+        handshake: say what may be wrong."""
+        if self.established or self.conn is None or self.bytes_received:
             return reason
         if self.tls is not None:
             # A TLS 1.3 server checks the client's certificate after the
             # client's handshake is done, and asyncio sends no alert.
             return (f"{reason} right after the TLS handshake (try: if {self.peer_role} verifies certificates "
                     f"(--tls-ca), issue this node's --tls-cert from that CA; {self.peer_role}'s log says why)")
+        if reset:
+            return reason  # a proxy whose target is gone, a busy or stopping peer: nothing to add
+        # A TLS server closes a connection that does not start with a TLS handshake.
         return f"{reason} during the handshake (if it uses TLS, give this node --tls-cert and --tls-key too)"
 
     def pause_writing(self) -> None:
