@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from daemon_helpers import VOLUMES, Daemon, converged, make_nodes, primary_args, qemu_io, secondary_args
+from daemon_helpers import CHUNK, VOLUMES, Daemon, converged, make_nodes, primary_args, qemu_io, secondary_args
+
+from blockmirror.storage import Node
 
 
 def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -190,5 +192,39 @@ def test_wrong_secret_is_refused(tmp_path):
         assert "ERROR blockmirror.primary: the link to" in p.log()
         assert s.status()["seq"] == 0 and not s.status()["peer_connected"]
     finally:
+        assert p.stop() == 0
+        assert s.stop() == 0
+
+
+def test_a_second_primary_is_refused_with_busy(tmp_path):
+    p_dir, s_dir, secret = make_nodes(tmp_path)
+    other_dir = str(tmp_path / "other-primary")
+    Node.create(other_dir, VOLUMES, chunk_size=CHUNK).close()
+    s = Daemon("secondary", s_dir, *secondary_args(secret))
+    p = Daemon("primary", p_dir, *primary_args(secret, s.listen))
+    other = None
+    try:
+        p.wait_for(converged, what="initial sync")
+        # Another primary of the same pair (same name and secret) dials the same secondary.
+        other = Daemon("primary", other_dir, *primary_args(secret, s.listen), log_name="other-primary.log")
+        st = other.wait_for(lambda st: st["last_link_error"], timeout_s=10, what="a refused link")
+        assert st["last_link_error"].startswith("the peer refused: BUSY: this secondary already serves a primary "
+                                                "of pair 'default'"), st["last_link_error"]
+        assert "a secondary serves one primary" in st["last_link_error"]
+        assert "ERROR blockmirror.primary: the link to" in other.log() and "BUSY" in other.log()
+        assert not st["peer_connected"]
+        qemu_io(other.uri("vol0"), "write -P 0x0b 0 64k", "read -P 0x0b 0 64k")  # it still serves its host
+        assert "refusing the connection from 127.0.0.1:" in s.log() and "with BUSY" in s.log()
+        # The linked primary was never disturbed.
+        qemu_io(p.uri("vol0"), "write -P 0x0a 0 64k")
+        pst = p.wait_for(converged, what="mirroring beside the refused primary")
+        assert pst["link_failures"] == 0
+        sst = s.status()
+        assert sst["busy_refusals"] >= 1 and sst["seq"] == pst["seq"]
+        assert other.stop() == 0
+        other = None
+    finally:
+        if other is not None:
+            other.stop()
         assert p.stop() == 0
         assert s.stop() == 0

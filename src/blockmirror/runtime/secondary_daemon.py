@@ -28,6 +28,7 @@ from blockmirror.nbd.wire import Err
 from blockmirror.protocol import (
     NIL_UUID,
     Connection,
+    ErrorCode,
     Goodbye,
     LocalNode,
     ResyncBegin,
@@ -47,6 +48,7 @@ from blockmirror.storage import Node
 log = logging.getLogger("blockmirror.secondary")
 
 WAITING_LINKS_MAX = 4
+BUSY_HEARD_HEARTBEATS = 2  # a linked primary heard within this many heartbeat intervals is alive
 TLS_PENDING_MAX = 8  # TLS handshakes at once; more connections are reset
 
 
@@ -85,6 +87,7 @@ class SecondaryDaemon(EngineDriver):
         self.last_resync = {"round": 0, "kind": "", "chunks": 0, "bytes": 0, "seconds": 0.0}
         self.exports: list[SecondaryExport] = []
         self.accepted = 0
+        self.busy_refusals = 0
         self._closing = False
         self._inconsistent_logged = False
 
@@ -133,10 +136,16 @@ class SecondaryDaemon(EngineDriver):
         if self._closing:
             link.abort("shutting down")
             return
+        active = self.active
+        if (active is not None and active.established and not active.closed
+                and time.monotonic() - active.last_received < BUSY_HEARD_HEARTBEATS * self.config.heartbeat_interval_s):
+            # The linked primary was heard just now: this is another one (or
+            # a stray dial), not the same primary coming back after a failure.
+            self._busy(link, f"the linked primary was heard {time.monotonic() - active.last_received:.2f}s ago")
+            return
         waiting = [w for w in self.waiting if not w.closed]
         if len(waiting) >= WAITING_LINKS_MAX:
-            log.warning("refusing a connection from %s: %d connections already wait", link.peer, len(waiting))
-            link.abort("too many waiting connections")
+            self._busy(link, f"{len(waiting)} connections already wait")
             return
         link.hold()
         self.waiting.append(link)
@@ -145,11 +154,16 @@ class SecondaryDaemon(EngineDriver):
 
         def give_up():
             if link.conn is None and not link.closed:
-                log.warning("closing the connection from %s: another primary link stayed active for %gs",
-                            link.peer, patience)
-                link.abort("another link is active")
+                self._busy(link, f"another primary link stayed active for {patience:g}s")
         loop.call_later(patience, give_up)
         self._activate_next()
+
+    def _busy(self, link: LinkProtocol, why: str) -> None:
+        """Refuse a connection with a BUSY Error frame (one primary at a time)."""
+        self.busy_refusals += 1
+        log.warning("refusing the connection from %s with BUSY: %s", link.peer, why)
+        link.refuse(ErrorCode.BUSY, f"this secondary already serves a primary of pair '{self.pair.name}'",
+                    f"refused (BUSY): {why}")
 
     def _activate_next(self) -> None:
         if self.active is not None or self._closing:
@@ -343,6 +357,7 @@ class SecondaryDaemon(EngineDriver):
         st["tls_failures"] = self.tls_failures
         st["state_seconds"] = round(time.monotonic() - self.state_since, 3)
         st["connections_accepted"] = self.accepted
+        st["busy_refusals"] = self.busy_refusals
         return st
 
     # -- shutdown ------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from blockmirror.protocol import (
     RemoteProtocolError,
 )
 from blockmirror.protocol.errors import error_code_name
+from blockmirror.protocol.messages import encode_message
 from blockmirror.runtime import tls
 
 log = logging.getLogger("blockmirror.link")
@@ -60,7 +61,10 @@ _TLS_RECORD_FIRST_BYTES = (0x15, 0x16)  # a TLS alert or handshake record: the p
 _RUNTIME_HINTS = {
     ErrorCode.PAIR_MISMATCH: "give both nodes the same --pair name and the same secret file "
                              "(the pair UUID is derived from both)",
+    ErrorCode.BUSY: "another primary is linked to this secondary: stop it, or give this primary its own "
+                    "secondary (a secondary serves one primary)",
 }
+REFUSE_LINGER_S = 2.0  # a refused connection is read (and dropped) this long for the peer to close first
 
 
 class LinkSink(Protocol):
@@ -104,6 +108,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
         self._on_tls_failed = on_tls_failed
         self.tls_task: asyncio.Task | None = None
         self.tls: dict | None = None  # version, cipher, peer subject once TLS is up
+        self._refusing = False
 
     def __repr__(self) -> str:
         return f"<link #{self.id} {self.peer}>"
@@ -178,7 +183,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
             self._buf = None
         self.bytes_received += nbytes
         self.last_received = time.monotonic()
-        if self.closed:
+        if self.closed or self._refusing:
             return
         if self.conn is None:
             self._prestart += self._scratch[:nbytes]
@@ -189,6 +194,8 @@ class LinkProtocol(asyncio.BufferedProtocol):
         self._drain()
 
     def eof_received(self) -> bool:
+        if self._refusing:
+            return False
         if self.conn is not None and not self.closed:
             self.conn.receive_data(b"")
             self._drain()
@@ -204,7 +211,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
             reason = self._early_close(f"{exc.strerror or exc}" if isinstance(exc, OSError) else str(exc), True)
         else:
             reason = self._early_close("the peer closed the connection")
-        self._finish(reason)
+        self._finish(self.close_reason if self._refusing else reason)
 
     def _early_close(self, reason: str, reset: bool = False) -> str:
         """A close before the peer sent a single byte of the protocol
@@ -301,6 +308,22 @@ class LinkProtocol(asyncio.BufferedProtocol):
     def _hold_now(self) -> None:
         if self._recv_paused and not self.closed and self.conn is None:
             self.transport.pause_reading()
+
+    def refuse(self, code: ErrorCode, text: str, reason: str) -> None:
+        """Answer a link that never started with a protocol Error frame:
+        write it, half-close, and read (dropping the peer's bytes) until
+        the peer closes, so that unread bytes do not turn our close into a
+        reset that could destroy the frame before the peer reads it."""
+        if self.closed or self.transport is None:
+            return
+        self._refusing = True
+        self.close_reason = reason
+        self._write(b"".join(bytes(b) for b in encode_message(Error.make(code, text))))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._recv_paused = False
+        self.transport.resume_reading()
+        asyncio.get_running_loop().call_later(REFUSE_LINGER_S, self.abort, reason)
 
     def close(self, reason: str) -> None:
         """Orderly: write what is queued, then close (FIN)."""
