@@ -4,7 +4,10 @@ proxy limits the rate so a round lasts long enough to be hit)."""
 import hashlib
 import re
 import subprocess
+import sys
 import time
+
+import pytest
 
 from daemon_helpers import VOLUMES, HostWriter, assert_identical, converged, qemu_io, secondary_args
 
@@ -159,4 +162,48 @@ def test_kill9_of_the_primary_during_resync(new_pair):
     st = p.wait_for(converged, timeout_s=30, what="convergence after kill -9 of the primary during resync")
     assert st["last_resync"]["kind"] == "incremental", "the base snapshot survived the crash: no full copy"
     assert "unclean stop" in p.log()
+    assert_identical(p, s)
+
+
+@pytest.mark.parametrize("stopped", ["primary", "secondary"])
+def test_sigterm_during_resync_resumes_after_restart(new_pair, stopped):
+    pair = new_pair()
+    pair.start_secondary()
+    pair.start_primary()
+    p, s = pair.primary, pair.secondary
+    p.wait_for(converged, what="initial sync")
+    before = read_export(s.uri("vol0"))
+    pair.proxy.cut()
+    p.wait_for(lambda st: st["state"] == "disconnected", timeout_s=10, what="link-down detection")
+    qemu_io(p.uri("vol0"), "write -P 0x6b 1M 12M")
+    pair.proxy.rate(4 << 20)  # 12 MiB take 3 s
+    pair.proxy.heal()
+    p.wait_for(lambda st: in_round(st) and st["resync_progress"]["seconds"] > 0.3, timeout_s=10,
+               what="a resync under way")
+    # The table shows the open round with its rate and ETA, on both nodes.
+    for d in (p, s):
+        table = subprocess.run([sys.executable, "-m", "blockmirror", "status", d.node_dir], capture_output=True,
+                               text=True, timeout=30).stdout
+        row = next((ln for ln in table.splitlines() if ln.startswith("resync ")), None)
+        assert row and re.search(r"round \d+ \(incremental\): \d+\.\d% .* of 12 MiB .*/s, ETA \d+s$", row), table
+    victim = p if stopped == "primary" else s
+    t0 = time.monotonic()
+    assert victim.stop() == 0
+    assert time.monotonic() - t0 < 4, "a stop during a resync does not wait for the round"
+    if stopped == "primary":
+        assert "stopping during resync round" in p.log()
+        sst = s.wait_for(lambda st: st["state"] == "disconnected", timeout_s=10, what="the secondary noticing")
+        assert sst["consistent"] and read_export(s.uri("vol0")) == before, "the open round was rolled back"
+        pair.proxy.rate(0)
+        p.restart()
+    else:
+        pair.proxy.cut()  # keep the primary away while the restarted secondary is read
+        pair.proxy.rate(0)
+        s.restart(*secondary_args(pair.secret, listen=f"127.0.0.1:{s.listen[1]}"))
+        assert s.status()["consistent"] and read_export(s.uri("vol0")) == before, "the open round was rolled back"
+        pair.proxy.heal()
+    st = p.wait_for(converged, timeout_s=30, what=f"convergence after SIGTERM of the {stopped} during resync")
+    assert st["last_resync"]["kind"] == "incremental", "the base survived the stop: no full copy"
+    assert 12 << 20 <= st["last_resync"]["bytes"] <= (12 << 20) + (64 << 10), st["last_resync"]
+    assert "unclean stop" not in p.log()
     assert_identical(p, s)

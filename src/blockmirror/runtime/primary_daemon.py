@@ -30,6 +30,7 @@ from blockmirror.runtime.engine_export import PrimaryExport
 from blockmirror.runtime.enginethread import EngineThread
 from blockmirror.runtime import tls
 from blockmirror.runtime.pairing import PairIdentity
+from blockmirror.runtime.progress import add_rate
 from blockmirror.runtime.transport import LinkProtocol
 from blockmirror.storage import Node, WriteOp
 
@@ -67,6 +68,7 @@ class PrimaryDaemon(EngineDriver):
         self.exports: list[PrimaryExport] = []
         self.last_link_error: str | None = None
         self.connects = 0
+        self._round_seen: tuple[int, float] | None = None  # engine thread: (round id, monotonic start)
         self.host_writes = 0
         self.host_batches = 0
 
@@ -198,6 +200,9 @@ class PrimaryDaemon(EngineDriver):
             self._attempts += 1
             self._attempt_open = self._attempts
             res.extra["connect"] = self._attempt_open
+        rnd = eng.round
+        if rnd is not None and (self._round_seen is None or self._round_seen[0] != rnd.id):
+            self._round_seen = (rnd.id, now)
         res.next_timer = eng.next_timer()
         res.state = eng.state
         return res
@@ -234,6 +239,10 @@ class PrimaryDaemon(EngineDriver):
             # Chunks "done" are handed to the socket; what still sits in our
             # buffers has not reached the secondary yet.
             st["resync_progress"]["bytes_queued"] = link.queued_bytes()
+        prog = st.get("resync_progress")
+        if prog:
+            seen = self._round_seen
+            add_rate(prog, seen[1] if seen is not None and seen[0] == prog["round"] else None, time.monotonic())
         st["last_link_error"] = self.last_link_error
         st["state_seconds"] = round(time.monotonic() - self.state_since, 3)
         st["connect_attempts"] = self.connects
@@ -242,11 +251,17 @@ class PrimaryDaemon(EngineDriver):
     async def drain(self, timeout_s: float = DRAIN_S) -> bool:
         """Wait (bounded) until the secondary has acknowledged every write."""
         deadline = time.monotonic() + timeout_s
+        eng = self.engine
         while time.monotonic() < deadline:
-            eng = self.engine
-            done = await self.engine_thread.call(
-                lambda: not eng.linked or (eng.state == "mirroring" and eng.acked >= eng.seq and not eng.waiting))
+            done, in_round = await self.engine_thread.call(
+                lambda: (not eng.linked or (eng.state == "mirroring" and eng.acked >= eng.seq and not eng.waiting),
+                         eng.round is not None))
             if done:
+                return True
+            if in_round:
+                # The secondary rolls an unfinished round back, and a clean stop
+                # records what it lacks: waiting could only save a resend.
+                log.info("stopping during resync round %s: it is resent after the restart", eng.round.id)
                 return True
             await asyncio.sleep(0.02)
         return False

@@ -89,3 +89,19 @@ def _done_total(prog: dict) -> tuple[float, float]:
         handed = total * prog.get("chunks_done", 0) / ctot if ctot else 0.0
         return max(0.0, handed - prog.get("bytes_queued", 0)), float(total)
     return float(prog.get("bytes_done", 0)), float(prog.get("bytes_max") or 0)
+
+
+def add_rate(prog: dict, started: float | None, now: float) -> dict:
+    """Add the round's average rate and an ETA to a status progress dict:
+    `seconds` since the round began, `bytes_done`/`bytes_total` (what has
+    reached the peer, of the round's size), `rate_bps` and `eta_s` (None
+    until something moved)."""
+    done, total = _done_total(prog)
+    elapsed = max(0.0, now - started) if started is not None else 0.0
+    rate = done / elapsed if elapsed > 0 else 0.0
+    prog["seconds"] = round(elapsed, 3)
+    prog.setdefault("bytes_done", int(done))
+    prog["bytes_total"] = int(total)
+    prog["rate_bps"] = int(rate)
+    prog["eta_s"] = round(max(0.0, total - done) / rate, 1) if rate > 0 and total else None
+    return prog

@@ -42,6 +42,7 @@ from blockmirror.runtime.driver import EngineDriver, StepResult
 from blockmirror.runtime.engine_export import SecondaryExport
 from blockmirror.runtime.enginethread import EngineThread
 from blockmirror.runtime.pairing import PairIdentity
+from blockmirror.runtime.progress import add_rate
 from blockmirror.runtime.transport import LinkProtocol
 from blockmirror.storage import Node
 
@@ -326,8 +327,8 @@ class SecondaryDaemon(EngineDriver):
         progress = None
         if self._round is not None:
             r = self._round
-            progress = {"round": r.round_id, "kind": r.kind, "chunks_done": r.chunks, "bytes_done": r.bytes,
-                        "bytes_max": r.bytes_max}
+            progress = add_rate({"round": r.round_id, "kind": r.kind, "chunks_done": r.chunks, "bytes_done": r.bytes,
+                                 "bytes_max": r.bytes_max}, r.started, time.monotonic())
         return {
             "role": "secondary",
             "state": self._state(),
