@@ -55,7 +55,11 @@ def render(st: dict) -> str:
     if st.get("generation"):
         rows.append(("generation", f"{st['generation']} seq {st.get('seq', 0)}"))
     last = st.get("last_resync") or {}
-    if last.get("round"):
+    if last.get("rounds"):  # the primary: one resync, all its rounds
+        n = last["rounds"]
+        rows.append(("last resync", f"{last.get('kind')}, {n} round{'s' if n != 1 else ''}: {last['chunks']} "
+                                    f"chunks, {format_size(last['bytes'])} in {last['seconds']:.2f}s"))
+    elif last.get("round"):  # the secondary: the last round it applied
         rows.append(("last resync", f"round {last['round']} ({last.get('kind')}): {last['chunks']} chunks, "
                                     f"{format_size(last['bytes'])} in {last['seconds']:.2f}s"))
     else:
