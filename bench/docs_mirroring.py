@@ -1,0 +1,254 @@
+"""The Mirroring and How to reproduce sections of docs/BENCHMARKS.md,
+rendered from the result lines of bench/run.py."""
+
+from __future__ import annotations
+
+from common import GiB, MiB, size_label
+
+CHUNK = 64 << 10
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**NOT met**"
+
+
+def reproduce() -> str:
+    return """```sh
+make bench                                              # everything below, quick mode (~15 min), rewrites this file
+.venv/bin/python bench/run.py --full                    # real sizes (6.4 GiB changed in 64 GiB), more runs (long)
+.venv/bin/python bench/run.py --only 1 --only 6         # some benchmarks (numbers on stdout, docs untouched)
+.venv/bin/python bench/run.py --smoke                   # tiny sizes, seconds: the test suite runs this
+.venv/bin/python bench/run.py --dir /mnt/x              # put the data on another filesystem
+.venv/bin/python bench/storage_bench.py [--full]        # the storage layer alone (run.py runs it first)
+.venv/bin/python bench/nbd_throughput.py                # nbdcopy: standalone primary vs nbdkit file
+```
+
+`make bench` runs `bench/run.py`: first `bench/storage_bench.py --write-docs`
+(the Storage section), then the daemon benchmarks (the Mirroring section).
+Each script prints one `name: value unit` line per measurement on stdout
+(progress goes to stderr), and rewrites only its own sections of this file
+and the Machine section; other sections (Profiles) are kept. Temporary data
+goes to a directory under /var/tmp (sparse files: large volumes use no real
+space) and is removed at the end, also on failure. The scripts never drop
+the page cache, so each section says what was cached; between cases they
+call sync(), so no case pays for another's writeback."""
+
+
+def render(cfg, mode, res, m, elapsed, argv_text) -> str:
+    import common
+    v = res.values
+
+    def g(name):
+        return v[name][0]
+
+    runs = cfg["runs"]
+    L = [f"Measured {common.today()} by `{argv_text}` in {mode} mode, commit {common.git_rev()}, "
+         f"{elapsed / 60:.1f} min, on {common.machine_oneline(m)}. Real `blockmirror primary` and "
+         f"`blockmirror secondary` processes on 127.0.0.1 (async mode unless a line says otherwise; "
+         f"`--link-timeout 1 --heartbeat-interval 0.2 --reconnect-max 0.2 --log-level warning`), 64 KiB "
+         f"chunks, host I/O through NBD (python libnbd with {16} requests in flight, or nbdcopy). "
+         f"Every figure is the median of {runs} runs unless its line says otherwise; ratios are medians of "
+         f"per-run ratios of cases measured side by side in the same run, the order alternating run by run. "
+         f"Absolute times are context only: the machine is shared and noisy. All data was in the page "
+         f"cache (the machine has far more RAM than the data); the scripts sync() between cases."]
+    L += ["", "**An outage** in benchmarks 1-3, 7 and 8 is the secondary stopped with SIGTERM (the primary "
+              "sees the link close: EOF, the same `link_down` path as a cut; it takes the link-down "
+              "snapshot) and started again; the resync then runs over a direct loopback TCP connection, "
+              "without the fault proxy in the data path (a Python proxy would add a copy per byte on a "
+              "2-core machine). Benchmark 6 cuts the link with the fault proxy "
+              "(`python -m blockmirror.faultproxy`, `cut` = RST on both sides, then `heal`)."]
+    L += ["", "**Resync time** is the primary's `last_resync.seconds` from `blockmirror status --json`: from "
+              "the link coming up (handshake done) to the commit of the final round (every round: the "
+              "diff round, then an empty final round). *wall* adds the secondary's process start to "
+              "ready, the reconnect backoff (up to 0.2 s) and the handshake: from the secondary's `ready` "
+              "line to the primary's status showing mirroring with nothing unacknowledged (polled every "
+              "20 ms)."]
+
+    # 1
+    size = cfg["b1_vol"]
+    sl = size_label(size)
+    L += ["", "### 1. Resync vs rsync", ""]
+    L.append(f"One {size_label(size, ' ')} volume pre-filled with non-zero data (every 64 KiB chunk distinct), "
+             f"initially synced ({g('resync.initial_sync.seconds'):.1f} s). Each run: outage; "
+             f"distinct random chunks rewritten with fresh random data through NBD; then, in alternating "
+             f"order, blockmirror's resync and `rsync --inplace --no-whole-file --ignore-times --stats "
+             f"PRIMARY_IMAGE rsync://127.0.0.1:PORT/bench/secondary.img` through an rsync daemon "
+             f"(`rsync --daemon --no-detach --config=FILE --port=P`, module in the temp dir) onto a copy "
+             f"of the secondary's image (same content as the secondary before the outage). `--ignore-times` "
+             f"only stops rsync's size+mtime quick check from skipping the file. rsync reads both "
+             f"{sl} files whole (block checksums on the receiver, rolling checksums on the sender); "
+             f"blockmirror reads only the exception tables and the changed chunks.")
+    L.append("")
+    L.append("*Wire bytes* are what the primary's link transport handed to the kernel on the resync "
+             "connection (`link.bytes_sent` in the primary's status: every frame with its 16-byte header, "
+             "the handshake, heartbeats), not `last_resync.bytes` (data bytes only). rsync's figure is "
+             "`Total bytes sent` of its --stats (client to daemon); the daemon's block checksums "
+             "travel the other way (*received*).")
+    L += ["", f"| changed | changed bytes | resync s | resync wall s | rsync s | rsync / resync | "
+              f"rsync / resync wall | wire bytes | wire / changed | rsync sent | rsync received |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for frac in cfg["b1_fracs"]:
+        n = f"resync.vs_rsync.{sl}_{round(frac * 100)}pct"
+        L.append(f"| {frac:.0%} | {g(n + '.changed_bytes'):,} | {g(n + '.bm_seconds'):.3f} | "
+                 f"{g(n + '.bm_wall_seconds'):.3f} | {g(n + '.rsync_seconds'):.2f} | {g(n + '.speedup'):.1f}x | "
+                 f"{g(n + '.speedup_wall'):.1f}x | {g(n + '.bm_wire_bytes'):,.0f} | "
+                 f"{1 + g(n + '.bm_wire_overhead'):.4f} | {g(n + '.rsync_sent_bytes'):,.0f} | "
+                 f"{g(n + '.rsync_received_bytes'):,.0f} |")
+    n1 = f"resync.vs_rsync.{sl}_1pct"
+    sp = g(n1 + ".speedup")
+    worst_wire = max(abs(g(f"resync.vs_rsync.{sl}_{round(f * 100)}pct.bm_wire_overhead")) for f in cfg["b1_fracs"])
+    L += ["", f"- Target >= 10x faster than rsync at 1%: {_met(sp >= 10)} ({sp:.1f}x by resync time; "
+              f"{g(n1 + '.speedup_wall'):.1f}x even counting the secondary's restart and reconnect).",
+          f"- Target wire bytes within 5% of the changed chunks' bytes: {_met(worst_wire <= 0.05)} "
+          f"(worst {worst_wire:+.2%}; framing is 16 B per frame of up to 1 MiB, plus the handshake and "
+          f"heartbeats)."]
+
+    # 2
+    sizes = cfg["b2_sizes"]
+    L += ["", "### 2. Resync time against volume size", ""]
+    L.append(f"A {size_label(sizes[0], ' ')} and a {size_label(sizes[-1], ' ')} sparse volume (two pairs, "
+             f"side by side in each run, order alternating), the same number of random chunks "
+             f"({g('resync.size.changed_bytes') // CHUNK}, {g('resync.size.changed_bytes') / MiB:.0f} MiB) "
+             f"rewritten during each outage. The originals are holes, so the copy-on-write of both "
+             f"nodes stores no data (a NULL slot), unlike benchmark 1.")
+    L += ["", "| volume | resync s | resync wall s |", "|---|---:|---:|"]
+    for s in sizes:
+        L.append(f"| {size_label(s, ' ')} | {g(f'resync.size.{size_label(s)}.seconds'):.3f} | "
+                 f"{g(f'resync.size.{size_label(s)}.wall_seconds'):.3f} |")
+    ratio = g(f"resync.size.ratio_{size_label(sizes[-1])}_to_{size_label(sizes[0])}")
+    L += ["", f"- Target {size_label(sizes[-1])} within 20% of {size_label(sizes[0])}: "
+              f"{_met(abs(ratio - 1) <= 0.20)} (ratio {ratio:.2f})."]
+
+    # 3
+    L += ["", "### 3. Resync throughput against a raw copy", ""]
+    L.append(f"From the runs of benchmark 1: changed bytes / resync time, against a raw copy of the same "
+             f"chunks in the same run: `os.pread` from the primary's image and `os.pwrite` at the same offsets "
+             f"of the rsync copy (already equal, so allocated and cached like the secondary's image), "
+             f"in disk order, consecutive chunks joined up to 1 MiB, one fdatasync at the end; one thread, "
+             f"no network, no checksums, no copy-on-write. The resync additionally frames and checksums "
+             f"(xxh3) the data, sends it over TCP, preserves each overwritten chunk on the secondary (the "
+             f"round's safety snapshot: read, COW file, fdatasync, SQLite commit) and commits the round.")
+    L += ["", "| changed | resync MB/s | raw copy MB/s | resync / raw |", "|---|---:|---:|---:|"]
+    for frac in cfg["b1_fracs"]:
+        n = f"resync.vs_raw.{sl}_{round(frac * 100)}pct"
+        L.append(f"| {frac:.0%} of {sl} | {g(n + '.resync_mb_s'):.0f} | {g(n + '.raw_copy_mb_s'):.0f} | "
+                 f"{g(n + '.ratio'):.1%} |")
+    worst = min(g(f"resync.vs_raw.{sl}_{round(f * 100)}pct.ratio") for f in cfg["b1_fracs"])
+    big = f"resync.vs_raw.{sl}_{round(cfg['b1_fracs'][-1] * 100)}pct.ratio"
+    L += ["", f"- Target >= 50% of the raw copy: {_met(g(big) >= 0.5)} at {cfg['b1_fracs'][-1]:.0%} "
+              f"({g(big):.1%}); worst case {worst:.1%}."]
+
+    # 4
+    L += ["", "### 4. Mirrored write throughput through NBD (nbdcopy)", ""]
+    L.append(f"`nbdcopy --flush SOURCE nbd://...` of a {size_label(cfg['b4_size'], ' ')} random file (cached) "
+             f"onto a {size_label(cfg['b4_size'], ' ')} volume, nbdcopy's defaults (multi-conn where offered). "
+             f"*async* and *sync*: a mirroring pair in that mode (the secondary caught up before the next "
+             f"case; not timed). *local only*: the same `blockmirror primary` daemon with `--peer` "
+             f"pointing at a port where nothing listens (its node never synced: no snapshot, writes are "
+             f"local only, through the same engine and daemon code). *standalone*: `blockmirror primary` "
+             f"with no `--peer` (the NBD server on the storage layer, no engine). *nbdkit*: "
+             f"`nbdkit file` on a file of the same size. Each target was written once before the runs, "
+             f"so every run overwrites allocated data.")
+    cases = [("async", "async (mirroring)"), ("sync", "sync (mirroring)"), ("local", "local only (no peer)"),
+             ("standalone", "standalone (no --peer)"), ("nbdkit", "nbdkit file")]
+    L += ["", "| target | MB/s | / local only |", "|---|---:|---:|"]
+    for c, title in cases:
+        rel = "100%" if c == "local" else f"{g(f'nbd.write.{c}_to_local'):.1%}"
+        L.append(f"| {title} | {g(f'nbd.write.{c}_mb_s'):.0f} | {rel} |")
+    a, s_ = g("nbd.write.async_to_local"), g("nbd.write.sync_to_local")
+    L += ["", f"- Target async >= 70% of local only: {_met(a >= 0.70)} ({a:.1%}).",
+          f"- Target sync >= 50% of local only: {_met(s_ >= 0.50)} ({s_:.1%})."]
+
+    # 5
+    L += ["", "### 5. Sync-mode write latency (4 KiB FUA, one in flight)", ""]
+    L.append(f"python libnbd, {cfg['b5_writes']} writes of 4 KiB with FUA per case and run, one in flight, "
+             f"at random 4 KiB offsets of the volumes of benchmark 4; percentiles per run, then the median "
+             f"over {runs} runs. A sync-mode FUA write completes after the primary's local write + "
+             f"fdatasync, the secondary's journal fdatasync and the Ack.")
+    L += ["", "| | p50 us | p99 us | max us |", "|---|---:|---:|---:|"]
+    for c, title in (("sync", "sync (mirroring)"), ("async", "async (mirroring)"), ("local", "local only")):
+        L.append(f"| {title} | {g(f'nbd.fua4k.{c}.p50_us'):.0f} | {g(f'nbd.fua4k.{c}.p99_us'):.0f} | "
+                 f"{g(f'nbd.fua4k.{c}.max_us'):.0f} |")
+    L += ["", f"- sync / local only: p50 {g('nbd.fua4k.sync_to_local_p50'):.2f}x, "
+              f"p99 {g('nbd.fua4k.sync_to_local_p99'):.2f}x (no target set; context: one loopback round "
+              f"trip ~65 us and one fdatasync ~80 us in /work/shared/DESIGN.md)."]
+
+    # 6
+    sets = cfg["b6_sets"]
+    L += ["", "### 6. Write pause at link failure", ""]
+    L.append(f"Two pairs, {' and '.join(f'{n} volumes of {size_label(s_, chr(32))}' for n, s_ in sets)} "
+             f"(sparse), each through a fault proxy process. In each run and for each pair (order alternating), "
+             f"a host thread writes 64 KiB blocks at random offsets of all volumes as fast as it can (one "
+             f"libnbd connection per volume, one write in flight), and the link is cut {cfg['b6_cuts']} "
+             f"times: `cut` (RST both ways), wait for the primary's status to show the failure, `heal`, "
+             f"wait for mirroring. {runs} runs, so {runs * cfg['b6_cuts']} cuts per size; percentiles "
+             f"over all cuts (with so few samples p99 is close to the max). *write pause* is the "
+             f"primary's `write_pause_ms` right after each failure (the engine's `SnapshotInfo.pause_ns` "
+             f"of the link-down snapshot: the write gate closed, in-flight writes drained, the snapshot "
+             f"and the resync-base record committed). *host max latency* is the slowest host write that "
+             f"completed between the cut and the status showing it (what a host saw across the cut).")
+    L += ["", "| ms | " + " | ".join(f"{n}x{size_label(s_)}" for n, s_ in sets) + " |",
+          "|---|" + "---:|" * len(sets)]
+    for key, title in (("write_pause_p50", "write pause p50"), ("write_pause_p99", "write pause p99"),
+                       ("write_pause_max", "write pause max"), ("host_max_latency_p50", "host max latency p50"),
+                       ("host_max_latency_p99", "host max latency p99")):
+        L.append(f"| {title} | " + " | ".join(f"{g(f'pause.{n}x{size_label(s_)}.{key}'):.2f}" for n, s_ in sets)
+                 + " |")
+    L.append("| host writes/s during the runs | " + " | ".join(
+        f"{g(f'pause.{n}x{size_label(s_)}.host_writes_per_s'):.0f}" for n, s_ in sets) + " |")
+    worst = max(g(f"pause.{n}x{size_label(s_)}.write_pause_p99") for n, s_ in sets)
+    (n0, s0), (n1, s1) = sets[0], sets[-1]
+    growth = g(f"pause.ratio_{n1}x{size_label(s1)}_to_{n0}x{size_label(s0)}_p99")
+    L += ["", f"- Target p99 < 5 ms: {_met(worst < 5.0)} (worst p99 {worst:.2f} ms).",
+          f"- Flat in size: p99 {n1}x{size_label(s1)} / {n0}x{size_label(s0)} = {growth:.2f}x "
+          f"({'flat within noise' if growth < 1.5 else 'grows with size'})."]
+
+    # 7
+    k = cfg["b7_chunks"]
+    L += ["", "### 7. Writes during an outage against mirroring", ""]
+    L.append(f"One {size_label(cfg['b7_vol'], ' ')} volume pre-filled with non-zero data. Each run picks "
+             f"{k} distinct random chunks ({k * CHUNK / MiB:.0f} MiB) and writes them with 64 KiB writes "
+             f"(python libnbd, 16 in flight, then FLUSH, inside the timing), in a fresh random order each "
+             f"time: while mirroring (async); during an outage right after the link-down snapshot (every "
+             f"write is the first to its chunk: copy-on-write of real data); and again in the same outage "
+             f"(rewrites: the chunk is already preserved). The mirroring case runs before the outage in "
+             f"even runs and after the resync in odd ones.")
+    L += ["", "| | MB/s | / mirroring |", "|---|---:|---:|",
+          f"| mirroring (async) | {g('outage.write64k.mirroring_mb_s'):.0f} | 100% |",
+          f"| outage, first writes | {g('outage.write64k.first_mb_s'):.0f} | "
+          f"{g('outage.write64k.first_to_mirroring'):.1%} |",
+          f"| outage, rewrites | {g('outage.write64k.rewrite_mb_s'):.0f} | "
+          f"{g('outage.write64k.rewrite_to_mirroring'):.1%} |"]
+    L += ["", "- No target set by the issue; the storage layer's own figures (first writes vs no snapshot) "
+              "are in the Storage section."]
+
+    # 8
+    size8, ch8 = cfg["b8_vol"], cfg["b8_changed"]
+    n8 = f"memory.{size_label(size8)}_{round(ch8 / MiB)}MiB"
+    L += ["", "### 8. Peak memory of the daemons", ""]
+    scaled = "" if ch8 >= size8 // 10 - CHUNK else (
+        f" Quick mode changes {ch8 / GiB:.2f} GiB (10% of 4 GiB), not 10% of the volume (6.4 GiB): "
+        f"`--full` runs the real size.")
+    L.append(f"Fresh daemons per run ({cfg['b8_runs']} runs), one {size_label(size8, ' ')} sparse volume, "
+             f"initial sync, then an outage during which {ch8 // CHUNK} random chunks "
+             f"({ch8 / GiB:.2f} GiB) are rewritten through NBD, then the resync. VmHWM (peak RSS) from "
+             f"/proc/PID/status: the primary's over its whole life, the restarted secondary's over the "
+             f"resync.{scaled}")
+    L += ["", "| MiB | primary | secondary |", "|---|---:|---:|",
+          f"| VmHWM after the initial sync | {g(n8 + '.primary_before_outage_mib'):.1f} | "
+          f"{g(n8 + '.secondary_before_outage_mib'):.1f} |",
+          f"| VmHWM after the outage and the resync | {g(n8 + '.primary_peak_mib'):.1f} | "
+          f"{g(n8 + '.secondary_peak_mib'):.1f} |",
+          f"| VmRSS at the end | {g(n8 + '.primary_rss_after_mib'):.1f} | "
+          f"{g(n8 + '.secondary_rss_after_mib'):.1f} |"]
+    L += ["", f"- Resync of the {ch8 / GiB:.2f} GiB: {g(n8 + '.resync_seconds'):.2f} s (median)."]
+
+    # timing
+    L += ["", "### Time taken", "", "| benchmark | s |", "|---|---:|"]
+    for key, title in (("storage", "storage_bench.py"), ("b1", "1 + 3"), ("b2", "2"), ("b4", "4 + 5"),
+                       ("b6", "6"), ("b7", "7"), ("b8", "8")):
+        name = f"bench.{key}_elapsed"
+        if name in v:
+            L.append(f"| {title} | {g(name):.0f} |")
+    L.append(f"| total | {elapsed:.0f} |")
+    return "\n".join(L)

@@ -1,0 +1,623 @@
+#!/usr/bin/env python3
+"""The benchmarks of `make bench`: real `blockmirror primary/secondary`
+daemons on loopback, side by side with baselines (rsync, a raw copy, the
+same daemon with no peer, nbdkit's file plugin).
+
+    .venv/bin/python bench/run.py [--smoke | --full] [--dir DIR] [--no-docs] [--no-storage] [--only N ...]
+
+Quick mode (the default) is sized for a 2-core, 24 GiB machine (~15 min);
+`--full` runs the real sizes and more runs; `--smoke` uses tiny sizes and
+takes seconds (the test suite runs it so this script cannot rot; its numbers
+mean nothing). Prints one `name: value unit` line per measurement on stdout,
+progress on stderr. Unless --no-docs (implied by --smoke and --only), it
+rewrites the Mirroring, How to reproduce and Machine sections of
+docs/BENCHMARKS.md; unless --no-storage (implied by --smoke and --only) it
+first runs bench/storage_bench.py in the same mode, which rewrites Storage.
+
+Benchmarks:
+1. resync vs rsync: a volume with 1% and 10% of its chunks changed while the
+   link was down; blockmirror's resync time and bytes on the wire against
+   `rsync --inplace --no-whole-file` through an rsync daemon on loopback.
+2. resync time against volume size: the same changed bytes in a 1 GiB and a
+   64 GiB sparse volume.
+3. resync throughput against a raw copy of the same chunks (no network).
+4. mirrored write throughput through NBD (nbdcopy): async, sync, the same
+   daemon with no peer, standalone, nbdkit's file plugin.
+5. sync-mode latency of one 4 KiB FUA write in flight (python libnbd).
+6. write pause at link failure, 8 volumes of 1 GiB and of 64 GiB.
+7. writes during an outage (first writes, rewrites) against mirroring.
+8. peak memory (VmHWM) of both daemons across a resync of a 64 GiB volume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+from common import GiB, KiB, MiB, median, note, percentile, size_label  # noqa: E402
+import harness as H  # noqa: E402
+
+CHUNK = H.CHUNK
+
+MODES = {
+    "smoke": dict(
+        runs=1,
+        b1_vol=32 * MiB, b1_fracs=[0.01, 0.10],
+        b2_sizes=[16 * MiB, 1 * GiB], b2_changed=1 * MiB,
+        b4_size=16 * MiB,
+        b5_writes=100,
+        b6_sets=[(8, 16 * MiB), (8, 1 * GiB)], b6_cuts=2,
+        b7_vol=32 * MiB, b7_chunks=64,
+        b8_vol=1 * GiB, b8_changed=2 * MiB, b8_runs=1),
+    "quick": dict(
+        runs=5,
+        b1_vol=4 * GiB, b1_fracs=[0.01, 0.10],
+        b2_sizes=[1 * GiB, 64 * GiB], b2_changed=64 * MiB,
+        b4_size=1 * GiB,
+        b5_writes=2000,
+        b6_sets=[(8, 1 * GiB), (8, 64 * GiB)], b6_cuts=8,
+        b7_vol=1 * GiB, b7_chunks=4096,
+        b8_vol=64 * GiB, b8_changed=(4 * GiB) // 10 // CHUNK * CHUNK, b8_runs=5),
+    "full": dict(
+        runs=9,
+        b1_vol=4 * GiB, b1_fracs=[0.01, 0.10],
+        b2_sizes=[1 * GiB, 64 * GiB], b2_changed=256 * MiB,
+        b4_size=1 * GiB,
+        b5_writes=5000,
+        b6_sets=[(8, 1 * GiB), (8, 64 * GiB)], b6_cuts=20,
+        b7_vol=1 * GiB, b7_chunks=8192,
+        b8_vol=64 * GiB, b8_changed=(64 * GiB) // 10 // CHUNK * CHUNK, b8_runs=5),
+}
+
+TARGET_RSYNC_SPEEDUP_1PCT = 10.0
+TARGET_WIRE_OVERHEAD = 0.05
+TARGET_SIZE_GROWTH = 0.20
+TARGET_RAW_RATIO = 0.50
+TARGET_ASYNC_RATIO = 0.70
+TARGET_SYNC_RATIO = 0.50
+TARGET_PAUSE_P99_MS = 5.0
+QD = 16  # libnbd requests in flight for the benchmark writers
+
+
+def mb_s(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds / 1e6 if seconds > 0 else float("inf")
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**NOT met**"
+
+
+# -- data --------------------------------------------------------------------------------------
+def prefill_file(path: str, size: int, seed: int = 3) -> None:
+    """Non-zero data, every 64 KiB chunk distinct (its index in the first 8
+    bytes), so rsync's block matching cannot find a chunk elsewhere."""
+    rng = random.Random(seed)
+    pool = rng.randbytes(16 * CHUNK)
+    step = 16 * CHUNK
+    with open(path, "r+b" if os.path.exists(path) else "wb") as f:
+        for base in range(0, size, step):
+            n = min(step, size - base)
+            buf = bytearray(pool[:n])
+            for i in range(0, n, CHUNK):
+                buf[i:i + 8] = struct.pack("<Q", (base + i) // CHUNK + 1)
+            f.write(buf)
+        f.truncate(size)
+
+
+def prefill_volume(size: int, name: str = "vol0"):
+    def fill(node_dir: str) -> None:
+        prefill_file(os.path.join(node_dir, "volumes", f"{name}.img"), size)
+    return fill
+
+
+def fresh_writes(chunks, seed: int):
+    """(offset, data) with new random data per chunk, generated lazily; give
+    every call its own seed, or rsync finds the data of an earlier run."""
+    rng = random.Random(seed)
+    for c in chunks:
+        yield c * CHUNK, rng.randbytes(CHUNK)
+
+
+def raw_copy(src: str, dst: str, chunks) -> float:
+    """The floor of a resync on this machine: read the chunks from `src` and
+    write them at the same offsets of `dst`, in disk order, consecutive
+    chunks joined up to 1 MiB (like the resync's extents), then fdatasync.
+    Seconds."""
+    runs = []
+    for c in sorted(chunks):
+        if runs and runs[-1][0] + runs[-1][1] == c and runs[-1][1] < 16:
+            runs[-1][1] += 1
+        else:
+            runs.append([c, 1])
+    fs = os.open(src, os.O_RDONLY)
+    fd = os.open(dst, os.O_WRONLY)
+    try:
+        start = time.perf_counter()
+        for c, n in runs:
+            data = os.pread(fs, n * CHUNK, c * CHUNK)
+            os.pwrite(fd, data, c * CHUNK)
+        os.fdatasync(fd)
+        return time.perf_counter() - start
+    finally:
+        os.close(fs)
+        os.close(fd)
+
+
+def settle() -> None:
+    """Write back dirty pages so the next case does not pay for the last."""
+    os.sync()
+
+
+def resync(pair: H.Pair) -> dict:
+    """Start the secondary again and wait for the pair to converge; the
+    primary's last_resync and link byte counters, plus wall time from the
+    secondary's readiness to convergence (polled every 20 ms)."""
+    pair.restore()
+    st = pair.wait_converged()
+    wall = time.perf_counter() - pair.secondary.ready_at
+    link = st.get("link") or {}
+    return {"seconds": st["last_resync"]["seconds"], "bytes": st["last_resync"]["bytes"],
+            "chunks": st["last_resync"]["chunks"], "rounds": st["last_resync"]["rounds"],
+            "wire": link.get("bytes_sent", -1), "wall": wall}
+
+
+# -- 1 + 3. resync vs rsync, resync vs raw copy -------------------------------------------------
+def bench_rsync(cfg, root, res, extra) -> None:
+    size = cfg["b1_vol"]
+    nchunks = size // CHUNK
+    base = os.path.join(root, "b1")
+    note(f"[1] resync vs rsync: {size_label(size)} volume, prefill + initial sync")
+    pair = H.Pair(base, {"vol0": size}, prefill=prefill_volume(size))
+    rsyncd = None
+    try:
+        t = time.perf_counter()
+        st = pair.wait_converged(timeout_s=1800)
+        res.add("resync.initial_sync.seconds", st["last_resync"]["seconds"], "s", "{:.2f}")
+        note(f"    initial sync {time.perf_counter() - t:.1f}s")
+        mod = os.path.join(base, "rsync-module")
+        os.makedirs(mod)
+        image = os.path.join(pair.p_dir, "volumes", "vol0.img")
+        prefill_file(os.path.join(mod, "secondary.img"), size)  # the secondary image, as rsync's target
+        rsyncd = H.RsyncDaemon(base, mod)
+        settle()
+        rng = random.Random(11)
+        for frac in cfg["b1_fracs"]:
+            label = f"{round(frac * 100)}pct"
+            k = max(1, round(nchunks * frac))
+            rows = []
+            for run in range(cfg["runs"]):
+                chunks = rng.sample(range(nchunks), k)
+                pair.outage()
+                H.aio_write(pair.primary.uri("vol0"), fresh_writes(chunks, rng.getrandbits(64)), qd=QD)
+                settle()
+                r = {}
+                for step in (("rsync", "bm") if run % 2 == 0 else ("bm", "rsync")):
+                    if step == "rsync":
+                        r["rsync"] = rsyncd.push(image, "secondary.img")
+                    else:
+                        r["bm"] = resync(pair)
+                    settle()
+                r["raw"] = raw_copy(image, os.path.join(mod, "secondary.img"), chunks)
+                settle()
+                r["changed"] = k * CHUNK
+                if r["bm"]["chunks"] != k:
+                    note(f"    warning: resync sent {r['bm']['chunks']} chunks, {k} changed")
+                rows.append(r)
+                note(f"    {label} run {run}: resync {r['bm']['seconds']:.3f}s (wall {r['bm']['wall']:.3f}s) "
+                     f"wire {r['bm']['wire']} B; rsync {r['rsync']['seconds']:.2f}s sent {r['rsync']['sent']} B; "
+                     f"raw copy {r['raw']:.3f}s")
+            n = f"resync.vs_rsync.{size_label(size)}_{label}"
+            res.add(f"{n}.changed_bytes", k * CHUNK, "B", "{}")
+            res.add(f"{n}.bm_seconds", median(r["bm"]["seconds"] for r in rows), "s", "{:.3f}")
+            res.add(f"{n}.bm_wall_seconds", median(r["bm"]["wall"] for r in rows), "s", "{:.3f}")
+            res.add(f"{n}.bm_wire_bytes", median(r["bm"]["wire"] for r in rows), "B", "{:.0f}")
+            res.add(f"{n}.bm_data_bytes", median(r["bm"]["bytes"] for r in rows), "B", "{:.0f}")
+            res.add(f"{n}.bm_wire_overhead", median(r["bm"]["wire"] / r["changed"] - 1 for r in rows), "x", "{:.4f}")
+            res.add(f"{n}.rsync_seconds", median(r["rsync"]["seconds"] for r in rows), "s", "{:.3f}")
+            res.add(f"{n}.rsync_sent_bytes", median(r["rsync"]["sent"] for r in rows), "B", "{:.0f}")
+            res.add(f"{n}.rsync_received_bytes", median(r["rsync"]["received"] for r in rows), "B", "{:.0f}")
+            res.add(f"{n}.rsync_literal_bytes", median(r["rsync"]["literal"] for r in rows), "B", "{:.0f}")
+            res.add(f"{n}.speedup", median(r["rsync"]["seconds"] / r["bm"]["seconds"] for r in rows), "x", "{:.2f}")
+            res.add(f"{n}.speedup_wall", median(r["rsync"]["seconds"] / r["bm"]["wall"] for r in rows), "x", "{:.2f}")
+            t3 = f"resync.vs_raw.{size_label(size)}_{label}"
+            res.add(f"{t3}.resync_mb_s", median(mb_s(r["changed"], r["bm"]["seconds"]) for r in rows), "MB/s", "{:.0f}")
+            res.add(f"{t3}.raw_copy_mb_s", median(mb_s(r["changed"], r["raw"]) for r in rows), "MB/s", "{:.0f}")
+            res.add(f"{t3}.ratio", median(r["raw"] / r["bm"]["seconds"] for r in rows), "x", "{:.3f}")
+            extra.setdefault("b1", {})[label] = rows
+    finally:
+        if rsyncd is not None:
+            rsyncd.close()
+        pair.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# -- 2. resync time against volume size ----------------------------------------------------------
+def bench_size(cfg, root, res, extra) -> None:
+    sizes = cfg["b2_sizes"]
+    k = cfg["b2_changed"] // CHUNK
+    note(f"[2] resync time vs size: {', '.join(size_label(s) for s in sizes)} sparse, {k} chunks changed")
+    pairs = {}
+    try:
+        for s in sizes:
+            pairs[s] = H.Pair(os.path.join(root, f"b2-{size_label(s)}"), {"vol0": s})
+        for p in pairs.values():
+            p.wait_converged()
+        rng = random.Random(22)
+        rows = {s: [] for s in sizes}
+        for run in range(cfg["runs"]):
+            for s in (sizes if run % 2 == 0 else sizes[::-1]):
+                p = pairs[s]
+                chunks = rng.sample(range(s // CHUNK), k)
+                p.outage()
+                H.aio_write(p.primary.uri("vol0"), fresh_writes(chunks, rng.getrandbits(64)), qd=QD)
+                settle()
+                r = resync(p)
+                settle()
+                rows[s].append(r)
+                note(f"    {size_label(s)} run {run}: resync {r['seconds']:.3f}s, {r['chunks']} chunks")
+        small, large = sizes[0], sizes[-1]
+        for s in sizes:
+            n = f"resync.size.{size_label(s)}"
+            res.add(f"{n}.seconds", median(r["seconds"] for r in rows[s]), "s", "{:.3f}")
+            res.add(f"{n}.wall_seconds", median(r["wall"] for r in rows[s]), "s", "{:.3f}")
+        res.add("resync.size.changed_bytes", k * CHUNK, "B", "{}")
+        res.add(f"resync.size.ratio_{size_label(large)}_to_{size_label(small)}",
+                median(a["seconds"] / b["seconds"] for a, b in zip(rows[large], rows[small])), "x", "{:.3f}")
+    finally:
+        for s, p in pairs.items():
+            p.close()
+            shutil.rmtree(p.base, ignore_errors=True)
+
+
+# -- 4 + 5. mirrored write throughput and FUA latency ---------------------------------------------
+def nbdcopy(source: str, uri: str) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(["nbdcopy", "--flush", source, uri], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise H.BenchError(f"nbdcopy {source} {uri} exited {proc.returncode}: {proc.stderr}")
+    return time.perf_counter() - start
+
+
+def fua_latencies(uri: str, n: int, volsize: int, seed: int) -> list[float]:
+    """n 4 KiB FUA writes, one in flight, at random 4 KiB offsets: seconds each."""
+    import nbd
+    rng = random.Random(seed)
+    h = H.nbd_handle(uri)
+    try:
+        if not h.can_fua():
+            raise H.BenchError(f"{uri} does not advertise FUA")
+        buf = nbd.Buffer.from_bytearray(bytearray(rng.randbytes(4096)))
+        out = []
+        for _ in range(n):
+            off = rng.randrange(volsize // 4096) * 4096
+            t0 = time.perf_counter()
+            h.aio_pwrite(buf, off, flags=nbd.CMD_FLAG_FUA)
+            while h.aio_in_flight() > 0:
+                h.poll(-1)
+            out.append(time.perf_counter() - t0)
+        return out
+    finally:
+        h.shutdown()
+
+
+def bench_nbd(cfg, root, res, extra) -> None:
+    size = cfg["b4_size"]
+    base = os.path.join(root, "b4")
+    os.makedirs(base)
+    note(f"[4] mirrored write throughput, nbdcopy {size_label(size)}; [5] FUA latency")
+    source = os.path.join(base, "source.img")
+    with open(source, "wb") as f:
+        for _ in range(size // MiB):
+            f.write(os.urandom(MiB))
+    vols = {"vol0": size}
+    closers = []
+    try:
+        pairs = {m: H.Pair(os.path.join(base, m), vols, mode=m) for m in ("async", "sync")}
+        closers += list(pairs.values())
+        lo_p, lo_s, lo_secret = H.make_pair(os.path.join(base, "local"), vols)
+        dead = H.free_port()  # nothing listens there: the peer never answers
+        local = H.Daemon("primary", lo_p, "--nbd", "127.0.0.1:0", "--peer", f"127.0.0.1:{dead}",
+                         "--secret-file", lo_secret, "--reconnect-max", "10", *H.LINK)
+        closers.append(local)
+        sa_dir = os.path.join(base, "standalone", "node")
+        os.makedirs(os.path.dirname(sa_dir))
+        H.Node.create(sa_dir, vols, chunk_size=CHUNK).close()
+        standalone = H.Daemon("primary", sa_dir, "--nbd", "127.0.0.1:0", "--log-level", "warning")
+        closers.append(standalone)
+        kit_img = os.path.join(base, "nbdkit.img")
+        with open(kit_img, "wb") as f:
+            f.truncate(size)
+        kport = H.free_port()
+        kit = H.Popen(["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(kport), "file", kit_img],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        closers.append(kit)
+        H.wait_port(kport)
+        for p in pairs.values():
+            p.wait_converged()
+        uris = {"async": pairs["async"].primary.uri("vol0"), "sync": pairs["sync"].primary.uri("vol0"),
+                "local": local.uri("vol0"), "standalone": standalone.uri("vol0"),
+                "nbdkit": f"nbd://127.0.0.1:{kport}/"}
+        cases = list(uris)
+        # One unmeasured pass each, so every case overwrites allocated data.
+        for c in cases:
+            nbdcopy(source, uris[c])
+            if c in pairs:
+                pairs[c].wait_converged()
+        settle()
+        rows = []
+        for run in range(cfg["runs"]):
+            order = cases[run % len(cases):] + cases[:run % len(cases)]
+            r = {}
+            for c in order:
+                r[c] = nbdcopy(source, uris[c])
+                if c in pairs:  # let the secondary catch up before the next case
+                    pairs[c].wait_converged()
+                settle()
+            rows.append(r)
+            note(f"    run {run}: " + ", ".join(f"{c} {mb_s(size, r[c]):.0f} MB/s" for c in cases))
+        for c in cases:
+            res.add(f"nbd.write.{c}_mb_s", median(mb_s(size, r[c]) for r in rows), "MB/s", "{:.0f}")
+        for c in ("async", "sync", "standalone", "nbdkit"):
+            res.add(f"nbd.write.{c}_to_local", median(r["local"] / r[c] for r in rows), "x", "{:.3f}")
+        # 5. one 4 KiB FUA write in flight
+        n = cfg["b5_writes"]
+        lat = {c: [] for c in ("sync", "local", "async")}
+        for run in range(cfg["runs"]):
+            order = list(lat) if run % 2 == 0 else list(lat)[::-1]
+            for c in order:
+                xs = fua_latencies(uris[c], n, size, seed=run)
+                lat[c].append((percentile(xs, 50), percentile(xs, 99), max(xs)))
+            note(f"    FUA run {run}: " + ", ".join(f"{c} p50 {lat[c][-1][0] * 1e6:.0f} us" for c in lat))
+        for c, xs in lat.items():
+            res.add(f"nbd.fua4k.{c}.p50_us", median(x[0] for x in xs) * 1e6, "us", "{:.0f}")
+            res.add(f"nbd.fua4k.{c}.p99_us", median(x[1] for x in xs) * 1e6, "us", "{:.0f}")
+            res.add(f"nbd.fua4k.{c}.max_us", median(x[2] for x in xs) * 1e6, "us", "{:.0f}")
+        res.add("nbd.fua4k.sync_to_local_p50", median(a[0] / b[0] for a, b in zip(lat["sync"], lat["local"])),
+                "x", "{:.2f}")
+        res.add("nbd.fua4k.sync_to_local_p99", median(a[1] / b[1] for a, b in zip(lat["sync"], lat["local"])),
+                "x", "{:.2f}")
+    finally:
+        for c in closers:
+            c.close() if isinstance(c, H.Pair) else c.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# -- 6. write pause at link failure --------------------------------------------------------------
+def bench_pause(cfg, root, res, extra) -> None:
+    sets = cfg["b6_sets"]
+    note(f"[6] write pause at link failure: {', '.join(f'{n}x{size_label(s)}' for n, s in sets)}, "
+         f"{cfg['runs']} runs x {cfg['b6_cuts']} cuts, a host writing 64 KiB blocks throughout")
+    pairs = {}
+    try:
+        for n, s in sets:
+            vols = {f"vol{i}": s for i in range(n)}
+            pairs[(n, s)] = H.Pair(os.path.join(root, f"b6-{n}x{size_label(s)}"), vols, proxy=True)
+        for p in pairs.values():
+            p.wait_converged()
+        got = {key: {"pause": [], "host": [], "writes": 0, "seconds": 0.0} for key in pairs}
+        for run in range(cfg["runs"]):
+            for key in (list(pairs) if run % 2 == 0 else list(pairs)[::-1]):
+                p = pairs[key]
+                n, s = key
+                writer = H.HostWriter([p.primary.uri(f"vol{i}") for i in range(n)], [s] * n, seed=run)
+                writer.start()
+                t_start = time.perf_counter()
+                time.sleep(0.3)
+                for _ in range(cfg["b6_cuts"]):
+                    before = p.primary.status()["link_failures"]
+                    t_cut = time.perf_counter()
+                    p.proxy.command("cut")
+                    st = p.primary.wait_for(lambda st: st["link_failures"] > before and st["state"] == "disconnected",
+                                            60, "link failure", poll_s=0.005)
+                    t_seen = time.perf_counter()
+                    got[key]["pause"].append(st["write_pause_ms"])
+                    lats = [lat for t, lat in list(writer.samples) if t_cut <= t <= t_seen + 0.05]
+                    got[key]["host"].append(max(lats) * 1e3 if lats else 0.0)
+                    p.proxy.command("heal")
+                    p.primary.wait_for(lambda st: st["state"] == "mirroring" and st["peer_connected"], 120,
+                                       "mirroring after heal")
+                    time.sleep(0.1)
+                writer.finish()
+                got[key]["writes"] += len(writer.samples)
+                got[key]["seconds"] += time.perf_counter() - t_start
+                if writer.errors:
+                    raise H.BenchError(f"host writer failed: {writer.errors}")
+                p.wait_converged()
+                note(f"    {n}x{size_label(s)} run {run}: pause p50 {median(got[key]['pause']):.2f} ms, "
+                     f"max {max(got[key]['pause']):.2f} ms so far")
+        for key, g in got.items():
+            n, s = key
+            name = f"pause.{n}x{size_label(s)}"
+            res.add(f"{name}.cuts", len(g["pause"]), "", "{}")
+            for q in (50, 99):
+                res.add(f"{name}.write_pause_p{q}", percentile(g["pause"], q), "ms", "{:.2f}")
+            res.add(f"{name}.write_pause_max", max(g["pause"]), "ms", "{:.2f}")
+            for q in (50, 99):
+                res.add(f"{name}.host_max_latency_p{q}", percentile(g["host"], q), "ms", "{:.2f}")
+            res.add(f"{name}.host_writes_per_s", g["writes"] / g["seconds"], "1/s", "{:.0f}")
+        (n0, s0), (n1, s1) = sets[0], sets[-1]
+        res.add(f"pause.ratio_{n1}x{size_label(s1)}_to_{n0}x{size_label(s0)}_p99",
+                percentile(got[sets[-1]]["pause"], 99) / max(percentile(got[sets[0]]["pause"], 99), 1e-9),
+                "x", "{:.2f}")
+    finally:
+        for p in pairs.values():
+            p.close()
+            shutil.rmtree(p.base, ignore_errors=True)
+
+
+# -- 7. writes during an outage -----------------------------------------------------------------
+def bench_outage_writes(cfg, root, res, extra) -> None:
+    import nbd
+    size, k = cfg["b7_vol"], cfg["b7_chunks"]
+    base = os.path.join(root, "b7")
+    note(f"[7] writes during an outage: {k} x 64 KiB random chunks of a prefilled {size_label(size)} volume, QD {QD}")
+    pair = H.Pair(base, {"vol0": size}, prefill=prefill_volume(size))
+    try:
+        pair.wait_converged(timeout_s=600)
+        rng = random.Random(77)
+        pool = [nbd.Buffer.from_bytearray(bytearray(rng.randbytes(CHUNK))) for _ in range(16)]
+        uri = pair.primary.uri("vol0")
+
+        def timed(chunks):
+            order = list(chunks)
+            rng.shuffle(order)
+            return H.aio_write(uri, [(c * CHUNK, pool[i % 16]) for i, c in enumerate(order)], qd=QD)
+
+        rows = []
+        settle()
+        for run in range(cfg["runs"]):
+            chunks = rng.sample(range(size // CHUNK), k)
+            r = {}
+            if run % 2 == 0:
+                r["mirroring"] = timed(chunks)
+                pair.wait_converged()
+                settle()
+            pair.outage()
+            settle()
+            r["first"] = timed(chunks)
+            settle()
+            r["rewrite"] = timed(chunks)
+            settle()
+            resync(pair)
+            settle()
+            if run % 2 == 1:
+                r["mirroring"] = timed(chunks)
+                pair.wait_converged()
+                settle()
+            rows.append(r)
+            note(f"    run {run}: " + ", ".join(f"{c} {mb_s(k * CHUNK, r[c]):.0f} MB/s" for c in r))
+        for c in ("mirroring", "first", "rewrite"):
+            res.add(f"outage.write64k.{c}_mb_s", median(mb_s(k * CHUNK, r[c]) for r in rows), "MB/s", "{:.0f}")
+        for c in ("first", "rewrite"):
+            res.add(f"outage.write64k.{c}_to_mirroring", median(r["mirroring"] / r[c] for r in rows), "x", "{:.3f}")
+    finally:
+        pair.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# -- 8. peak memory ------------------------------------------------------------------------------
+def bench_memory(cfg, root, res, extra) -> None:
+    size, changed = cfg["b8_vol"], cfg["b8_changed"]
+    k = changed // CHUNK
+    note(f"[8] peak memory: {size_label(size)} sparse volume, {k} chunks ({changed / GiB:.2f} GiB) changed "
+         f"during an outage, {cfg['b8_runs']} runs with fresh daemons")
+    rows = []
+    for run in range(cfg["b8_runs"]):
+        base = os.path.join(root, f"b8-{run}")
+        pair = H.Pair(base, {"vol0": size})
+        try:
+            pair.wait_converged()
+            r = {"p_base": H.vm_hwm(pair.primary.pid), "s_base": H.vm_hwm(pair.secondary.pid)}
+            rng = random.Random(800 + run)
+            chunks = rng.sample(range(size // CHUNK), k)
+            pair.outage()
+            H.aio_write(pair.primary.uri("vol0"), fresh_writes(chunks, rng.getrandbits(64)), qd=QD)
+            settle()
+            r["resync"] = resync(pair)
+            r["p_peak"] = H.vm_hwm(pair.primary.pid)
+            r["s_peak"] = H.vm_hwm(pair.secondary.pid)
+            r["p_rss"] = H.vm_rss(pair.primary.pid)
+            r["s_rss"] = H.vm_rss(pair.secondary.pid)
+            rows.append(r)
+            note(f"    run {run}: primary VmHWM {r['p_peak'] / MiB:.0f} MiB (after initial sync "
+                 f"{r['p_base'] / MiB:.0f}), secondary {r['s_peak'] / MiB:.0f} MiB; resync {r['resync']['seconds']:.2f}s")
+        finally:
+            pair.close()
+            shutil.rmtree(base, ignore_errors=True)
+    n = f"memory.{size_label(size)}_{round(changed / MiB)}MiB"
+    res.add(f"{n}.changed_bytes", changed, "B", "{}")
+    res.add(f"{n}.primary_peak_mib", median(r["p_peak"] for r in rows) / MiB, "MiB", "{:.1f}")
+    res.add(f"{n}.secondary_peak_mib", median(r["s_peak"] for r in rows) / MiB, "MiB", "{:.1f}")
+    res.add(f"{n}.primary_before_outage_mib", median(r["p_base"] for r in rows) / MiB, "MiB", "{:.1f}")
+    res.add(f"{n}.secondary_before_outage_mib", median(r["s_base"] for r in rows) / MiB, "MiB", "{:.1f}")
+    res.add(f"{n}.primary_rss_after_mib", median(r["p_rss"] for r in rows) / MiB, "MiB", "{:.1f}")
+    res.add(f"{n}.secondary_rss_after_mib", median(r["s_rss"] for r in rows) / MiB, "MiB", "{:.1f}")
+    res.add(f"{n}.resync_seconds", median(r["resync"]["seconds"] for r in rows), "s", "{:.2f}")
+
+
+BENCHES = {"1": bench_rsync, "2": bench_size, "4": bench_nbd, "6": bench_pause, "7": bench_outage_writes,
+           "8": bench_memory}
+# 3 is measured inside 1 (same runs), 5 inside 4 (same daemons).
+ALIASES = {"3": "1", "5": "4"}
+
+
+# -- docs ----------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--smoke", action="store_true", help="tiny sizes, 1 run, seconds (for the test suite)")
+    g.add_argument("--full", action="store_true", help="real sizes (64 GiB changes), more runs (long)")
+    ap.add_argument("--dir", help="where to put temporary data (default: a new directory under /var/tmp)")
+    ap.add_argument("--no-docs", action="store_true", help="do not rewrite docs/BENCHMARKS.md")
+    ap.add_argument("--docs-to", metavar="FILE",
+                    help="write the sections into FILE instead of docs/BENCHMARKS.md (works with --smoke)")
+    ap.add_argument("--no-storage", action="store_true", help="do not run bench/storage_bench.py first")
+    ap.add_argument("--only", action="append", choices=sorted(set(BENCHES) | set(ALIASES)),
+                    help="run only these benchmarks (repeatable; implies --no-docs --no-storage)")
+    args = ap.parse_args(argv)
+    if args.docs_to and args.only:
+        ap.error("--docs-to needs every benchmark: drop --only")
+    mode = "smoke" if args.smoke else "full" if args.full else "quick"
+    cfg = MODES[mode]
+    only = sorted({ALIASES.get(x, x) for x in args.only}) if args.only else list(BENCHES)
+    write_docs = bool(args.docs_to) or not (args.no_docs or args.smoke or args.only)
+    run_storage = not (args.no_storage or args.smoke or args.only)
+    for tool in ("nbdcopy", "nbdkit", "rsync"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed: run `make venv` (scripts/ensure-deps)")
+    parent = args.dir or "/var/tmp"
+    os.makedirs(parent, exist_ok=True)
+    root = tempfile.mkdtemp(prefix="blockmirror-bench-", dir=parent)
+    res = common.Results()
+    started = time.perf_counter()
+    try:
+        m = common.machine(root)
+        for key, value in m.items():
+            res.add(f"machine.{key}", value)
+        res.add("bench.mode", mode)
+        if run_storage:
+            note("[storage] bench/storage_bench.py --write-docs" + (" --full" if mode == "full" else ""))
+            cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "storage_bench.py"),
+                   "--dir", root, "--write-docs"] + (["--full"] if mode == "full" else [])
+            t = time.perf_counter()
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+            sys.stdout.write(proc.stdout)
+            sys.stdout.flush()
+            if proc.returncode != 0:
+                raise SystemExit(f"storage_bench.py exited {proc.returncode}")
+            res.add("bench.storage_elapsed", time.perf_counter() - t, "s", "{:.1f}")
+        extra: dict = {}
+        for key in only:
+            t = time.perf_counter()
+            BENCHES[key](cfg, root, res, extra)
+            res.add(f"bench.b{key}_elapsed", time.perf_counter() - t, "s", "{:.1f}")
+            settle()
+        elapsed = time.perf_counter() - started
+        res.add("bench.elapsed", elapsed, "s", "{:.1f}")
+        if write_docs:
+            import docs_mirroring
+            argv_text = "bench/run.py" + ("" if mode == "quick" else f" --{mode}")
+            doc = args.docs_to or common.DOC_PATH
+            common.write_sections({
+                "Machine": common.machine_markdown(m) + f"\n\nDescribed {common.today()} by the bench scripts.",
+                "How to reproduce": docs_mirroring.reproduce(),
+                "Mirroring": docs_mirroring.render(cfg, mode, res, m, elapsed, argv_text),
+            }, path=doc)
+            note(f"rewrote the Mirroring, How to reproduce and Machine sections of {doc}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
