@@ -132,6 +132,7 @@ class Scenario:
         self.sync_acked_point = 0
         self.claimed = ("", 0)  # (generation, seq) the secondary last acknowledged
         self.probes = 0
+        self._last_checked = None
         self.probe_rate = rng.choice((0.0, 0.02, 0.1))
         self.secondary_point = 0
         self.crashed_hot: list[BitMap] = [BitMap() for _ in self.sizes]
@@ -340,6 +341,7 @@ class Scenario:
         if conn is None:
             return
         self.net.conn = None
+        self._last_checked = None  # a rolled-back round must be checked again
         self.log(f"close #{conn.id} by {side.name if side else 'network'}: {reason}")
         for s in (self.primary, self.secondary):
             attached = conn.secondary_attached if s is self.secondary else True
@@ -402,7 +404,10 @@ class Scenario:
                 self._close_conn(side, str(exc))
                 return
             if side.up and self.net.conn is conn and eng.round_open is None:
-                self._check_secondary("after a batch")
+                state = (eng.generation, eng.seq)
+                if state != self._last_checked:  # nothing to check after heartbeats alone
+                    self._last_checked = state
+                    self._check_secondary("after a batch")
 
     def _pump(self) -> None:
         conn = self.net.conn
