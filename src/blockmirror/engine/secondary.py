@@ -84,6 +84,7 @@ class SecondaryEngine:
         self._journaled_seq = 0
         self._primary_uuids: dict[str, str] = {}
         self._round: dict | None = None  # mirrors K_ROUND in the node's state
+        self.applied_batches = 0  # batches written to the volumes (observability)
         self._ack_due = False
         self._recover()
 
@@ -261,6 +262,7 @@ class SecondaryEngine:
         if self._round_ops:
             ops, self._round_ops = self._round_ops, []
             self.node.write_many(ops)
+            self.applied_batches += 1
         if self.journal.pending_bytes:
             self.journal.sync()
             self._ack_due = True
@@ -270,6 +272,7 @@ class SecondaryEngine:
         if self._pending_writes:
             ops, self._pending_writes = self._pending_writes, []
             self.node.write_many(ops)
+            self.applied_batches += 1
             self.seq = self._journaled_seq
         self._checkpoint()
 

@@ -404,7 +404,7 @@ class Scenario:
                 self._close_conn(side, str(exc))
                 return
             if side.up and self.net.conn is conn and eng.round_open is None:
-                state = (eng.generation, eng.seq)
+                state = (eng.generation, eng.seq, eng.applied_batches)
                 if state != self._last_checked:  # nothing to check after heartbeats alone
                     self._last_checked = state
                     self._check_secondary("after a batch")
