@@ -65,7 +65,7 @@ MODES = {
         b2_sizes=[1 * GiB, 64 * GiB], b2_changed=64 * MiB,
         b4_size=1 * GiB,
         b5_writes=2000,
-        b6_sets=[(8, 1 * GiB), (8, 64 * GiB)], b6_cuts=8,
+        b6_sets=[(8, 1 * GiB), (8, 64 * GiB)], b6_cuts=16,
         b7_vol=1 * GiB, b7_chunks=4096,
         b8_vol=64 * GiB, b8_changed=(4 * GiB) // 10 // CHUNK * CHUNK, b8_runs=5),
     "full": dict(
