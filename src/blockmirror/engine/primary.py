@@ -25,6 +25,7 @@ peer messages and timer ticks with `now`, and takes out messages to send
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -414,6 +415,11 @@ class PrimaryEngine:
         log.info("round %d (%s%s): %d chunks, %d bytes", rnd.id, kind, ", final" if final else "",
                  total_chunks, total_bytes)
 
+    @staticmethod
+    @functools.lru_cache(maxsize=8)
+    def _zeros(length: int) -> bytes:
+        return bytes(length)
+
     def _chunk_bytes(self, vol: int, chunk: int) -> int:
         return min(self.chunk_size, self.sizes[vol] - chunk * self.chunk_size)
 
@@ -486,7 +492,7 @@ class PrimaryEngine:
                     continue
                 data = self.node.read_snapshot(rnd.target, self.names[vol], off, length)
                 rnd.chunks_sent += count
-                if data.count(0) == len(data):
+                if data == self._zeros(len(data)):  # memcmp stops at the first non-zero byte
                     out.append(ResyncZeroes(rnd.id, vol, off, length))
                 else:
                     out.append(ResyncData(rnd.id, vol, off, data))

@@ -59,6 +59,9 @@ class _MemFile:
         self.current[offset:end] = data
         self.pending.append((offset, data, 0))
 
+    def pwritev(self, offset: int, buffers: list) -> None:
+        self.pwrite(offset, b"".join(buffers))
+
     def punch(self, offset: int, length: int) -> None:
         length = max(0, min(length, len(self.current) - offset))
         if length:

@@ -28,6 +28,7 @@ def _load_fallocate():
 
 
 _fallocate = _load_fallocate()
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
 class File(Protocol):
@@ -35,6 +36,8 @@ class File(Protocol):
 
     def pread(self, offset: int, length: int) -> bytes: ...
     def pwrite(self, offset: int, data: bytes | memoryview) -> None: ...
+    def pwritev(self, offset: int, buffers: list) -> None:
+        """Write the buffers back to back from `offset`, without joining them."""
     def punch(self, offset: int, length: int) -> None:
         """Deallocate a range (reads back as zeroes); size unchanged."""
     def sync(self) -> None:
@@ -88,6 +91,20 @@ class OsFile:
                 n = os.pwrite(self.fd, view, offset)
                 view = view[n:]
                 offset += n
+        except OSError as exc:
+            _raise_os_error(exc, f"writing {self.path}")
+
+    def pwritev(self, offset: int, buffers: list) -> None:
+        views = [memoryview(b) for b in buffers]
+        try:
+            while views:
+                n = os.pwritev(self.fd, views[:_IOV_MAX], offset)
+                offset += n
+                while views and n >= views[0].nbytes:  # drop what was written, keep the rest
+                    n -= views[0].nbytes
+                    views.pop(0)
+                if n:
+                    views[0] = views[0][n:]
         except OSError as exc:
             _raise_os_error(exc, f"writing {self.path}")
 

@@ -329,7 +329,7 @@ class Node:
                 if originals:
                     created |= key not in self._next_slot  # its entry is not yet durable
                     cow = self._cow(snap, vid, create=True)
-                    cow.pwrite(first_slot * self.chunk_size, b"".join(originals))
+                    cow.pwritev(first_slot * self.chunk_size, originals)
                     synced.append((key, slot, cow))
             for _, _, cow in synced:
                 cow.sync()

@@ -1,0 +1,33 @@
+"""The real filesystem seam: vectored writes, holes, extents, disk full."""
+
+import os
+
+from blockmirror.storage.fileio import OsFileSystem
+
+
+def test_pwritev_writes_every_buffer_in_order(tmp_path):
+    f = OsFileSystem().open(str(tmp_path / "f"), create=True)
+    try:
+        buffers = [bytes([i % 251]) * (100 + i) for i in range(3000)]  # more buffers than IOV_MAX
+        f.pwritev(4096, buffers)
+        assert f.pread(4096, sum(map(len, buffers))) == b"".join(buffers)
+        assert f.pread(0, 4096) == bytes(4096)
+    finally:
+        f.close()
+
+
+def test_punch_and_extents_keep_the_file_sparse(tmp_path):
+    path = str(tmp_path / "f")
+    f = OsFileSystem().open(path, create=True)
+    try:
+        f.truncate(1 << 20)
+        f.pwrite(0, b"x" * (256 << 10))
+        f.pwrite(768 << 10, b"y" * 4096)
+        f.sync()
+        assert f.data_extents(0, 1 << 20) == [(0, 256 << 10), (768 << 10, 4096)]
+        f.punch(0, 128 << 10)
+        assert f.pread(0, 128 << 10) == bytes(128 << 10)
+        assert f.pread(128 << 10, 4) == b"xxxx"
+        assert os.stat(path).st_blocks * 512 <= (128 << 10) + 4096 + 65536
+    finally:
+        f.close()
