@@ -110,7 +110,8 @@ def test_unclean_primary_restart_resyncs_only_hot_regions(tmp_path):
         pair.connect()
         pair.write("a", 0, b"1" * CHUNK)
         pair.run()
-        pair.primary.on_timer(pair.now + 5)  # the activity log cools what is acked and synced
+        pair.primary.on_timer(pair.now + 5)  # the activity log cools what is acked, synced
+        pair.primary.on_timer(pair.now + 10)  # and idle for a whole period
         pair.write("a", 40 * CHUNK, b"2" * 100)  # in flight when the primary dies
         pair.run(deliver_acks=False)
         # The primary process dies: no shutdown, the node is reopened as after kill -9.

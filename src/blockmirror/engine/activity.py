@@ -2,8 +2,9 @@
 nodes after a primary crash.
 
 A region becomes hot, durably, before the first write to it that the
-secondary has not acknowledged; it cools once every such write is acknowledged
-and the volume has been synced locally. After an unclean stop, the hot
+secondary has not acknowledged; it cools once every such write is acknowledged,
+the volume has been synced locally, and it has not been written for a whole
+checkpoint period. After an unclean stop, the hot
 regions are added to the resync (like DRBD's activity log): one metadata
 commit when a region first turns hot, not one per write.
 """
@@ -23,6 +24,7 @@ class ActivityLog:
         self.region_bytes = region_bytes
         self.durable: set[tuple[int, int]] = {tuple(r) for r in node.get_state(K_ACTIVITY, [])}
         self._pending = Counter()  # (volume index, region) -> unacknowledged writes
+        self._recent: set[tuple[int, int]] = set()  # marked since the last checkpoint
 
     def regions(self, volume: int, offset: int, length: int) -> range:
         if length <= 0:
@@ -36,6 +38,7 @@ class ActivityLog:
             for r in self.regions(vol, off, length):
                 key = (vol, r)
                 self._pending[key] += 1
+                self._recent.add(key)
                 if key not in self.durable:
                     new.add(key)
         if new:
@@ -54,7 +57,10 @@ class ActivityLog:
     def checkpoint(self) -> bool:
         """Cool the regions with nothing pending, after a local sync. True if
         anything changed."""
-        cold = {k for k in self.durable if k not in self._pending}
+        # A region written since the last checkpoint stays hot one more period:
+        # a region in use would otherwise cost a commit each time it turns hot again.
+        cold = {k for k in self.durable if k not in self._pending and k not in self._recent}
+        self._recent = set()
         if not cold:
             return False
         self.node.flush()
@@ -73,3 +79,4 @@ class ActivityLog:
     def clear(self) -> None:
         self.durable.clear()
         self._pending.clear()
+        self._recent.clear()
