@@ -29,22 +29,26 @@ class Netns:
         third, fourth = rng.randrange(1, 255), 4 * rng.randrange(0, 64)
         self.p_ip, self.s_ip = f"169.254.{third}.{fourth + 1}", f"169.254.{third}.{fourth + 2}"
         self.made = []
+        # `ip netns add` bind-mounts /run/netns the first time; undo that at the end if it was us.
+        self.mounted_run_netns = subprocess.run(["mountpoint", "-q", "/run/netns"]).returncode == 0
         try:
             for ns in (self.p, self.s):
                 run(["ip", "netns", "add", ns])
                 self.made.append(ns)
-            run(["ip", "-n", self.p, "link", "add", self.p_dev, "type", "veth", "peer", "name", self.s_dev,
-                 "netns", self.s])
+            run([*self.exec(self.p), "ip", "link", "add", self.p_dev, "type", "veth", "peer", "name",
+                 self.s_dev, "netns", self.s])
             for ns, dev, ip in ((self.p, self.p_dev, self.p_ip), (self.s, self.s_dev, self.s_ip)):
-                run(["ip", "-n", ns, "addr", "add", f"{ip}/30", "dev", dev])
-                run(["ip", "-n", ns, "link", "set", dev, "up"])
-                run(["ip", "-n", ns, "link", "set", "lo", "up"])
+                run([*self.exec(ns), "ip", "addr", "add", f"{ip}/30", "dev", dev])
+                run([*self.exec(ns), "ip", "link", "set", dev, "up"])
+                run([*self.exec(ns), "ip", "link", "set", "lo", "up"])
         except BaseException:
             self.close()
             raise
 
     def exec(self, ns: str) -> tuple[str, ...]:
-        return ("ip", "netns", "exec", ns)
+        # nsenter joins only the network namespace; `ip netns exec` / `ip -n`
+        # also remount / and /sys, which fails where / is not a mount (a chroot).
+        return ("nsenter", f"--net=/run/netns/{ns}")
 
     def iptables(self, ns: str, *rule: str) -> None:
         run([*self.exec(ns), "iptables", *rule])
@@ -53,6 +57,9 @@ class Netns:
         for ns in self.made:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
         self.made = []
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.strip()
+        if not self.mounted_run_netns and not left:
+            subprocess.run(["umount", "/run/netns"], capture_output=True, timeout=30)
 
 
 def compare(net: Netns, p: Daemon, s: Daemon) -> None:
@@ -109,8 +116,8 @@ def test_kernel_link_faults_between_network_namespaces(tmp_path):
              lambda: net.iptables(net.s, "-D", "INPUT", *dport, "-j", "REJECT", "--reject-with", "tcp-reset"),
              "Connection reset by peer"),
             ("ip link down",
-             lambda: run(["ip", "-n", net.p, "link", "set", net.p_dev, "down"]),
-             lambda: run(["ip", "-n", net.p, "link", "set", net.p_dev, "up"]),
+             lambda: run([*net.exec(net.p), "ip", "link", "set", net.p_dev, "down"]),
+             lambda: run([*net.exec(net.p), "ip", "link", "set", net.p_dev, "up"]),
              "link silent"),
         ]
         for i, (name, breaks, heals, why) in enumerate(scenarios):
