@@ -90,7 +90,7 @@ class _Side:
 
 
 class Scenario:
-    def __init__(self, seed: int, mutations: frozenset = frozenset(), safety_s: float = 8.0,
+    def __init__(self, seed: int, mutations: frozenset = frozenset(), safety_s: float = 7.0,
                  liveness_s: float = 400.0):
         self.seed = seed
         self.rng = random.Random(seed)
@@ -133,7 +133,7 @@ class Scenario:
         self.claimed = ("", 0)  # (generation, seq) the secondary last acknowledged
         self.probes = 0
         self._last_checked = None
-        self.probe_rate = rng.choice((0.0, 0.02, 0.1))
+        self.probe_rate = rng.choice((0.0, 0.02, 0.05))
         self.secondary_point = 0
         self.crashed_hot: list[BitMap] = [BitMap() for _ in self.sizes]
         self.host_writes = 0
