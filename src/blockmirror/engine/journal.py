@@ -41,32 +41,37 @@ class RedoJournal:
         self.file = file
         self.epoch = epoch
         self.tail = start
-        self._pending = bytearray()
+        self._pending: list = []  # record pieces, written with one pwritev (no copy of the data)
+        self._pending_bytes = 0
 
     def append(self, seq: int, volume: int, kind: int, offset: int, length: int, data=None) -> None:
         header = _HEADER.pack(self.epoch, seq, volume, kind, offset, length)
         h = xxhash.xxh3_64(header)
-        self._pending += header
+        self._pending.append(header)
+        size = len(header) + _CHECKSUM.size
         if kind == KIND_WRITE:
             assert data is not None and len(data) == length
             h.update(data)
-            self._pending += data
-        self._pending += _CHECKSUM.pack(h.intdigest())
+            self._pending.append(data)
+            size += length
+        self._pending.append(_CHECKSUM.pack(h.intdigest()))
+        self._pending_bytes += size
 
     @property
     def pending_bytes(self) -> int:
-        return len(self._pending)
+        return self._pending_bytes
 
     def sync(self) -> None:
         """Make every appended record durable (one write, one fdatasync)."""
         if self._pending:
-            self.file.pwrite(self.tail, self._pending)
-            self.tail += len(self._pending)
-            self._pending = bytearray()
+            self.file.pwritev(self.tail, self._pending)
+            self.tail += self._pending_bytes
+            self.discard_pending()
         self.file.sync()
 
     def discard_pending(self) -> None:
-        self._pending = bytearray()
+        self._pending = []
+        self._pending_bytes = 0
 
     def reset(self, epoch: int) -> None:
         """Start over at position 0; records of older epochs no longer replay."""
