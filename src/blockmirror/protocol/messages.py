@@ -166,13 +166,6 @@ class Message:
     __slots__ = ()
     TYPE: ClassVar[MessageType]
 
-    def _parts(self) -> list[Buffer]:
-        raise NotImplementedError
-
-    @classmethod
-    def _decode(cls, view: memoryview) -> Message:
-        raise NotImplementedError
-
 
 @dataclass(frozen=True, slots=True)
 class VolumeInfo:
@@ -344,17 +337,15 @@ _EXTENT_HEAD_BYTES = _EXTENT_HEAD.size
 
 
 @dataclass(frozen=True, slots=True)
-class Write(Message):
-    """One host write, in sequence order. `data` is not copied on send."""
+class _DataExtent(Message):
+    """Shared codec of Write and ResyncData: (key, volume, offset) + data,
+    where the key is the seq or the round id (named by `_KEY`). `data` is not
+    copied on send."""
 
-    TYPE: ClassVar[MessageType] = MessageType.WRITE
-    seq: int
-    volume: int
-    offset: int
-    data: Buffer = field(repr=False)
+    _KEY: ClassVar[str]
 
     def __post_init__(self) -> None:
-        _u("seq", self.seq, 64)
+        _u(self._KEY, getattr(self, self._KEY), 64)
         _u("volume", self.volume, 16)
         _u("offset", self.offset, 64)
         object.__setattr__(self, "data", _data(self.data))
@@ -365,26 +356,23 @@ class Write(Message):
         return len(self.data)
 
     def _parts(self) -> list[Buffer]:
-        return [_EXTENT_HEAD.pack(self.seq, self.volume, self.offset), self.data]
+        return [_EXTENT_HEAD.pack(getattr(self, self._KEY), self.volume, self.offset), self.data]
 
     @classmethod
-    def _decode(cls, view: memoryview) -> Write:
-        seq, volume, offset = _EXTENT_HEAD.unpack_from(view)
-        return cls(seq, volume, offset, bytes(view[_EXTENT_HEAD_BYTES:]))
+    def _decode(cls, view: memoryview):
+        key, volume, offset = _EXTENT_HEAD.unpack_from(view)
+        return cls(key, volume, offset, bytes(view[_EXTENT_HEAD_BYTES:]))
 
 
 @dataclass(frozen=True, slots=True)
-class WriteZeroes(Message):
-    """A host trim/write-zeroes, in sequence order, without zero bytes on the wire."""
+class _ZeroExtent(Message):
+    """Shared codec of WriteZeroes and ResyncZeroes: (key, volume, offset,
+    length), no zero bytes on the wire."""
 
-    TYPE: ClassVar[MessageType] = MessageType.WRITE_ZEROES
-    seq: int
-    volume: int
-    offset: int
-    length_bytes: int
+    _KEY: ClassVar[str]
 
     def __post_init__(self) -> None:
-        _u("seq", self.seq, 64)
+        _u(self._KEY, getattr(self, self._KEY), 64)
         _u("volume", self.volume, 16)
         _u("offset", self.offset, 64)
         _u("length_bytes", self.length_bytes, 64)
@@ -393,13 +381,37 @@ class WriteZeroes(Message):
         _extent(self.offset, self.length_bytes)
 
     def _parts(self) -> list[Buffer]:
-        return [_EXTENT_LEN.pack(self.seq, self.volume, self.offset, self.length_bytes)]
+        return [_EXTENT_LEN.pack(getattr(self, self._KEY), self.volume, self.offset, self.length_bytes)]
 
     @classmethod
-    def _decode(cls, view: memoryview) -> WriteZeroes:
+    def _decode(cls, view: memoryview):
         if len(view) != _EXTENT_LEN.size:
-            raise ValueError("bad WriteZeroes length")
+            raise ValueError(f"bad {cls.__name__} length")
         return cls(*_EXTENT_LEN.unpack_from(view))
+
+
+@dataclass(frozen=True, slots=True)
+class Write(_DataExtent):
+    """One host write, in sequence order."""
+
+    TYPE: ClassVar[MessageType] = MessageType.WRITE
+    _KEY: ClassVar[str] = "seq"
+    seq: int
+    volume: int
+    offset: int
+    data: Buffer = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteZeroes(_ZeroExtent):
+    """A host trim/write-zeroes, in sequence order, without zero bytes on the wire."""
+
+    TYPE: ClassVar[MessageType] = MessageType.WRITE_ZEROES
+    _KEY: ClassVar[str] = "seq"
+    seq: int
+    volume: int
+    offset: int
+    length_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,62 +523,27 @@ class ResyncBegin(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class ResyncData(Message):
+class ResyncData(_DataExtent):
     """One changed extent of a round, read from the stable snapshot image."""
 
     TYPE: ClassVar[MessageType] = MessageType.RESYNC_DATA
+    _KEY: ClassVar[str] = "round_id"
     round_id: int
     volume: int
     offset: int
     data: Buffer = field(repr=False)
 
-    def __post_init__(self) -> None:
-        _u("round_id", self.round_id, 64)
-        _u("volume", self.volume, 16)
-        _u("offset", self.offset, 64)
-        object.__setattr__(self, "data", _data(self.data))
-        _extent(self.offset, len(self.data))
-
-    @property
-    def length_bytes(self) -> int:
-        return len(self.data)
-
-    def _parts(self) -> list[Buffer]:
-        return [_EXTENT_HEAD.pack(self.round_id, self.volume, self.offset), self.data]
-
-    @classmethod
-    def _decode(cls, view: memoryview) -> ResyncData:
-        round_id, volume, offset = _EXTENT_HEAD.unpack_from(view)
-        return cls(round_id, volume, offset, bytes(view[_EXTENT_HEAD_BYTES:]))
-
 
 @dataclass(frozen=True, slots=True)
-class ResyncZeroes(Message):
+class ResyncZeroes(_ZeroExtent):
     """A changed extent of a round that is all zeroes (a hole or a trim)."""
 
     TYPE: ClassVar[MessageType] = MessageType.RESYNC_ZEROES
+    _KEY: ClassVar[str] = "round_id"
     round_id: int
     volume: int
     offset: int
     length_bytes: int
-
-    def __post_init__(self) -> None:
-        _u("round_id", self.round_id, 64)
-        _u("volume", self.volume, 16)
-        _u("offset", self.offset, 64)
-        _u("length_bytes", self.length_bytes, 64)
-        if self.length_bytes == 0:
-            raise ValueError("length_bytes must be > 0")
-        _extent(self.offset, self.length_bytes)
-
-    def _parts(self) -> list[Buffer]:
-        return [_EXTENT_LEN.pack(self.round_id, self.volume, self.offset, self.length_bytes)]
-
-    @classmethod
-    def _decode(cls, view: memoryview) -> ResyncZeroes:
-        if len(view) != _EXTENT_LEN.size:
-            raise ValueError("bad ResyncZeroes length")
-        return cls(*_EXTENT_LEN.unpack_from(view))
 
 
 @dataclass(frozen=True, slots=True)

@@ -169,14 +169,11 @@ class EngineDriver:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_at(max(at, loop.time()) + 0.0005, self._wake.set)
 
-    # -- per role ------------------------------------------------------------------------
+    # -- per role: each daemon also defines step(now, events, inputs) -> StepResult,
+    # which runs on the engine thread and feeds the engine. ----------------------------
     def take_inputs(self):
         """Loop side: anything besides link events the step needs."""
         return None
-
-    def step(self, now: float, events: list, inputs) -> StepResult:
-        """Engine thread."""
-        raise NotImplementedError
 
     def apply(self, res: StepResult) -> bool:
         """Loop side; True if another step should run at once."""
