@@ -35,6 +35,32 @@ def in_round(st: dict) -> bool:
     return bool(prog) and prog["chunks_total"] > 0 and prog["chunks_done"] > 0
 
 
+def fault_while_writing(pair, p, fault: str, uri: str, seed: int, what: str) -> None:
+    """A host writes to `uri` while `fault` ('cut' or 'blackhole') breaks the
+    link; the primary notices, writes go on, the link heals at full speed."""
+    writer = HostWriter(uri, area_bytes=1 << 20, seed=seed)
+    try:
+        getattr(pair.proxy, fault)()
+        p.wait_for(lambda st: not st["peer_connected"], timeout_s=10, what=what)
+        writer.wait_writes(20)
+        pair.proxy.rate(0)
+        pair.proxy.heal()
+        writer.wait_writes(20)
+    finally:
+        writer.stop()
+
+
+def outage_then_slow_resync(pair, p, qemu_write: str) -> None:
+    """Cut the link, change the primary while it is down, then heal on a slow
+    link and wait until a resync round is under way."""
+    pair.proxy.cut()
+    p.wait_for(lambda st: st["state"] == "disconnected", timeout_s=10, what="link-down detection")
+    qemu_io(p.uri("vol0"), qemu_write)
+    pair.proxy.rate(RATE_BPS)
+    pair.proxy.heal()
+    p.wait_for(in_round, timeout_s=10, what="a resync under way")
+
+
 def test_link_cut_during_initial_sync(new_pair):
     pair = new_pair()
     prefill(pair.p_dir, b"initial")
@@ -105,22 +131,8 @@ def test_black_hole_during_resync(new_pair):
     pair.start_primary()
     p, s = pair.primary, pair.secondary
     p.wait_for(converged, what="initial sync")
-    pair.proxy.cut()
-    p.wait_for(lambda st: st["state"] == "disconnected", timeout_s=10, what="link-down detection")
-    qemu_io(p.uri("vol0"), "write -P 0x61 1M 12M")
-    pair.proxy.rate(RATE_BPS)
-    pair.proxy.heal()
-    p.wait_for(in_round, timeout_s=10, what="a resync under way")
-    writer = HostWriter(p.uri("vol1"), area_bytes=1 << 20, seed=13)
-    try:
-        pair.proxy.blackhole()
-        p.wait_for(lambda st: not st["peer_connected"], timeout_s=10, what="black-hole detection in a round")
-        writer.wait_writes(20)
-        pair.proxy.rate(0)
-        pair.proxy.heal()
-        writer.wait_writes(20)
-    finally:
-        writer.stop()
+    outage_then_slow_resync(pair, p, "write -P 0x61 1M 12M")
+    fault_while_writing(pair, p, "blackhole", p.uri("vol1"), 13, "black-hole detection in a round")
     st = p.wait_for(converged, timeout_s=30, what="convergence after a black hole during resync")
     assert st["last_resync"]["kind"] == "incremental"
     assert_identical(p, s)
@@ -218,17 +230,8 @@ def test_black_hole_during_initial_sync(new_pair):
     p, s = pair.primary, pair.secondary
     st = p.wait_for(in_round, timeout_s=10, what="an initial sync under way")
     assert st["state"] == "initial-sync"
-    writer = HostWriter(p.uri("vol0"), area_bytes=1 << 20, seed=17)
-    try:
-        pair.proxy.blackhole()
-        # Nothing is reset: only the link timeout can tell.
-        p.wait_for(lambda st: not st["peer_connected"], timeout_s=10, what="black-hole detection in a first sync")
-        writer.wait_writes(20)
-        pair.proxy.rate(0)
-        pair.proxy.heal()
-        writer.wait_writes(20)
-    finally:
-        writer.stop()
+    # Nothing is reset: only the link timeout can tell.
+    fault_while_writing(pair, p, "blackhole", p.uri("vol0"), 17, "black-hole detection in a first sync")
     p.wait_for(converged, timeout_s=30, what="convergence after a black hole during initial sync")
     assert s.status()["consistent"]
     assert_identical(p, s)
@@ -240,22 +243,8 @@ def test_link_cut_during_resync_resends_only_the_changes(new_pair):
     pair.start_primary()
     p, s = pair.primary, pair.secondary
     p.wait_for(converged, what="initial sync")
-    pair.proxy.cut()
-    p.wait_for(lambda st: st["state"] == "disconnected", timeout_s=10, what="link-down detection")
-    qemu_io(p.uri("vol0"), "write -P 0x71 2M 8M")
-    pair.proxy.rate(RATE_BPS)
-    pair.proxy.heal()
-    p.wait_for(in_round, timeout_s=10, what="a resync under way")
-    writer = HostWriter(p.uri("vol1"), area_bytes=1 << 20, seed=19)
-    try:
-        pair.proxy.cut()
-        p.wait_for(lambda st: not st["peer_connected"], timeout_s=10, what="link-down detection in a round")
-        writer.wait_writes(20)
-        pair.proxy.rate(0)
-        pair.proxy.heal()
-        writer.wait_writes(20)
-    finally:
-        writer.stop()
+    outage_then_slow_resync(pair, p, "write -P 0x71 2M 8M")
+    fault_while_writing(pair, p, "cut", p.uri("vol1"), 19, "link-down detection in a round")
     st = p.wait_for(converged, timeout_s=30, what="convergence after a cut during resync")
     last = st["last_resync"]
     assert last["kind"] == "incremental", "the base survives a failure in the middle of a resync"
