@@ -47,7 +47,8 @@ class StorageModel(RuleBasedStateMachine):
         super().__init__()
         self.tmp = tempfile.mkdtemp(prefix="bm-model-")
         self.path = self.tmp + "/node"
-        self.node = Node.create(self.path, dict(SIZES), chunk_size=CHUNK, meta_synchronous="NORMAL")
+        self.node = Node.create(self.path, dict(SIZES), chunk_size=CHUNK, meta_synchronous="NORMAL",
+                                spare_limit_bytes=1 << 20)  # deleted snapshots leave spares to reuse
         self.model = {v: bytearray(s) for v, s in SIZES.items()}
         self.images: dict[int, dict[str, bytes]] = {}
         self.touched: dict[int, dict[str, set[int]]] = {}
@@ -138,7 +139,7 @@ class StorageModel(RuleBasedStateMachine):
     @rule()
     def reopen(self):
         self.node.close()
-        self.node = Node.open(self.path, meta_synchronous="NORMAL")
+        self.node = Node.open(self.path, meta_synchronous="NORMAL", spare_limit_bytes=1 << 20)
 
     @invariant()
     def snapshots_and_diffs_exact(self):

@@ -28,6 +28,7 @@ def describe(node: Node) -> dict:
                        "sealed": s.sealed,
                        "exceptions": space[s.id].exceptions, "space_bytes": space[s.id].data_bytes}
                       for s in node.snapshots()],
+        "spare_cow": dict(zip(("files", "bytes"), node.spare_space()), limit_bytes=node.spare_limit_bytes),
     }
 
 
@@ -48,4 +49,8 @@ def run(args) -> int:
                   f"{s['pause_ns'] / 1e6:>7.2f}ms" + ("" if s["sealed"] else "  (unsealed: crashed before its sync)"))
     else:
         print("no snapshots")
+    spare = info["spare_cow"]
+    if spare["files"]:
+        print(f"spare COW space {format_size(spare['bytes'])} in {spare['files']} file(s), kept for the next "
+              f"snapshots (at most {format_size(spare['limit_bytes'])})")
     return 0

@@ -156,6 +156,7 @@ class CrashFileSystem:
         self._dirs: set[str] = set()
         self._visible: set[str] = set()  # entries a listing shows now
         self._entries_durable: set[str] = set()  # entries that survive a crash
+        self._renames: list[tuple[str, str]] = []  # not yet made durable by a sync_dir
 
     # -- injection ---------------------------------------------------------
     def _step(self, what: str) -> None:
@@ -182,10 +183,12 @@ class CrashFileSystem:
         recovered without touching the original (the simulator's probe of
         what a crash right now would leave)."""
         c = CrashFileSystem(seed)
-        c._content = {p: bytearray(b) for p, b in self._content.items()}
+        copies: dict[int, bytearray] = {}  # a renamed file's two names share one copy
+        c._content = {p: copies.setdefault(id(b), bytearray(b)) for p, b in self._content.items()}
         c._visible = set(self._visible)
         c._entries_durable = set(self._entries_durable)
         c._dirs = set(self._dirs)
+        c._renames = list(self._renames)
         for path, f in self._open.items():
             if f.epoch != self.epoch or path not in c._content:
                 continue
@@ -211,7 +214,21 @@ class CrashFileSystem:
         for f in self._open.values():
             f._crash(rng)
         survivors = set()
+        decided = set()
+        for src, dst in self._renames:  # atomic: the old name or the new one
+            decided |= {src, dst}
+            if dst not in self._visible:  # renamed again or unlinked since: its own entries decide
+                decided -= {dst}
+                if src in self._entries_durable:
+                    survivors.add(src)
+                continue
+            if rng.random() < 0.5:
+                survivors.add(dst)
+            elif src in self._entries_durable:
+                survivors.add(src)
         for path in sorted(self._visible | self._entries_durable):
+            if path in decided:
+                continue
             settled = (path in self._visible) == (path in self._entries_durable)
             if settled:
                 if path in self._visible:
@@ -225,6 +242,7 @@ class CrashFileSystem:
         self._visible = set(survivors)
         self._entries_durable = set(survivors)
         self._open.clear()
+        self._renames.clear()
         self.epoch += 1
         self.crash_at_step = None
 
@@ -253,6 +271,23 @@ class CrashFileSystem:
         self._visible.discard(path)
         self._open.pop(path, None)
 
+    def rename(self, src: str, dst: str) -> None:
+        if src not in self._visible:
+            raise FileNotFoundError(src)
+        if dst in self._visible:
+            raise FileExistsError(dst)
+        if any(d == src for _, d in self._renames):
+            raise AssertionError(f"rename of {src} before its own rename was synced: not modelled")
+        self._step(f"rename {src} {dst}")
+        self._visible.discard(src)
+        self._visible.add(dst)
+        self._content[dst] = self._content[src]  # one inode, two names until a crash or sync decides
+        f = self._open.pop(src, None)
+        if f is not None:
+            f.path = dst
+            self._open[dst] = f
+        self._renames.append((src, dst))
+
     def listdir(self, path: str) -> list[str]:
         prefix = path.rstrip("/") + "/"
         return sorted(p[len(prefix):] for p in self._visible if p.startswith(prefix) and "/" not in p[len(prefix):])
@@ -269,6 +304,9 @@ class CrashFileSystem:
         for p in self._visible:
             if posixpath.dirname(p) == path:
                 self._entries_durable.add(p)
+        self._renames = [(a, b) for a, b in self._renames if posixpath.dirname(b) != path]
+        for p in [p for p in self._content if p not in self._visible and p not in self._entries_durable]:
+            del self._content[p]
 
     # -- inspection (tests) --------------------------------------------------
     def read_current(self, path: str) -> bytes:

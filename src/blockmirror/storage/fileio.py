@@ -54,6 +54,9 @@ class FileSystem(Protocol):
     def exists(self, path: str) -> bool: ...
     def unlink(self, path: str) -> None: ...
     def listdir(self, path: str) -> list[str]: ...
+    def rename(self, src: str, dst: str) -> None:
+        """Atomic: after a crash exactly one of the two names exists, the
+        new one once the directory was synced."""
     def makedirs(self, path: str) -> None: ...
     def sync_dir(self, path: str) -> None:
         """Make creations and removals of entries in `path` durable."""
@@ -168,6 +171,11 @@ class OsFileSystem:
 
     def unlink(self, path: str) -> None:
         os.unlink(path)
+
+    def rename(self, src: str, dst: str) -> None:
+        if os.path.exists(dst):
+            raise FileExistsError(dst)
+        os.rename(src, dst)
 
     def listdir(self, path: str) -> list[str]:
         return sorted(os.listdir(path))

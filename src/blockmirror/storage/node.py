@@ -38,6 +38,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 VOLUME_DIR = "volumes"
 COW_DIR = "cow"
 LOCK_NAME = "blockmirror.lock"
+SPARE_FRACTION = 4  # spare COW files may hold up to 1/4 of the volumes' total size
+SPARES_MAX = 64
+_SPARE_RE = re.compile(r"^spare-(\d+)\.cow$")
 
 
 class WriteOp(NamedTuple):
@@ -93,7 +96,8 @@ class Node:
     """Not re-entrant: never call `snapshot` from inside a write."""
 
     def __init__(self, path: str, fs: FileSystem, meta: MetaStore, lock_fd: int | None,
-                 clock_ns: Callable[[], int], monotonic_ns: Callable[[], int]):
+                 clock_ns: Callable[[], int], monotonic_ns: Callable[[], int],
+                 spare_limit_bytes: int | None = None):
         self.path = path
         self.fs = fs
         self.meta = meta
@@ -121,7 +125,15 @@ class Node:
         self._next_slot = meta.cow_files()
         self._cow_handles: dict[tuple[int, int], object] = {}
         self._zero_chunk = bytes(self.chunk_size)
-        self._remove_orphan_cow_files()
+        # Spare COW files (name -> bytes): files of deleted snapshots kept for
+        # reuse, so the next snapshot's originals overwrite blocks that are
+        # already allocated and written, and their sync needs no filesystem
+        # journal commit. Bounded by `spare_limit_bytes`.
+        if spare_limit_bytes is None:
+            spare_limit_bytes = sum(v.size for v in self.volumes.values()) // SPARE_FRACTION
+        self.spare_limit_bytes = spare_limit_bytes
+        self._spares: dict[str, int] = {}
+        self._tidy_cow_dir()
 
     # -- lifecycle -----------------------------------------------------------
     @classmethod
@@ -129,7 +141,7 @@ class Node:
                fs: FileSystem | None = None, new_uuid: Callable[[], str] | None = None,
                clock_ns: Callable[[], int] = time.time_ns,
                monotonic_ns: Callable[[], int] = time.perf_counter_ns,
-               meta_synchronous: str = "FULL") -> Node:
+               meta_synchronous: str = "FULL", spare_limit_bytes: int | None = None) -> Node:
         validate_volume_spec(volumes, chunk_size)
         fs = fs or OsFileSystem()
         new_uuid = new_uuid or (lambda: str(uuid_mod.uuid4()))
@@ -159,13 +171,15 @@ class Node:
         finally:
             meta.close()
         return cls.open(path, fs=fs, clock_ns=clock_ns, monotonic_ns=monotonic_ns,
-                        meta_synchronous=meta_synchronous)
+                        meta_synchronous=meta_synchronous, spare_limit_bytes=spare_limit_bytes)
 
     @classmethod
     def open(cls, path: str, fs: FileSystem | None = None,
              clock_ns: Callable[[], int] = time.time_ns,
              monotonic_ns: Callable[[], int] = time.perf_counter_ns,
-             meta_synchronous: str = "FULL") -> Node:
+             meta_synchronous: str = "FULL", spare_limit_bytes: int | None = None) -> Node:
+        """`spare_limit_bytes`: how much space spare COW files may keep
+        (default: 1/4 of the volumes' total size; 0 keeps none)."""
         fs = fs or OsFileSystem()
         db_path = os.path.join(path, DB_NAME)
         lock_fd = None
@@ -182,7 +196,7 @@ class Node:
                                 hint=f"blockmirror status {path}") from None
         try:
             meta = MetaStore.connect(fs.meta_uri(db_path, create=False), fs.step, synchronous=meta_synchronous)
-            return cls(path, fs, meta, lock_fd, clock_ns, monotonic_ns)
+            return cls(path, fs, meta, lock_fd, clock_ns, monotonic_ns, spare_limit_bytes)
         except BaseException:
             if lock_fd is not None:
                 os.close(lock_fd)
@@ -218,26 +232,77 @@ class Node:
         return os.path.join(self.path, COW_DIR, f"{file}-{vol}.cow")
 
     def _cow(self, file: int, vol: int, create: bool = False):
+        """The COW file of snapshot `file` and volume `vol`; `create` makes it
+        from a spare when there is one (the caller syncs the directory)."""
         key = (file, vol)
         handle = self._cow_handles.get(key)
         if handle is None:
-            handle = self.fs.open(self._cow_path(file, vol), create=create)
+            path = self._cow_path(file, vol)
+            if create and self._spares and not self.fs.exists(path):
+                name = max(self._spares, key=lambda n: (self._spares[n], n))
+                del self._spares[name]
+                self.fs.rename(os.path.join(self.path, COW_DIR, name), path)
+            handle = self.fs.open(path, create=create)
             self._cow_handles[key] = handle
         return handle
 
-    def _remove_orphan_cow_files(self) -> None:
-        """COW files a crash left behind (made before their rows committed,
-        or not yet unlinked after their snapshot's deletion committed)."""
+    def _retire(self, name: str) -> None:
+        """A COW file no snapshot uses any more: keep it as a spare if the
+        pool has room, else remove it. The caller syncs the directory."""
         cow_dir = os.path.join(self.path, COW_DIR)
-        removed = False
-        for name in self.fs.listdir(cow_dir):
-            m = re.match(r"^(\d+)-(\d+)\.cow$", name)
-            if m and (int(m.group(1)), int(m.group(2))) in self._next_slot:
-                continue
+        path = os.path.join(cow_dir, name)
+        room = self.spare_limit_bytes - sum(self._spares.values())
+        f = self.fs.open(path)
+        try:
+            size = f.size()
+            if size > room >= self.chunk_size:  # keep the part that fits
+                size = room // self.chunk_size * self.chunk_size
+                f.truncate(size)
+        finally:
+            f.close()
+        if 0 < size <= room and len(self._spares) < SPARES_MAX:
+            n = 1 + max((int(m.group(1)) for m in map(_SPARE_RE.match, self._spares) if m), default=0)
+            spare = f"spare-{n}.cow"
+            self.fs.rename(path, os.path.join(cow_dir, spare))
+            self._spares[spare] = size
+        else:
+            self.fs.unlink(path)
+
+    def _tidy_cow_dir(self) -> None:
+        """At open: find the spares, and retire the COW files a crash left
+        behind (made before their rows committed, or not yet retired after
+        their snapshot's deletion committed)."""
+        cow_dir = os.path.join(self.path, COW_DIR)
+        names = self.fs.listdir(cow_dir)
+        for name in names:
+            if _SPARE_RE.match(name):
+                f = self.fs.open(os.path.join(cow_dir, name))
+                try:
+                    self._spares[name] = f.size()
+                finally:
+                    f.close()
+        changed = False
+        while sum(self._spares.values()) > self.spare_limit_bytes or len(self._spares) > SPARES_MAX:
+            name = min(self._spares, key=lambda n: (self._spares[n], n))
+            del self._spares[name]
             self.fs.unlink(os.path.join(cow_dir, name))
-            removed = True
-        if removed:
+            changed = True
+        for name in names:
+            m = re.match(r"^(\d+)-(\d+)\.cow$", name)
+            if _SPARE_RE.match(name) or (m and (int(m.group(1)), int(m.group(2))) in self._next_slot):
+                continue
+            if m:
+                self._retire(name)
+            else:
+                self.fs.unlink(os.path.join(cow_dir, name))
+            changed = True
+        if changed:
             self.fs.sync_dir(cow_dir)
+
+    def spare_space(self) -> tuple[int, int]:
+        """(files, bytes) of spare COW files kept for the next snapshots."""
+        with self._lock:
+            return len(self._spares), sum(self._spares.values())
 
     @property
     def newest_snapshot(self) -> int | None:
@@ -451,9 +516,8 @@ class Node:
                 if handle is not None:
                     handle.close()
             for key in sorted(dead):
-                path = self._cow_path(*key)
-                if self.fs.exists(path):
-                    self.fs.unlink(path)
+                if self.fs.exists(self._cow_path(*key)):
+                    self._retire(os.path.basename(self._cow_path(*key)))
             if dead:
                 self.fs.sync_dir(os.path.join(self.path, COW_DIR))
 
