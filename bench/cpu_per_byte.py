@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""CPU seconds per GiB of mirrored host writes (benchmark 4's path): not a
+benchmark of `make bench`, a working metric that the noise of other jobs
+on the machine barely moves (MB/s does).
+
+    .venv/bin/python bench/cpu_per_byte.py [--runs 5] [--size-mib 1024] [--cases async,sync,local]
+
+Each run, for each case in turn (order rotating run by run): `nbdcopy
+--flush` of a random file onto a 1 GiB volume (allocated by one unmeasured
+pass first), then, for a pair, wait until the secondary has acknowledged
+everything. CPU time is utime+stime from /proc/PID/stat of the primary and
+the secondary daemon (all threads) over that interval, and nbdcopy's own
+rusage (os.wait4). Cases: *async* and *sync* are mirroring pairs, *local*
+is the same primary daemon with `--peer` at a port where nothing listens
+(local only, as in benchmark 4).
+
+Prints per case the medians of CPU-s/GiB per process and their total, the
+wall MB/s (noisy), and the throughput bound the total implies on this
+machine's cores (cores / total CPU-s per GiB): what the path could reach if
+the CPU work were perfectly spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import harness as H  # noqa: E402
+from common import median  # noqa: E402
+
+GiB = 1 << 30
+
+
+def nbdcopy_rusage(source: str, uri: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of nbdcopy)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(["nbdcopy", "--flush", source, uri], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        raise H.BenchError(f"nbdcopy exited {p.returncode}: {p.stderr.read().decode(errors='replace')}")
+    p.stderr.close()
+    return wall, ru.ru_utime + ru.ru_stime
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--cases", default="async,sync,local")
+    ap.add_argument("--primary-arg", action="append", default=[], help="extra argument for the pairs' primary")
+    args = ap.parse_args()
+    cases = args.cases.split(",")
+    size = args.size_mib << 20
+    cores = os.cpu_count() or 1
+    root = tempfile.mkdtemp(prefix="blockmirror-cpu-", dir="/var/tmp")
+    closers = []
+    try:
+        source = os.path.join(root, "source.img")
+        with open(source, "wb") as f:
+            for _ in range(size >> 20):
+                f.write(os.urandom(1 << 20))
+        vols = {"vol0": size}
+        pairs, targets = {}, {}
+        for c in cases:
+            if c in ("async", "sync"):
+                pairs[c] = H.Pair(os.path.join(root, c), vols, mode=c, primary_extra=tuple(args.primary_arg))
+                closers.append(pairs[c])
+                targets[c] = (pairs[c].primary, pairs[c].secondary)
+            elif c == "local":
+                p, _, secret = H.make_pair(os.path.join(root, "local"), vols)
+                d = H.Daemon("primary", p, "--nbd", "127.0.0.1:0", "--peer", f"127.0.0.1:{H.free_port()}",
+                             "--secret-file", secret, "--reconnect-max", "10", *H.LINK)
+                closers.append(d)
+                targets[c] = (d, None)
+            else:
+                raise SystemExit(f"unknown case {c}")
+        for c in cases:
+            if c in pairs:
+                pairs[c].wait_converged()
+            nbdcopy_rusage(source, targets[c][0].uri("vol0"))  # allocate
+            if c in pairs:
+                pairs[c].wait_converged(poll_s=0.1)
+        os.sync()
+        rows = {c: [] for c in cases}
+        for run in range(args.runs):
+            order = cases[run % len(cases):] + cases[:run % len(cases)]
+            for c in order:
+                prim, sec = targets[c]
+                p0 = H.cpu_seconds(prim.pid)
+                s0 = H.cpu_seconds(sec.pid) if sec else 0.0
+                wall, ncpu = nbdcopy_rusage(source, prim.uri("vol0"))
+                if c in pairs:
+                    pairs[c].wait_converged(poll_s=0.1)
+                p1 = H.cpu_seconds(prim.pid)
+                s1 = H.cpu_seconds(sec.pid) if sec else 0.0
+                scale = GiB / size
+                rows[c].append({"primary": (p1 - p0) * scale, "secondary": (s1 - s0) * scale,
+                                "nbdcopy": ncpu * scale, "mb_s": size / wall / 1e6})
+                os.sync()
+                time.sleep(0.3)
+            print(f"run {run}: " + ", ".join(
+                f"{c} {rows[c][-1]['mb_s']:.0f} MB/s p {rows[c][-1]['primary']:.2f} "
+                f"s {rows[c][-1]['secondary']:.2f} n {rows[c][-1]['nbdcopy']:.2f}" for c in cases),
+                file=sys.stderr, flush=True)
+        print(f"# CPU-s per GiB, medians of {args.runs} runs; bound = {cores} cores / total")
+        print(f"{'case':8} {'primary':>8} {'second.':>8} {'nbdcopy':>8} {'total':>8} {'MB/s':>6} {'bound MB/s':>10}")
+        for c in cases:
+            r = rows[c]
+            tot = [x["primary"] + x["secondary"] + x["nbdcopy"] for x in r]
+            t = median(tot)
+            print(f"{c:8} {median(x['primary'] for x in r):8.3f} {median(x['secondary'] for x in r):8.3f} "
+                  f"{median(x['nbdcopy'] for x in r):8.3f} {t:8.3f} {median(x['mb_s'] for x in r):6.0f} "
+                  f"{cores * GiB / t / 1e6:10.0f}")
+        if "local" in rows:
+            for c in cases:
+                if c != "local":
+                    ratio = median(a["mb_s"] / b["mb_s"] for a, b in zip(rows[c], rows["local"]))
+                    print(f"{c}/local MB/s ratio (median of per-run ratios): {ratio:.1%}")
+    finally:
+        for c in closers:
+            try:
+                c.close() if isinstance(c, H.Pair) else c.stop()
+            except Exception as exc:  # noqa: BLE001
+                print(f"teardown: {exc!r}", file=sys.stderr)
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
