@@ -31,3 +31,14 @@ def test_punch_and_extents_keep_the_file_sparse(tmp_path):
         assert os.stat(path).st_blocks * 512 <= (128 << 10) + 4096 + 65536
     finally:
         f.close()
+
+
+def test_pread_into_fills_the_buffer_and_reads_zeroes_past_the_end(tmp_path):
+    f = OsFileSystem().open(str(tmp_path / "f"), create=True)
+    try:
+        f.pwrite(0, b"\x07" * 4096)
+        buf = bytearray(b"\xff" * 4096)
+        f.pread_into(2048, memoryview(buf))
+        assert buf == b"\x07" * 2048 + bytes(2048)
+    finally:
+        f.close()

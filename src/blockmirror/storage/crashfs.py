@@ -47,6 +47,9 @@ class _MemFile:
             data += bytes(length - len(data))
         return data
 
+    def pread_into(self, offset: int, buf: memoryview) -> None:
+        buf[:] = self.pread(offset, len(buf))
+
     def pwrite(self, offset: int, data) -> None:
         self._check()
         data = bytes(data)

@@ -35,6 +35,8 @@ class File(Protocol):
     """An open file: positional I/O only, so concurrent users never share a cursor."""
 
     def pread(self, offset: int, length: int) -> bytes: ...
+    def pread_into(self, offset: int, buf: memoryview) -> None:
+        """Fill `buf` from `offset` (zeroes past the end), without allocating."""
     def pwrite(self, offset: int, data: bytes | memoryview) -> None: ...
     def pwritev(self, offset: int, buffers: list) -> None:
         """Write the buffers back to back from `offset`, without joining them."""
@@ -86,6 +88,15 @@ class OsFile:
         if len(data) < length:  # past EOF of a sparse file reads as zeroes
             data += bytes(length - len(data))
         return data
+
+    def pread_into(self, offset: int, buf: memoryview) -> None:
+        pos = 0
+        while pos < len(buf):
+            n = os.preadv(self.fd, [buf[pos:]], offset + pos)
+            if n == 0:  # past EOF of a sparse file reads as zeroes
+                buf[pos:] = bytes(len(buf) - pos)
+                return
+            pos += n
 
     def pwrite(self, offset: int, data) -> None:
         view = memoryview(data)

@@ -125,6 +125,7 @@ class Node:
         self._next_slot = meta.cow_files()
         self._cow_handles: dict[tuple[int, int], object] = {}
         self._zero_chunk = bytes(self.chunk_size)
+        self._read_buf = memoryview(bytearray(0))
         # Spare COW files (name -> bytes): files of deleted snapshots kept for
         # reuse, so the next snapshot's originals overwrite blocks that are
         # already allocated and written, and their sync needs no filesystem
@@ -376,18 +377,27 @@ class Node:
             rows = []
             synced = []
             created = False
+            cs = self.chunk_size
+            total = sum(len(c) for c in need.values()) * cs
+            if len(self._read_buf) < total:  # originals are read into one reused buffer
+                self._read_buf = memoryview(bytearray(total))
+            pos = 0
             for vid, chunks in need.items():
                 vol = self._by_id[vid]
                 key = (snap, vid)
                 first_slot = slot = self._next_slot.get(key, 0)
                 originals = []  # new slots are contiguous: one write for the batch
                 for chunk in chunks:
-                    original = vol.file.pread(chunk * self.chunk_size, vol.chunk_bytes(chunk))
-                    if len(original) < self.chunk_size:  # the short last chunk: pad its slot
-                        original += bytes(self.chunk_size - len(original))
-                    if original == self._zero_chunk:
+                    original = self._read_buf[pos:pos + cs]
+                    n = vol.chunk_bytes(chunk)
+                    vol.file.pread_into(chunk * cs, original[:n])
+                    if n < cs:  # the short last chunk: pad its slot
+                        original[n:] = bytes(cs - n)
+                    # memoryview == compares byte by byte: test a prefix, then memcmp a copy
+                    if original[:64] == self._zero_chunk[:64] and bytes(original) == self._zero_chunk:
                         rows.append((snap, vid, chunk, snap, None))
                         continue
+                    pos += cs
                     originals.append(original)
                     rows.append((snap, vid, chunk, snap, slot))
                     slot += 1
