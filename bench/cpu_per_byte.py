@@ -12,10 +12,12 @@ everything. CPU time is utime+stime from /proc/PID/stat of the primary and
 the secondary daemon (all threads) over that interval, and nbdcopy's own
 rusage (os.wait4). Cases: *async* and *sync* are mirroring pairs, *local*
 is the same primary daemon with `--peer` at a port where nothing listens
-(local only, as in benchmark 4).
+(local only, as in benchmark 4). A case `KIND@DIR` (e.g. `async@/tmp/base/src`)
+runs its daemons with PYTHONPATH=DIR: another checkout's code, measured side
+by side with this one's in the same runs.
 
 Prints per case the medians of CPU-s/GiB per process and their total, the
-wall MB/s (noisy), and the throughput bound the total implies on this
+wall MB/s (noisy), engine steps per GiB of each daemon, and the throughput bound the total implies on this
 machine's cores (cores / total CPU-s per GiB): what the path could reach if
 the CPU work were perfectly spread.
 """
@@ -51,6 +53,11 @@ def nbdcopy_rusage(source: str, uri: str) -> tuple[float, float]:
     return wall, ru.ru_utime + ru.ru_stime
 
 
+def steps(daemon) -> int:
+    """Engine steps so far (0 if the daemon does not report them)."""
+    return daemon.status().get("engine_steps", 0) if daemon is not None else 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5)
@@ -70,19 +77,28 @@ def main() -> int:
                 f.write(os.urandom(1 << 20))
         vols = {"vol0": size}
         pairs, targets = {}, {}
-        for c in cases:
-            if c in ("async", "sync"):
-                pairs[c] = H.Pair(os.path.join(root, c), vols, mode=c, primary_extra=tuple(args.primary_arg))
+        env_path = os.environ.get("PYTHONPATH")
+        for i, c in enumerate(cases):
+            kind, _, src = c.partition("@")
+            if src:  # daemons of this case import blockmirror from another tree (A/B side by side)
+                os.environ["PYTHONPATH"] = os.path.abspath(src)
+            d = os.path.join(root, f"case{i}")
+            if kind in ("async", "sync"):
+                pairs[c] = H.Pair(d, vols, mode=kind, primary_extra=tuple(args.primary_arg))
                 closers.append(pairs[c])
                 targets[c] = (pairs[c].primary, pairs[c].secondary)
-            elif c == "local":
-                p, _, secret = H.make_pair(os.path.join(root, "local"), vols)
-                d = H.Daemon("primary", p, "--nbd", "127.0.0.1:0", "--peer", f"127.0.0.1:{H.free_port()}",
-                             "--secret-file", secret, "--reconnect-max", "10", *H.LINK)
-                closers.append(d)
-                targets[c] = (d, None)
+            elif kind == "local":
+                p, _, secret = H.make_pair(d, vols)
+                daemon = H.Daemon("primary", p, "--nbd", "127.0.0.1:0", "--peer", f"127.0.0.1:{H.free_port()}",
+                                  "--secret-file", secret, "--reconnect-max", "10", *H.LINK)
+                closers.append(daemon)
+                targets[c] = (daemon, None)
             else:
                 raise SystemExit(f"unknown case {c}")
+            if env_path is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = env_path
         for c in cases:
             if c in pairs:
                 pairs[c].wait_converged()
@@ -95,6 +111,7 @@ def main() -> int:
             order = cases[run % len(cases):] + cases[:run % len(cases)]
             for c in order:
                 prim, sec = targets[c]
+                st0 = (steps(prim), steps(sec))
                 p0 = H.cpu_seconds(prim.pid)
                 s0 = H.cpu_seconds(sec.pid) if sec else 0.0
                 wall, ncpu = nbdcopy_rusage(source, prim.uri("vol0"))
@@ -102,9 +119,11 @@ def main() -> int:
                     pairs[c].wait_converged(poll_s=0.1)
                 p1 = H.cpu_seconds(prim.pid)
                 s1 = H.cpu_seconds(sec.pid) if sec else 0.0
+                st1 = (steps(prim), steps(sec))
                 scale = GiB / size
                 rows[c].append({"primary": (p1 - p0) * scale, "secondary": (s1 - s0) * scale,
-                                "nbdcopy": ncpu * scale, "mb_s": size / wall / 1e6})
+                                "nbdcopy": ncpu * scale, "mb_s": size / wall / 1e6,
+                                "p_steps": (st1[0] - st0[0]) * scale, "s_steps": (st1[1] - st0[1]) * scale})
                 os.sync()
                 time.sleep(0.3)
             print(f"run {run}: " + ", ".join(
@@ -112,17 +131,19 @@ def main() -> int:
                 f"s {rows[c][-1]['secondary']:.2f} n {rows[c][-1]['nbdcopy']:.2f}" for c in cases),
                 file=sys.stderr, flush=True)
         print(f"# CPU-s per GiB, medians of {args.runs} runs; bound = {cores} cores / total")
-        print(f"{'case':8} {'primary':>8} {'second.':>8} {'nbdcopy':>8} {'total':>8} {'MB/s':>6} {'bound MB/s':>10}")
+        w = max(8, *(len(c) for c in cases))
+        print(f"{'case':{w}} {'primary':>8} {'second.':>8} {'nbdcopy':>8} {'total':>8} {'MB/s':>6} {'bound MB/s':>10} {'p steps':>8} {'s steps':>8}")
         for c in cases:
             r = rows[c]
             tot = [x["primary"] + x["secondary"] + x["nbdcopy"] for x in r]
             t = median(tot)
-            print(f"{c:8} {median(x['primary'] for x in r):8.3f} {median(x['secondary'] for x in r):8.3f} "
+            print(f"{c:{w}} {median(x['primary'] for x in r):8.3f} {median(x['secondary'] for x in r):8.3f} "
                   f"{median(x['nbdcopy'] for x in r):8.3f} {t:8.3f} {median(x['mb_s'] for x in r):6.0f} "
-                  f"{cores * GiB / t / 1e6:10.0f}")
+                  f"{cores * GiB / t / 1e6:10.0f} {median(x['p_steps'] for x in r):8.0f} "
+                  f"{median(x['s_steps'] for x in r):8.0f}")
         if "local" in rows:
             for c in cases:
-                if c != "local":
+                if c != "local" and not c.startswith("local@"):
                     ratio = median(a["mb_s"] / b["mb_s"] for a, b in zip(rows[c], rows["local"]))
                     print(f"{c}/local MB/s ratio (median of per-run ratios): {ratio:.1%}")
     finally:

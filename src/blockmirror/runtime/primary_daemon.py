@@ -246,6 +246,7 @@ class PrimaryDaemon(EngineDriver):
         st["last_link_error"] = self.last_link_error
         st["state_seconds"] = round(time.monotonic() - self.state_since, 3)
         st["connect_attempts"] = self.connects
+        st["engine_steps"] = self.steps
         return st
 
     async def drain(self, timeout_s: float = DRAIN_S) -> bool:

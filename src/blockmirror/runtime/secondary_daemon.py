@@ -359,6 +359,7 @@ class SecondaryDaemon(EngineDriver):
         st["state_seconds"] = round(time.monotonic() - self.state_since, 3)
         st["connections_accepted"] = self.accepted
         st["busy_refusals"] = self.busy_refusals
+        st["engine_steps"] = self.steps
         return st
 
     # -- shutdown ------------------------------------------------------------------------------------
