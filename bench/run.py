@@ -153,6 +153,41 @@ def raw_copy(src: str, dst: str, chunks) -> float:
         os.close(fd)
 
 
+def raw_copy_atomic(src: str, dst: str, chunks, scratch: str, group: int = 256) -> float:
+    """The floor of a resync that keeps the target consistent at every
+    instant, as the secondary's round does: `raw_copy`, but per group of
+    `group` chunks the originals are first read from `dst`, written to a
+    scratch file that was written in full beforehand (outside the timing,
+    as a spare COW file is) and fdatasynced, before the new data overwrites
+    them. Still one thread, no network, no checksums, no metadata. Seconds."""
+    chunks = sorted(chunks)
+    fs = os.open(src, os.O_RDONLY)
+    fd = os.open(dst, os.O_RDWR)
+    fc = os.open(scratch, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        block = bytes(1 << 20)
+        for off in range(0, len(chunks) * CHUNK, len(block)):
+            os.pwrite(fc, block, off)
+        os.fsync(fc)
+        os.sync()
+        start = time.perf_counter()
+        pos = 0
+        for i in range(0, len(chunks), group):
+            batch = chunks[i:i + group]
+            os.pwritev(fc, [os.pread(fd, CHUNK, c * CHUNK) for c in batch], pos)
+            pos += len(batch) * CHUNK
+            os.fdatasync(fc)
+            for c in batch:
+                os.pwrite(fd, os.pread(fs, CHUNK, c * CHUNK), c * CHUNK)
+        os.fdatasync(fd)
+        return time.perf_counter() - start
+    finally:
+        os.close(fs)
+        os.close(fd)
+        os.close(fc)
+        os.unlink(scratch)
+
+
 def settle() -> None:
     """Write back dirty pages so the next case does not pay for the last."""
     os.sync()
@@ -161,14 +196,18 @@ def settle() -> None:
 def resync(pair: H.Pair) -> dict:
     """Start the secondary again and wait for the pair to converge; the
     primary's last_resync and link byte counters, plus wall time from the
-    secondary's readiness to convergence (polled every 20 ms)."""
+    secondary's readiness to convergence (polled every 20 ms), and the CPU
+    seconds each daemon used from then to convergence."""
+    p_cpu = H.cpu_seconds(pair.primary.pid)
     pair.restore()
+    s_cpu = H.cpu_seconds(pair.secondary.pid)  # after its start-up (imports, node open)
     st = pair.wait_converged()
     wall = time.perf_counter() - pair.secondary.ready_at
     link = st.get("link") or {}
     return {"seconds": st["last_resync"]["seconds"], "bytes": st["last_resync"]["bytes"],
             "chunks": st["last_resync"]["chunks"], "rounds": st["last_resync"]["rounds"],
-            "wire": link.get("bytes_sent", -1), "wall": wall}
+            "wire": link.get("bytes_sent", -1), "wall": wall,
+            "p_cpu": H.cpu_seconds(pair.primary.pid) - p_cpu, "s_cpu": H.cpu_seconds(pair.secondary.pid) - s_cpu}
 
 
 # -- 1 + 3. resync vs rsync, resync vs raw copy -------------------------------------------------
@@ -209,13 +248,17 @@ def bench_rsync(cfg, root, res, extra) -> None:
                     settle()
                 r["raw"] = raw_copy(image, os.path.join(mod, "secondary.img"), chunks)
                 settle()
+                r["atomic"] = raw_copy_atomic(image, os.path.join(mod, "secondary.img"), chunks,
+                                              os.path.join(base, "scratch"))
+                settle()
                 r["changed"] = k * CHUNK
                 if r["bm"]["chunks"] != k:
                     note(f"    warning: resync sent {r['bm']['chunks']} chunks, {k} changed")
                 rows.append(r)
                 note(f"    {label} run {run}: resync {r['bm']['seconds']:.3f}s (wall {r['bm']['wall']:.3f}s) "
                      f"wire {r['bm']['wire']} B; rsync {r['rsync']['seconds']:.2f}s sent {r['rsync']['sent']} B; "
-                     f"raw copy {r['raw']:.3f}s")
+                     f"raw copy {r['raw']:.3f}s, atomic {r['atomic']:.3f}s; CPU primary {r['bm']['p_cpu']:.2f}s "
+                     f"secondary {r['bm']['s_cpu']:.2f}s")
             n = f"resync.vs_rsync.{size_label(size)}_{label}"
             res.add(f"{n}.changed_bytes", k * CHUNK, "B", "{}")
             res.add(f"{n}.bm_seconds", median(r["bm"]["seconds"] for r in rows), "s", "{:.3f}")
@@ -233,6 +276,18 @@ def bench_rsync(cfg, root, res, extra) -> None:
             res.add(f"{t3}.resync_mb_s", median(mb_s(r["changed"], r["bm"]["seconds"]) for r in rows), "MB/s", "{:.0f}")
             res.add(f"{t3}.raw_copy_mb_s", median(mb_s(r["changed"], r["raw"]) for r in rows), "MB/s", "{:.0f}")
             res.add(f"{t3}.ratio", median(r["raw"] / r["bm"]["seconds"] for r in rows), "x", "{:.3f}")
+            res.add(f"{t3}.atomic_copy_mb_s", median(mb_s(r["changed"], r["atomic"]) for r in rows), "MB/s", "{:.0f}")
+            res.add(f"{t3}.atomic_ratio", median(r["raw"] / r["atomic"] for r in rows), "x", "{:.3f}")
+            res.add(f"{t3}.resync_to_atomic", median(r["atomic"] / r["bm"]["seconds"] for r in rows), "x", "{:.3f}")
+            gib = [r["changed"] / (1 << 30) for r in rows]
+            res.add(f"{t3}.primary_cpu_s_per_gib", median(r["bm"]["p_cpu"] / g for r, g in zip(rows, gib)),
+                    "CPU-s/GiB", "{:.2f}")
+            res.add(f"{t3}.secondary_cpu_s_per_gib", median(r["bm"]["s_cpu"] / g for r, g in zip(rows, gib)),
+                    "CPU-s/GiB", "{:.2f}")
+            # cores / CPU-s per byte: what the resync could reach with its CPU work perfectly spread
+            res.add(f"{t3}.cpu_bound_mb_s",
+                    median(os.cpu_count() * r["changed"] / (r["bm"]["p_cpu"] + r["bm"]["s_cpu"]) / 1e6 for r in rows),
+                    "MB/s", "{:.0f}")
             extra.setdefault("b1", {})[label] = rows
     finally:
         if rsyncd is not None:

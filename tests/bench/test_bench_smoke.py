@@ -19,6 +19,8 @@ EXPECTED = [
     rf"storage\.snapshot\.ratio_\w+\.gate_closed_p99: {NUM} x",
     rf"storage\.write64k\.qd(32|1)\.(no_snapshot|first_write|rewrite): {NUM} MB/s",
     rf"storage\.write64k\.qd(32|1)\.(first_write|rewrite)_ratio: {NUM} x",
+    rf"storage\.write64k\.qd(32|1)\.(cow_floor|reuse_floor): {NUM} MB/s",
+    rf"storage\.write64k\.qd(32|1)\.(reuse_floor_ratio|first_write_to_reuse_floor|spare_covered): {NUM} x",
     rf"storage\.diff\.\w+pct\.open_plus_diff: {NUM} ms",
     rf"storage\.diff\.\w+pct\.peak_mem_above_baseline: {NUM} MiB",
     rf"storage\.elapsed: {NUM} s",
