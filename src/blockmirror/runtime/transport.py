@@ -15,6 +15,13 @@ Back-pressure both ways:
 - receiving: the daemon calls `pause_receiving()` while its queue of events
   not yet taken by the engine is large, `resume_receiving()` when it drains.
 
+Sending on a plain TCP link does not copy: asyncio 3.11's `writelines`
+joins its buffers and its write buffer copies what the kernel did not take
+at once, so the link keeps its own queue of the frames' buffers (the
+message data itself, not copies) and writes them with `os.writev` on the
+socket's fd, many frames per system call, from the loop thread. TLS links
+use the transport's write path.
+
 Every link reports exactly one terminal event: `closed`, with a reason and
 whether it had been established.
 
@@ -29,8 +36,10 @@ not called and no `closed` event is sent; `on_tls_failed` is.
 from __future__ import annotations
 
 import asyncio
+import collections
 import fcntl
 import logging
+import os
 import socket
 import ssl
 import struct
@@ -65,6 +74,7 @@ _RUNTIME_HINTS = {
                     "secondary (a secondary serves one primary)",
 }
 REFUSE_LINGER_S = 2.0  # a refused connection is read (and dropped) this long for the peer to close first
+_IOV_MAX = os.sysconf("SC_IOV_MAX")  # buffers per writev
 
 
 class LinkSink(Protocol):
@@ -109,6 +119,13 @@ class LinkProtocol(asyncio.BufferedProtocol):
         self.tls_task: asyncio.Task | None = None
         self.tls: dict | None = None  # version, cipher, peer subject once TLS is up
         self._refusing = False
+        # Plain TCP: our own send queue of uncopied buffers (see the module doc).
+        # While it holds anything, the transport's own buffer is empty and
+        # nothing is written through the transport, so the order is kept.
+        self._fd: int | None = None
+        self._out: collections.deque = collections.deque()
+        self._out_bytes = 0
+        self._out_writer = False  # the loop watches the fd for writability
 
     def __repr__(self) -> str:
         return f"<link #{self.id} {self.peer}>"
@@ -132,6 +149,10 @@ class LinkProtocol(asyncio.BufferedProtocol):
         if peer:
             self.peer = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
         transport.set_write_buffer_limits(high=SEND_BUFFER_HIGH_BYTES, low=SEND_BUFFER_LOW_BYTES)
+        loop = asyncio.get_running_loop()
+        if (self.tls is None and sock is not None and transport.get_extra_info("sslcontext") is None
+                and hasattr(loop, "_add_writer") and hasattr(loop, "_remove_writer")):
+            self._fd = sock.fileno()
         if self._on_made is not None:
             self._on_made(self)
 
@@ -202,6 +223,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
         return False  # close our side too
 
     def connection_lost(self, exc) -> None:
+        self._drop_out()  # the fd is still open here; the transport closes it after us
         if self.transport is None and self._tls_server is not None:
             self.closed = True  # during or right after the TLS handshake: _accept_tls reports it
             return
@@ -255,28 +277,29 @@ class LinkProtocol(asyncio.BufferedProtocol):
         refuses (a local bug) fails the link."""
         if self.closed or self.conn is None:
             return
+        bufs: list = []
         try:
             for msg in messages:
-                bufs = self.conn.send_buffers(msg)
-                for b in bufs:
-                    self.bytes_sent += memoryview(b).nbytes
-                self.transport.writelines(bufs)
+                bufs += self.conn.send_buffers(msg)
         except LocalProtocolError as exc:
+            self._write_bufs(bufs)  # the messages before the refused one, in order
             log.error("%r: refusing to send %s: %s", self, type(msg).__name__, exc)
             self._write(self.conn.data_to_send())
             self.close(f"local protocol error: {exc}")
+            return
+        self._write_bufs(bufs)
 
     def send_budget(self) -> int:
         if self.closed or self.transport is None:
             return 0
-        return max(0, SEND_BUFFER_HIGH_BYTES - self.transport.get_write_buffer_size())
+        return max(0, SEND_BUFFER_HIGH_BYTES - self.transport.get_write_buffer_size() - self._out_bytes)
 
     def queued_bytes(self) -> int:
         """Bytes sent by us but not yet acknowledged by the peer's TCP: our
         transport's buffer plus the socket's send queue (SIOCOUTQ)."""
         if self.transport is None or self.closed:
             return 0
-        n = self.transport.get_write_buffer_size()
+        n = self.transport.get_write_buffer_size() + self._out_bytes
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -319,6 +342,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
         self._refusing = True
         self.close_reason = reason
         self._write(b"".join(bytes(b) for b in encode_message(Error.make(code, text))))
+        self._spill()
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self._recv_paused = False
@@ -328,20 +352,104 @@ class LinkProtocol(asyncio.BufferedProtocol):
     def close(self, reason: str) -> None:
         """Orderly: write what is queued, then close (FIN)."""
         if self.transport is not None and not self.transport.is_closing():
+            self._spill()
             self.transport.close()
         self._finish(reason)
 
     def abort(self, reason: str) -> None:
         """At once: drop what is queued, reset the connection."""
+        self._drop_out()
         if self.transport is not None:
             self.transport.abort()
         self._finish(reason)
 
     # -- internals ---------------------------------------------------------------------
     def _write(self, data: bytes) -> None:
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.bytes_sent += len(data)
-            self.transport.write(data)
+        if data:
+            self._write_bufs([data])
+
+    def _write_bufs(self, bufs: list) -> None:
+        """Write buffers in order, uncopied on a plain TCP link."""
+        if not bufs or self.transport is None or self.transport.is_closing():
+            return
+        n = 0
+        for b in bufs:
+            n += memoryview(b).nbytes
+        self.bytes_sent += n
+        if self._fd is None or (not self._out and self.transport.get_write_buffer_size()):
+            # TLS, or the transport still holds earlier bytes: its path keeps the order.
+            self.transport.writelines(bufs)
+            return
+        out = self._out
+        for b in bufs:
+            out.append(b if isinstance(b, memoryview) else memoryview(b))
+        self._out_bytes += n
+        if not self._out_writer:
+            self._flush_out()
+            if self._out and not self.closed:
+                asyncio.get_running_loop()._add_writer(self._fd, self._on_fd_writable)
+                self._out_writer = True
+        if self._out_bytes > SEND_BUFFER_HIGH_BYTES and not self._writing_paused:
+            self._writing_paused = True
+
+    def _flush_out(self) -> None:
+        """writev as much of our queue as the socket takes now."""
+        out = self._out
+        fd = self._fd
+        while out:
+            bufs = list(out) if len(out) <= _IOV_MAX else [out[i] for i in range(_IOV_MAX)]
+            try:
+                n = os.writev(fd, bufs)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._drop_out()
+                # The transport sees the same error on its side and closes.
+                log.debug("%r: send failed: %s", self, exc)
+                self.transport.abort()
+                self._finish(f"{exc.strerror or exc}")
+                return
+            self._out_bytes -= n
+            while n:
+                head = out[0]
+                if n >= head.nbytes:
+                    n -= head.nbytes
+                    out.popleft()
+                else:
+                    out[0] = head[n:]
+                    n = 0
+
+    def _on_fd_writable(self) -> None:
+        if self.closed or self.transport is None or self.transport.is_closing():
+            self._drop_out()
+            return
+        self._flush_out()
+        if not self._out:
+            self._remove_out_writer()
+        if self._writing_paused and self._out_bytes <= SEND_BUFFER_LOW_BYTES and not self.closed:
+            self.resume_writing()
+
+    def _remove_out_writer(self) -> None:
+        if self._out_writer:
+            self._out_writer = False
+            try:
+                asyncio.get_running_loop()._remove_writer(self._fd)
+            except (OSError, ValueError):
+                pass
+
+    def _drop_out(self) -> None:
+        self._remove_out_writer()
+        self._out.clear()
+        self._out_bytes = 0
+
+    def _spill(self) -> None:
+        """Hand what our queue still holds to the transport (before it
+        writes EOF or closes: it flushes its own buffer first)."""
+        if self._out:
+            data = b"".join(self._out)
+            self._drop_out()
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(data)
 
     def _drain(self) -> None:
         conn = self.conn
