@@ -3,7 +3,10 @@
 benchmark of `make bench`, a working metric that the noise of other jobs
 on the machine barely moves (MB/s does).
 
-    .venv/bin/python bench/cpu_per_byte.py [--runs 5] [--size-mib 1024] [--cases async,sync,local]
+    .venv/bin/python bench/cpu_per_byte.py [--runs 5] [--size-mib 1024] [--cases async,sync,local] [--perf DIR]
+
+(--perf DIR: `perf record` of each daemon during the last run, for
+`perf report -i DIR/CASE-ROLE.data --sort dso,sym`.)
 
 Each run, for each case in turn (order rotating run by run): `nbdcopy
 --flush` of a random file onto a 1 GiB volume (allocated by one unmeasured
@@ -17,7 +20,8 @@ runs its daemons with PYTHONPATH=DIR: another checkout's code, measured side
 by side with this one's in the same runs.
 
 Prints per case the medians of CPU-s/GiB per process and their total, the
-wall MB/s (noisy), engine steps per GiB of each daemon, and the throughput bound the total implies on this
+wall MB/s (noisy), engine steps per GiB of each daemon, the system
+(kernel) part of each daemon's CPU-s/GiB, and the throughput bound the total implies on this
 machine's cores (cores / total CPU-s per GiB): what the path could reach if
 the CPU work were perfectly spread.
 """
@@ -53,6 +57,14 @@ def nbdcopy_rusage(source: str, uri: str) -> tuple[float, float]:
     return wall, ru.ru_utime + ru.ru_stime
 
 
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far, all threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tck, int(fields[12]) / tck
+
+
 def steps(daemon) -> int:
     """Engine steps so far (0 if the daemon does not report them)."""
     return daemon.status().get("engine_steps", 0) if daemon is not None else 0
@@ -63,6 +75,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--cases", default="async,sync,local")
+    ap.add_argument("--perf", metavar="DIR", help="perf record both daemons during the last run into DIR")
     ap.add_argument("--primary-arg", action="append", default=[], help="extra argument for the pairs' primary")
     args = ap.parse_args()
     cases = args.cases.split(",")
@@ -112,16 +125,30 @@ def main() -> int:
             for c in order:
                 prim, sec = targets[c]
                 st0 = (steps(prim), steps(sec))
-                p0 = H.cpu_seconds(prim.pid)
-                s0 = H.cpu_seconds(sec.pid) if sec else 0.0
+                p0 = cpu_split(prim.pid)
+                s0 = cpu_split(sec.pid) if sec else (0.0, 0.0)
+                perfs = []
+                if args.perf and run == args.runs - 1:
+                    os.makedirs(args.perf, exist_ok=True)
+                    for role, d in (("primary", prim), ("secondary", sec)):
+                        if d is not None:
+                            out = os.path.join(args.perf, f"{c.replace('/', '_')}-{role}.data")
+                            perfs.append(subprocess.Popen(["perf", "record", "-q", "-F", "499", "-p", str(d.pid),
+                                                           "-o", out], stdout=subprocess.DEVNULL,
+                                                          stderr=subprocess.DEVNULL))
+                    time.sleep(0.3)
                 wall, ncpu = nbdcopy_rusage(source, prim.uri("vol0"))
                 if c in pairs:
                     pairs[c].wait_converged(poll_s=0.1)
-                p1 = H.cpu_seconds(prim.pid)
-                s1 = H.cpu_seconds(sec.pid) if sec else 0.0
+                for pp in perfs:
+                    pp.send_signal(2)
+                    pp.wait()
+                p1 = cpu_split(prim.pid)
+                s1 = cpu_split(sec.pid) if sec else (0.0, 0.0)
                 st1 = (steps(prim), steps(sec))
                 scale = GiB / size
-                rows[c].append({"primary": (p1 - p0) * scale, "secondary": (s1 - s0) * scale,
+                rows[c].append({"primary": (sum(p1) - sum(p0)) * scale, "secondary": (sum(s1) - sum(s0)) * scale,
+                                "p_sys": (p1[1] - p0[1]) * scale, "s_sys": (s1[1] - s0[1]) * scale,
                                 "nbdcopy": ncpu * scale, "mb_s": size / wall / 1e6,
                                 "p_steps": (st1[0] - st0[0]) * scale, "s_steps": (st1[1] - st0[1]) * scale})
                 os.sync()
@@ -132,7 +159,7 @@ def main() -> int:
                 file=sys.stderr, flush=True)
         print(f"# CPU-s per GiB, medians of {args.runs} runs; bound = {cores} cores / total")
         w = max(8, *(len(c) for c in cases))
-        print(f"{'case':{w}} {'primary':>8} {'second.':>8} {'nbdcopy':>8} {'total':>8} {'MB/s':>6} {'bound MB/s':>10} {'p steps':>8} {'s steps':>8}")
+        print(f"{'case':{w}} {'primary':>8} {'second.':>8} {'nbdcopy':>8} {'total':>8} {'MB/s':>6} {'bound MB/s':>10} {'p steps':>8} {'s steps':>8} {'p sys':>6} {'s sys':>6}")
         for c in cases:
             r = rows[c]
             tot = [x["primary"] + x["secondary"] + x["nbdcopy"] for x in r]
@@ -140,7 +167,8 @@ def main() -> int:
             print(f"{c:{w}} {median(x['primary'] for x in r):8.3f} {median(x['secondary'] for x in r):8.3f} "
                   f"{median(x['nbdcopy'] for x in r):8.3f} {t:8.3f} {median(x['mb_s'] for x in r):6.0f} "
                   f"{cores * GiB / t / 1e6:10.0f} {median(x['p_steps'] for x in r):8.0f} "
-                  f"{median(x['s_steps'] for x in r):8.0f}")
+                  f"{median(x['s_steps'] for x in r):8.0f} {median(x['p_sys'] for x in r):6.2f} "
+                  f"{median(x['s_sys'] for x in r):6.2f}")
         if "local" in rows:
             for c in cases:
                 if c != "local" and not c.startswith("local@"):
