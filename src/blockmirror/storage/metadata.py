@@ -17,7 +17,7 @@ from pyroaring import BitMap
 
 from blockmirror.errors import NodeError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: COW slots in 4 KiB blocks, records with headers
 DB_NAME = "blockmirror.db"
 
 _SCHEMA = """

@@ -23,6 +23,7 @@ from typing import Callable, Iterable, NamedTuple
 from pyroaring import BitMap
 
 from blockmirror.errors import ConfigError, NodeError, OutOfRange, SnapshotError
+from blockmirror.storage import cowlog
 from blockmirror.storage.fileio import FileSystem, OsFileSystem
 from blockmirror.storage.gate import WriteGate
 from blockmirror.storage.metadata import DB_NAME, FORMAT_VERSION, MetaStore
@@ -40,6 +41,11 @@ COW_DIR = "cow"
 LOCK_NAME = "blockmirror.lock"
 SPARE_FRACTION = 4  # spare COW files may hold up to 1/4 of the volumes' total size
 SPARES_MAX = 64
+# Pending exception rows (durable in COW records, not yet in SQLite) are
+# committed once they cover this much data or this many chunks: what a
+# recovery must read back after a crash.
+PENDING_BYTES_MAX = 256 << 20
+PENDING_ROWS_MAX = 65536
 _SPARE_RE = re.compile(r"^spare-(\d+)\.cow$")
 
 
@@ -122,10 +128,18 @@ class Node:
         # Exception-table chunk sets per snapshot and volume id.
         self._tables: dict[int, dict[int, BitMap]] = {
             s: {v: meta.load_table(s, v) for v in self._by_id} for s in self._snapshots}
+        # Committed tail (in 4 KiB blocks) of every COW file (snapshot id, volume id).
         self._next_slot = meta.cow_files()
         self._cow_handles: dict[tuple[int, int], object] = {}
         self._zero_chunk = bytes(self.chunk_size)
         self._read_buf = memoryview(bytearray(0))
+        # Exception rows durable in COW-file records but not yet in SQLite:
+        # (snap, vol, chunk) -> (file, slot); and the tails they reach.
+        self._pending: dict[tuple[int, int, int], tuple[int, int | None]] = {}
+        self._pending_tails: dict[tuple[int, int], int] = {}
+        self._pending_bytes = 0
+        self._dir_durable: set[tuple[int, int]] = set()  # COW files whose directory entry is synced
+        self._epoch = self._recover_records(int(info.get("cow_epoch", 0)))
         # Spare COW files (name -> bytes): files of deleted snapshots kept for
         # reuse, so the next snapshot's originals overwrite blocks that are
         # already allocated and written, and their sync needs no filesystem
@@ -205,6 +219,7 @@ class Node:
 
     def close(self) -> None:
         with self._lock:
+            self._commit_rows()
             for vol in self.volumes.values():
                 vol.file.close()
             for f in self._cow_handles.values():
@@ -247,11 +262,75 @@ class Node:
             self._cow_handles[key] = handle
         return handle
 
+    def _recover_records(self, epoch: int) -> int:
+        """At open: the rows of COW-file records past the committed tails,
+        written by the last process (`epoch`) and never committed to SQLite,
+        are committed now; the epoch moves on, so records this recovery did
+        not keep can never be taken later. Returns the new epoch."""
+        cow_dir = os.path.join(self.path, COW_DIR)
+        rows, tails = [], {}
+        for name in self.fs.listdir(cow_dir):
+            m = re.match(r"^(\d+)-(\d+)\.cow$", name)
+            if not m:
+                continue
+            key = file, vid = int(m.group(1)), int(m.group(2))
+            self._dir_durable.add(key)  # listed at open: its entry is on disk
+            if file not in self._snapshots or vid not in self._by_id:
+                continue  # only a live snapshot's file can hold uncommitted records
+            block = start = self._next_slot.get(key, 0)
+            cow = self.fs.open(os.path.join(cow_dir, name))
+            try:
+                while (rec := cowlog.read_record(cow, block, file, vid, epoch, self.chunk_size)) is not None:
+                    found, block = rec
+                    rows += [(file, vid, chunk, file, slot) for chunk, slot in found]
+            finally:
+                cow.close()
+            if block != start:
+                tails[key] = block
+        with self.meta.transaction("recover") as conn:
+            conn.executemany("INSERT OR IGNORE INTO exceptions (snap, vol, chunk, file, slot) "
+                             "VALUES (?, ?, ?, ?, ?)", rows)
+            conn.executemany("INSERT OR REPLACE INTO cow_files (file, vol, next_slot) VALUES (?, ?, ?)",
+                             [(f, v, t) for (f, v), t in tails.items()])
+            conn.execute("INSERT OR REPLACE INTO node (key, value) VALUES ('cow_epoch', ?)", (epoch + 1,))
+        for snap, vid, chunk, _, _ in rows:
+            self._tables[snap][vid].add(chunk)
+        self._next_slot.update(tails)
+        return epoch + 1
+
+    def _commit_rows(self, conn=None) -> None:
+        """Move the pending exception rows into SQLite (in `conn`'s open
+        transaction, or in one of their own)."""
+        if not self._pending:
+            return
+        if conn is None:
+            with self.meta.transaction("exceptions") as conn:
+                self._commit_rows(conn)
+            return
+        conn.executemany("INSERT INTO exceptions (snap, vol, chunk, file, slot) VALUES (?, ?, ?, ?, ?)",
+                         [(s, v, c, f, slot) for (s, v, c), (f, slot) in self._pending.items()])
+        conn.executemany("INSERT OR REPLACE INTO cow_files (file, vol, next_slot) VALUES (?, ?, ?)",
+                         [(f, v, t) for (f, v), t in self._pending_tails.items()])
+        self._pending = {}
+        self._pending_tails = {}
+        self._pending_bytes = 0
+
+    def _lookup(self, snap: int, vol: int, chunk: int) -> tuple[int, int | None]:
+        row = self._pending.get((snap, vol, chunk))
+        return row if row is not None else self.meta.lookup(snap, vol, chunk)
+
     def _retire(self, name: str) -> None:
         """A COW file no snapshot uses any more: keep it as a spare if the
         pool has room, else remove it. The caller syncs the directory."""
         cow_dir = os.path.join(self.path, COW_DIR)
         path = os.path.join(cow_dir, name)
+        m = re.match(r"^(\d+)-(\d+)\.cow$", name)
+        if m:
+            key = (int(m.group(1)), int(m.group(2)))
+            self._dir_durable.discard(key)
+            handle = self._cow_handles.pop(key, None)
+            if handle is not None:
+                handle.close()
         room = self.spare_limit_bytes - sum(self._spares.values())
         f = self.fs.open(path)
         try:
@@ -374,19 +453,20 @@ class Node:
                     need.setdefault(vol.id, BitMap()).update(fresh)
             if not need:
                 return
-            rows = []
             synced = []
             created = False
             cs = self.chunk_size
+            step = cs // cowlog.BLOCK
             total = sum(len(c) for c in need.values()) * cs
             if len(self._read_buf) < total:  # originals are read into one reused buffer
                 self._read_buf = memoryview(bytearray(total))
             pos = 0
+            pending = []
             for vid, chunks in need.items():
                 vol = self._by_id[vid]
                 key = (snap, vid)
-                first_slot = slot = self._next_slot.get(key, 0)
-                originals = []  # new slots are contiguous: one write for the batch
+                originals = []
+                has_data = []
                 for chunk in chunks:
                     original = self._read_buf[pos:pos + cs]
                     n = vol.chunk_bytes(chunk)
@@ -394,32 +474,37 @@ class Node:
                     if n < cs:  # the short last chunk: pad its slot
                         original[n:] = bytes(cs - n)
                     # memoryview == compares byte by byte: test a prefix, then memcmp a copy
-                    if original[:64] == self._zero_chunk[:64] and bytes(original) == self._zero_chunk:
-                        rows.append((snap, vid, chunk, snap, None))
-                        continue
-                    pos += cs
-                    originals.append(original)
-                    rows.append((snap, vid, chunk, snap, slot))
-                    slot += 1
-                if originals:
-                    created |= key not in self._next_slot  # its entry is not yet durable
-                    cow = self._cow(snap, vid, create=True)
-                    cow.pwritev(first_slot * self.chunk_size, originals)
-                    synced.append((key, slot, cow))
+                    zero = original[:64] == self._zero_chunk[:64] and bytes(original) == self._zero_chunk
+                    has_data.append(not zero)
+                    if not zero:
+                        pos += cs
+                        originals.append(original)
+                # One record per COW file: header, then the originals (one write).
+                block = self._next_slot.get(key, 0)
+                chunk_list = list(chunks)
+                header = cowlog.encode_header(snap, vid, self._epoch, chunk_list, has_data, originals)
+                cow = self._cow(snap, vid, create=True)
+                created |= key not in self._dir_durable
+                cow.pwritev(block * cowlog.BLOCK, [header, *originals])
+                slot = block + len(header) // cowlog.BLOCK
+                for chunk, data in zip(chunk_list, has_data):
+                    pending.append(((snap, vid, chunk), (snap, slot if data else None)))
+                    slot += step if data else 0
+                synced.append((key, slot, cow))
             for _, _, cow in synced:
                 cow.sync()
             if created:
                 self.fs.sync_dir(os.path.join(self.path, COW_DIR))
-            with self.meta.transaction("preserve") as conn:
-                conn.executemany(
-                    "INSERT INTO exceptions (snap, vol, chunk, file, slot) VALUES (?, ?, ?, ?, ?)", rows)
-                conn.executemany(
-                    "INSERT OR REPLACE INTO cow_files (file, vol, next_slot) VALUES (?, ?, ?)",
-                    [(k[0], k[1], s) for k, s, _ in synced])
+                self._dir_durable.update(key for key, _, _ in synced)
+            # Durable now (the records carry the rows); SQLite gets them in bulk later.
+            self._pending.update(pending)
             for key, slot, _ in synced:
-                self._next_slot[key] = slot
+                self._next_slot[key] = self._pending_tails[key] = slot
+            self._pending_bytes += pos
             for vid, chunks in need.items():
                 tables[vid] |= chunks
+            if self._pending_bytes >= PENDING_BYTES_MAX or len(self._pending) >= PENDING_ROWS_MAX:
+                self._commit_rows()
 
     def flush(self) -> None:
         """Every write that completed before this call is on stable storage."""
@@ -441,11 +526,14 @@ class Node:
         issued (not flushed) before the snapshot, and its image lacks them,
         as the volume does. Its exception table is complete either way."""
         self.flush()  # most dirty data goes out before the pause starts
+        with self._lock:
+            self._commit_rows()  # so is the bulk of the pending exception rows
         start = self._monotonic_ns()
         with self.gate.paused():
             with self._lock:
                 created = self._clock_ns()
                 with self.meta.transaction("snapshot") as conn:
+                    self._commit_rows(conn)
                     cur = conn.execute(
                         "INSERT INTO snapshots (label, created_ns, sealed) VALUES (?, ?, 0)", (label, created))
                     snap_id = cur.lastrowid
@@ -503,6 +591,7 @@ class Node:
         with self._lock:
             self._check_snapshot(snap)
             older = max((s for s in self._snapshots if s < snap), default=None)
+            self._commit_rows()
             files = {(f, v) for v in self._by_id for f in self.meta.files_of(snap, v)}
             with self.meta.transaction("delete-snapshot") as conn:
                 if older is not None:
@@ -558,16 +647,17 @@ class Node:
                 if holder is None:
                     out += vol.file.pread(pos, n)
                 else:
-                    file, slot = self.meta.lookup(holder, vol.id, chunk)
+                    file, slot = self._lookup(holder, vol.id, chunk)
                     if slot is None:
                         out += bytes(n)
                     else:
-                        out += self._cow(file, vol.id).pread(slot * self.chunk_size + inner, n)
+                        out += self._cow(file, vol.id).pread(slot * cowlog.BLOCK + inner, n)
                 pos += n
             return bytes(out)
 
     def snapshot_space(self) -> list[SnapshotSpace]:
         with self._lock:
+            self._commit_rows()
             result = []
             for s in sorted(self._snapshots):
                 entries, with_data = self.meta.table_space(s)
