@@ -523,8 +523,9 @@ def storage_section(cfg: dict, mode: str, res: common.Results, m: dict, pause_la
              f"Each run picks one random set of distinct chunks per queue depth "
              f"({', '.join(f'{n} at QD {qd}' for qd, n in cfg['write_n'].items())}) and writes it three "
              f"times in fresh random orders: with no snapshot; right after a snapshot (every write is the "
-             f"first to its chunk: read the original, write it to the COW file, fdatasync it, commit the "
-             f"table rows, then overwrite); and again (every chunk already preserved). QD n is one "
+             f"first to its chunk: read the original, write it to the COW file as a record whose header "
+             f"carries the exception rows, fdatasync it, then overwrite; the rows reach SQLite in bulk "
+             f"at the next snapshot or delete); and again (every chunk already preserved). QD n is one "
              f"`write_many` of n writes (one group commit: the NBD server batches its queued requests), "
              f"QD 1 is `write`. No FUA; each case ends with "
              f"`node.flush()`, inside its timing, so every case ends durable. {cfg['write_runs']} runs; the "
@@ -571,7 +572,7 @@ def storage_section(cfg: dict, mode: str, res: common.Results, m: dict, pause_la
                  f"first write grows with its bytes (read the original, copy it, sync it), not per batch.")
     if 1 in cfg["write_n"]:
         q1 = "storage.write64k.qd1"
-        L.append(f"- QD 1, for honesty: a first write costs two syncs (COW file, metadata) of its own, "
+        L.append(f"- QD 1, for honesty: a first write costs a sync of the COW file of its own, "
                  f"so first writes reach {v[q1 + '.first_write_ratio'][0]:.1%} of no-snapshot; "
                  f"rewrites {v[q1 + '.rewrite_ratio'][0]:.1%}.")
     # 3
