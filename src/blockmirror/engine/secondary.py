@@ -220,7 +220,7 @@ class SecondaryEngine:
     def on_message(self, now: float, msg) -> None:
         self._last_heard = now
         if isinstance(msg, Write):
-            self._journal(msg.seq, msg.volume, KIND_WRITE, msg.offset, len(msg.data), bytes(msg.data))
+            self._journal(msg.seq, msg.volume, KIND_WRITE, msg.offset, len(msg.data), msg.data)
         elif isinstance(msg, WriteZeroes):
             self._journal(msg.seq, msg.volume, KIND_ZERO, msg.offset, msg.length_bytes, None)
         elif isinstance(msg, Flush):
@@ -232,7 +232,7 @@ class SecondaryEngine:
         elif isinstance(msg, ResyncBegin):
             self._begin(msg)
         elif isinstance(msg, ResyncData):
-            self._round_ops.append(WriteOp(self._names[msg.volume], msg.offset, bytes(msg.data)))
+            self._round_ops.append(WriteOp(self._names[msg.volume], msg.offset, msg.data))
         elif isinstance(msg, ResyncZeroes):
             self._round_ops.append(WriteOp(self._names[msg.volume], msg.offset, None, msg.length_bytes, "zero"))
         elif isinstance(msg, ResyncCommit):

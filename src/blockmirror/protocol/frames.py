@@ -11,13 +11,20 @@ Layout (big-endian)::
 The checksum sits in the header so a receiver can reject an oversized or
 unknown frame before its payload arrives; it covers the first 8 header bytes
 so a flipped type or length is caught as well. The receive buffer is parsed in
-place (offsets into one bytearray), so a 64 KiB frame costs one hash and the
-copy the caller asks for, never a copy of the whole buffer.
+place (offsets into one bytearray), so a 64 KiB frame costs one hash and no
+copy at all: a frame's payload is a view into the receive buffer, and bytes
+that a live view refers to are never overwritten. While any view into the
+current buffer lives (a decoded Write's data waiting for the engine), the
+decoder does not move or reuse that buffer: when it runs out of room it
+continues in another one (a spare whose views are all gone, or a new one)
+and copies only the unparsed tail there. Whether views live is the buffer's
+reference count: every memoryview of it holds one reference.
 """
 
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -39,6 +46,13 @@ RECEIVE_BUFFER_BYTES_INITIAL = 256 * 1024
 # Never offer the runtime less than this to recv_into: tiny reads cost syscalls.
 RECEIVE_CHUNK_BYTES_MIN = 64 * 1024
 _RECEIVE_BUFFER_BYTES_KEPT_MAX = 4 * (FRAME_HEADER_BYTES + FRAME_PAYLOAD_MAX_BYTES)
+# A buffer that views still refer to is left for another; a busy stream grows
+# its buffers up to this size, so the unparsed tail is copied rarely.
+RECEIVE_SEGMENT_BYTES = 4 << 20
+_SPARE_BUFFERS_MAX = 4  # buffers kept for reuse once their views are gone
+# sys.getrefcount(self._buf) when nothing but the decoder refers to it: the
+# attribute and getrefcount's own argument.
+_UNREFERENCED = 2
 
 # Anything the transport can write and memoryview can read.
 Buffer = bytes | bytearray | memoryview
@@ -49,8 +63,9 @@ _PREFIX = struct.Struct(">2sBBI")
 
 
 class Frame(NamedTuple):
-    """A checked frame. `payload` is a view into the receive buffer, valid only
-    until the next call into the decoder; decoders copy what they keep."""
+    """A checked frame. `payload` is a view into the receive buffer; the
+    decoder never overwrites bytes a live view refers to, so a message may
+    keep (a slice of) it instead of copying."""
 
     msg_type: int
     payload: memoryview
@@ -88,6 +103,7 @@ class FrameDecoder:
         self._known_types = frozenset(known_types)
         self._payload_bytes_max = payload_bytes_max
         self._buf = bytearray(RECEIVE_BUFFER_BYTES_INITIAL)
+        self._spares: list[bytearray] = []
         self._start = 0  # first unparsed byte
         self._end = 0  # one past the last received byte
         self._frame_bytes_wanted = 0  # size of the frame whose header we have seen
@@ -164,23 +180,44 @@ class FrameDecoder:
                                       f"checksum mismatch in a frame of type 0x{msg_type:02x}")
         self._frame_bytes_wanted = 0
         self._start = start + frame_bytes
-        if self._start == self._end:
-            self._start = self._end = 0  # the common case: no copy at all
-            if len(self._buf) > _RECEIVE_BUFFER_BYTES_KEPT_MAX:
-                self._buf = bytearray(RECEIVE_BUFFER_BYTES_INITIAL)  # give back a one-off huge feed
+        if self._start == self._end and len(self._buf) > _RECEIVE_BUFFER_BYTES_KEPT_MAX:
+            # Give back a one-off huge feed (replacing never overwrites: views keep the old one).
+            self._buf = bytearray(RECEIVE_BUFFER_BYTES_INITIAL)
+            self._start = self._end = 0
         return Frame(msg_type, payload)
 
     def _reserve(self, nbytes: int) -> None:
         """Make room for `nbytes` after `_end`, moving the unparsed tail to the
         front or into a larger buffer (both copy only the unparsed bytes)."""
+        if self._start == self._end and self._end and sys.getrefcount(self._buf) <= _UNREFERENCED:
+            # Everything parsed and no view refers to the buffer: start over
+            # at its front (the common case: no copy at all).
+            self._start = self._end = 0
         capacity = len(self._buf)
         if capacity - self._end >= nbytes:
             return
         live = self._end - self._start
         needed = live + nbytes
-        if needed <= capacity and self._start >= live:
-            # Non-overlapping move within the same buffer: no resize, so safe
-            # even while someone holds a view of it.
+        if sys.getrefcount(self._buf) > _UNREFERENCED:
+            # Views of parsed frames still refer to this buffer: leave it to
+            # them and continue in another one.
+            size = max(needed, min(2 * capacity, RECEIVE_SEGMENT_BYTES), capacity)
+            new = None
+            spares = self._spares
+            for i in range(len(spares)):
+                # refs when no view is left: the list and getrefcount's argument
+                if len(spares[i]) >= size and sys.getrefcount(spares[i]) <= 2:
+                    new = spares.pop(i)
+                    break
+            if new is None:
+                new = bytearray(size)
+            new[0:live] = memoryview(self._buf)[self._start:self._end]
+            self._spares.append(self._buf)
+            if len(self._spares) > _SPARE_BUFFERS_MAX:
+                self._spares.pop(0)  # freed once its views are gone
+            self._buf = new
+        elif needed <= capacity and self._start >= live:
+            # Non-overlapping move within the same buffer (no view refers to it).
             self._buf[0:live] = memoryview(self._buf)[self._start:self._end]
         else:
             new = bytearray(capacity if needed <= capacity else max(needed, 2 * capacity))

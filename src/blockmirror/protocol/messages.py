@@ -360,8 +360,10 @@ class _DataExtent(Message):
 
     @classmethod
     def _decode(cls, view: memoryview):
+        # The data stays a view into the receive buffer: the decoder never
+        # overwrites bytes a live view refers to (frames.py), so no copy.
         key, volume, offset = _EXTENT_HEAD.unpack_from(view)
-        return cls(key, volume, offset, bytes(view[_EXTENT_HEAD_BYTES:]))
+        return cls(key, volume, offset, view[_EXTENT_HEAD_BYTES:])
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,8 @@ The kernel receives straight into the Connection's frame buffer
 (`get_buffer`/`buffer_updated`); frames are parsed on the event loop thread
 and handed to a `LinkSink` (the daemon) as events, in order. The Connection
 is only ever touched on the loop thread; the engine, on its own thread, sees
-decoded messages (received `data` is a fresh bytes object) and returns
+decoded messages (received `data` is a view into a receive buffer that is
+not reused while the view lives: protocol/frames.py) and returns
 messages that the daemon sends with `send()`.
 
 Back-pressure both ways:
