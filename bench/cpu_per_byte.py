@@ -65,6 +65,20 @@ def cpu_split(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tck, int(fields[12]) / tck
 
 
+def thread_cpu(pid: int) -> dict:
+    """CPU seconds of each thread of a process: {tid: seconds}."""
+    out = {}
+    tck = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / tck
+    return out
+
+
 def steps(daemon) -> int:
     """Engine steps so far (0 if the daemon does not report them)."""
     return daemon.status().get("engine_steps", 0) if daemon is not None else 0
@@ -76,6 +90,7 @@ def main() -> int:
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--cases", default="async,sync,local")
     ap.add_argument("--perf", metavar="DIR", help="perf record both daemons during the last run into DIR")
+    ap.add_argument("--threads", action="store_true", help="print CPU-s/GiB of each daemon's busiest threads")
     ap.add_argument("--primary-arg", action="append", default=[], help="extra argument for the pairs' primary")
     args = ap.parse_args()
     cases = args.cases.split(",")
@@ -125,6 +140,7 @@ def main() -> int:
             for c in order:
                 prim, sec = targets[c]
                 st0 = (steps(prim), steps(sec))
+                th0 = {r: thread_cpu(d.pid) for r, d in (("p", prim), ("s", sec)) if d is not None}
                 p0 = cpu_split(prim.pid)
                 s0 = cpu_split(sec.pid) if sec else (0.0, 0.0)
                 perfs = []
@@ -146,6 +162,15 @@ def main() -> int:
                 p1 = cpu_split(prim.pid)
                 s1 = cpu_split(sec.pid) if sec else (0.0, 0.0)
                 st1 = (steps(prim), steps(sec))
+                if args.threads:
+                    for r, d in (("p", prim), ("s", sec)):
+                        if d is None:
+                            continue
+                        th1 = thread_cpu(d.pid)
+                        busy = sorted(((th1[t] - th0[r].get(t, 0.0), t) for t in th1), reverse=True)[:4]
+                        print(f"  {c} {r} threads: " + ", ".join(
+                            f"{'main' if t == d.pid else t} {v * GiB / size:.2f}" for v, t in busy),
+                            file=sys.stderr)
                 scale = GiB / size
                 rows[c].append({"primary": (sum(p1) - sum(p0)) * scale, "secondary": (sum(s1) - sum(s0)) * scale,
                                 "p_sys": (p1[1] - p0[1]) * scale, "s_sys": (s1[1] - s0[1]) * scale,

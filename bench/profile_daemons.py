@@ -33,9 +33,13 @@ from run import CHUNK, QD, fresh_writes, nbdcopy, prefill_volume, settle  # noqa
 PY_SPY = os.path.join(os.path.dirname(sys.executable), "py-spy")
 
 
-def spy(pid: int, out: str, rate: int = 250) -> subprocess.Popen:
-    return subprocess.Popen([PY_SPY, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
-                             "--output", out, "--threads", "--nonblocking"],
+GIL_ONLY = False  # --gil: sample only the thread holding the GIL (where the Python CPU goes)
+RATE = 250
+
+
+def spy(pid: int, out: str) -> subprocess.Popen:
+    return subprocess.Popen([PY_SPY, "record", "--pid", str(pid), "--rate", str(RATE), "--format", "raw",
+                             "--output", out, "--threads", "--nonblocking", *(["--gil"] if GIL_ONLY else [])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -154,7 +158,13 @@ def main() -> int:
     ap.add_argument("--changed-mib", type=int, default=512)
     ap.add_argument("--mode", choices=["async", "sync", "local"], default="async")
     ap.add_argument("--keep", help="copy the raw profiles to this directory")
+    ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    ap.add_argument("--gil", action="store_true",
+                    help="sample only the thread holding the GIL (py-spy --gil): Python CPU, no waits")
     args = ap.parse_args()
+    global GIL_ONLY, RATE
+    GIL_ONLY = args.gil
+    RATE = args.rate
     if not os.path.exists(PY_SPY):
         raise SystemExit(f"{PY_SPY} missing: .venv/bin/pip install py-spy")
     root = tempfile.mkdtemp(prefix="blockmirror-prof-", dir="/var/tmp")
