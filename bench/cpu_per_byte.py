@@ -21,7 +21,8 @@ by side with this one's in the same runs.
 
 Prints per case the medians of CPU-s/GiB per process and their total, the
 wall MB/s (noisy), engine steps per GiB of each daemon, the system
-(kernel) part of each daemon's CPU-s/GiB, and the throughput bound the total implies on this
+(kernel) part of each daemon's CPU-s/GiB, context switches per GiB (all
+threads), and the throughput bound the total implies on this
 machine's cores (cores / total CPU-s per GiB): what the path could reach if
 the CPU work were perfectly spread.
 """
@@ -77,6 +78,20 @@ def thread_cpu(pid: int) -> dict:
             continue
         out[int(tid)] = (int(fields[11]) + int(fields[12])) / tck
     return out
+
+
+def ctx_switches(pid: int) -> int:
+    """Context switches (voluntary + not) of all threads of a process so far."""
+    n = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        n += int(line.split()[1])
+        except OSError:
+            pass
+    return n
 
 
 def steps(daemon) -> int:
@@ -140,6 +155,7 @@ def main() -> int:
             for c in order:
                 prim, sec = targets[c]
                 st0 = (steps(prim), steps(sec))
+                cs0 = (ctx_switches(prim.pid), ctx_switches(sec.pid) if sec else 0)
                 th0 = {r: thread_cpu(d.pid) for r, d in (("p", prim), ("s", sec)) if d is not None}
                 p0 = cpu_split(prim.pid)
                 s0 = cpu_split(sec.pid) if sec else (0.0, 0.0)
@@ -162,6 +178,7 @@ def main() -> int:
                 p1 = cpu_split(prim.pid)
                 s1 = cpu_split(sec.pid) if sec else (0.0, 0.0)
                 st1 = (steps(prim), steps(sec))
+                cs1 = (ctx_switches(prim.pid), ctx_switches(sec.pid) if sec else 0)
                 if args.threads:
                     for r, d in (("p", prim), ("s", sec)):
                         if d is None:
@@ -175,7 +192,8 @@ def main() -> int:
                 rows[c].append({"primary": (sum(p1) - sum(p0)) * scale, "secondary": (sum(s1) - sum(s0)) * scale,
                                 "p_sys": (p1[1] - p0[1]) * scale, "s_sys": (s1[1] - s0[1]) * scale,
                                 "nbdcopy": ncpu * scale, "mb_s": size / wall / 1e6,
-                                "p_steps": (st1[0] - st0[0]) * scale, "s_steps": (st1[1] - st0[1]) * scale})
+                                "p_steps": (st1[0] - st0[0]) * scale, "s_steps": (st1[1] - st0[1]) * scale,
+                                "p_cs": (cs1[0] - cs0[0]) * scale, "s_cs": (cs1[1] - cs0[1]) * scale})
                 os.sync()
                 time.sleep(0.3)
             print(f"run {run}: " + ", ".join(
@@ -184,7 +202,7 @@ def main() -> int:
                 file=sys.stderr, flush=True)
         print(f"# CPU-s per GiB, medians of {args.runs} runs; bound = {cores} cores / total")
         w = max(8, *(len(c) for c in cases))
-        print(f"{'case':{w}} {'primary':>8} {'second.':>8} {'nbdcopy':>8} {'total':>8} {'MB/s':>6} {'bound MB/s':>10} {'p steps':>8} {'s steps':>8} {'p sys':>6} {'s sys':>6}")
+        print(f"{'case':{w}} {'primary':>8} {'second.':>8} {'nbdcopy':>8} {'total':>8} {'MB/s':>6} {'bound MB/s':>10} {'p steps':>8} {'s steps':>8} {'p sys':>6} {'s sys':>6} {'p ctxsw':>8} {'s ctxsw':>8}")
         for c in cases:
             r = rows[c]
             tot = [x["primary"] + x["secondary"] + x["nbdcopy"] for x in r]
@@ -193,12 +211,16 @@ def main() -> int:
                   f"{median(x['nbdcopy'] for x in r):8.3f} {t:8.3f} {median(x['mb_s'] for x in r):6.0f} "
                   f"{cores * GiB / t / 1e6:10.0f} {median(x['p_steps'] for x in r):8.0f} "
                   f"{median(x['s_steps'] for x in r):8.0f} {median(x['p_sys'] for x in r):6.2f} "
-                  f"{median(x['s_sys'] for x in r):6.2f}")
-        if "local" in rows:
-            for c in cases:
-                if c != "local" and not c.startswith("local@"):
-                    ratio = median(a["mb_s"] / b["mb_s"] for a, b in zip(rows[c], rows["local"]))
-                    print(f"{c}/local MB/s ratio (median of per-run ratios): {ratio:.1%}")
+                  f"{median(x['s_sys'] for x in r):6.2f} {median(x['p_cs'] for x in r):8.0f} "
+                  f"{median(x['s_cs'] for x in r):8.0f}")
+        print("peak RSS (VmHWM) after all runs, MiB: " + ", ".join(
+            f"{c} " + "/".join(f"{H.vm_hwm(d.pid) >> 20}" for d in targets[c] if d is not None) for c in cases))
+        for c in cases:
+            kind, at, src = c.partition("@")
+            lo = f"local{at}{src}"
+            if kind != "local" and lo in rows:
+                ratio = median(a["mb_s"] / b["mb_s"] for a, b in zip(rows[c], rows[lo]))
+                print(f"{c} / {lo} MB/s ratio (median of per-run ratios): {ratio:.1%}")
     finally:
         for c in closers:
             try:
