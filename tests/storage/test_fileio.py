@@ -42,3 +42,15 @@ def test_pread_into_fills_the_buffer_and_reads_zeroes_past_the_end(tmp_path):
         assert buf == b"\x07" * 2048 + bytes(2048)
     finally:
         f.close()
+
+
+def test_start_writeback_is_a_hint_that_changes_no_byte(tmp_path):
+    f = OsFileSystem().open(str(tmp_path / "f"), create=True)
+    try:
+        f.pwrite(0, b"\x05" * 8192)
+        f.start_writeback(0, 8192)
+        f.start_writeback(4096, 1 << 30)  # past the end: still harmless
+        f.sync()
+        assert f.pread(0, 8192) == b"\x05" * 8192
+    finally:
+        f.close()

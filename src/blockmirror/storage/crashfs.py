@@ -70,6 +70,9 @@ class _MemFile:
         if length:
             self.pwrite(offset, bytes(length))
 
+    def start_writeback(self, offset: int, length: int) -> None:
+        self._check()  # a hint with no durability promise: the cache may keep it or not
+
     def sync(self) -> None:
         self._check()
         self.fs._step(f"sync {self.path}")

@@ -19,15 +19,27 @@ _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 
 
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
 def _load_fallocate():
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    fn = libc.fallocate
+    fn = _libc.fallocate
     fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     fn.restype = ctypes.c_int
     return fn
 
 
+def _load_sync_file_range():
+    fn = getattr(_libc, "sync_file_range", None)
+    if fn is not None:
+        fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        fn.restype = ctypes.c_int
+    return fn
+
+
 _fallocate = _load_fallocate()
+_sync_file_range = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
@@ -44,6 +56,9 @@ class File(Protocol):
         """Deallocate a range (reads back as zeroes); size unchanged."""
     def sync(self) -> None:
         """fdatasync: everything written before is on stable storage."""
+    def start_writeback(self, offset: int, length: int) -> None:
+        """A hint: start writing this range to the disk now, without waiting
+        (so a later `sync` has less left to do). Guarantees nothing."""
     def size(self) -> int: ...
     def truncate(self, size: int) -> None: ...
     def data_extents(self, offset: int, length: int) -> list[tuple[int, int]]:
@@ -121,6 +136,10 @@ class OsFile:
                     views[0] = views[0][n:]
         except OSError as exc:
             _raise_os_error(exc, f"writing {self.path}")
+
+    def start_writeback(self, offset: int, length: int) -> None:
+        if _sync_file_range is not None and length > 0:
+            _sync_file_range(self.fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # a hint: errors ignored
 
     def punch(self, offset: int, length: int) -> None:
         if length <= 0:

@@ -46,6 +46,9 @@ SPARES_MAX = 64
 # recovery must read back after a crash.
 PENDING_BYTES_MAX = 256 << 20
 PENDING_ROWS_MAX = 65536
+# Originals of one record are written (and their writeback started) in
+# groups of this size while the next ones are read.
+WRITEBACK_GROUP_BYTES = 1 << 20
 _SPARE_RE = re.compile(r"^spare-(\d+)\.cow$")
 
 
@@ -139,6 +142,7 @@ class Node:
         self._pending_tails: dict[tuple[int, int], int] = {}
         self._pending_bytes = 0
         self._dir_durable: set[tuple[int, int]] = set()  # COW files whose directory entry is synced
+        self.writeback_group_bytes = WRITEBACK_GROUP_BYTES
         self._epoch = self._recover_records(int(info.get("cow_epoch", 0)))
         # Spare COW files (name -> bytes): files of deleted snapshots kept for
         # reuse, so the next snapshot's originals overwrite blocks that are
@@ -462,12 +466,23 @@ class Node:
                 self._read_buf = memoryview(bytearray(total))
             pos = 0
             pending = []
+            group_max = max(1, self.writeback_group_bytes // cs)
             for vid, chunks in need.items():
                 vol = self._by_id[vid]
                 key = (snap, vid)
+                chunk_list = list(chunks)
+                # One record per COW file: its originals go out in groups, each
+                # group's writeback started at once, so the disk works while the
+                # next originals are read; the header (with the digest of them
+                # all) last; one sync for everything below.
+                block = self._next_slot.get(key, 0)
+                cow = self._cow(snap, vid, create=True)
+                created |= key not in self._dir_durable
+                at = (block + cowlog.header_blocks(len(chunk_list))) * cowlog.BLOCK
                 originals = []
                 has_data = []
-                for chunk in chunks:
+                group = []
+                for chunk in chunk_list:
                     original = self._read_buf[pos:pos + cs]
                     n = vol.chunk_bytes(chunk)
                     vol.file.pread_into(chunk * cs, original[:n])
@@ -479,13 +494,16 @@ class Node:
                     if not zero:
                         pos += cs
                         originals.append(original)
-                # One record per COW file: header, then the originals (one write).
-                block = self._next_slot.get(key, 0)
-                chunk_list = list(chunks)
+                        group.append(original)
+                        if len(group) >= group_max:
+                            cow.pwritev(at, group)
+                            cow.start_writeback(at, len(group) * cs)
+                            at += len(group) * cs
+                            group = []
+                if group:
+                    cow.pwritev(at, group)
                 header = cowlog.encode_header(snap, vid, self._epoch, chunk_list, has_data, originals)
-                cow = self._cow(snap, vid, create=True)
-                created |= key not in self._dir_durable
-                cow.pwritev(block * cowlog.BLOCK, [header, *originals])
+                cow.pwrite(block * cowlog.BLOCK, header)
                 slot = block + len(header) // cowlog.BLOCK
                 for chunk, data in zip(chunk_list, has_data):
                     pending.append(((snap, vid, chunk), (snap, slot if data else None)))
