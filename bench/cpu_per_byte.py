@@ -17,7 +17,8 @@ rusage (os.wait4). Cases: *async* and *sync* are mirroring pairs, *local*
 is the same primary daemon with `--peer` at a port where nothing listens
 (local only, as in benchmark 4). A case `KIND@DIR` (e.g. `async@/tmp/base/src`)
 runs its daemons with PYTHONPATH=DIR: another checkout's code, measured side
-by side with this one's in the same runs.
+by side with this one's in the same runs. A case `KIND#SIZE` (e.g.
+`async#64MiB`) gives that pair's primary `--window SIZE`.
 
 Prints per case the medians of CPU-s/GiB per process and their total, the
 wall MB/s (noisy), engine steps per GiB of each daemon, the system
@@ -123,11 +124,13 @@ def main() -> int:
         env_path = os.environ.get("PYTHONPATH")
         for i, c in enumerate(cases):
             kind, _, src = c.partition("@")
+            kind, _, window = kind.partition("#")  # async#64MiB: that pair's primary gets --window 64MiB
+            extra = tuple(args.primary_arg) + (("--window", window) if window else ())
             if src:  # daemons of this case import blockmirror from another tree (A/B side by side)
                 os.environ["PYTHONPATH"] = os.path.abspath(src)
             d = os.path.join(root, f"case{i}")
             if kind in ("async", "sync"):
-                pairs[c] = H.Pair(d, vols, mode=kind, primary_extra=tuple(args.primary_arg))
+                pairs[c] = H.Pair(d, vols, mode=kind, primary_extra=extra)
                 closers.append(pairs[c])
                 targets[c] = (pairs[c].primary, pairs[c].secondary)
             elif kind == "local":
@@ -217,6 +220,7 @@ def main() -> int:
             f"{c} " + "/".join(f"{H.vm_hwm(d.pid) >> 20}" for d in targets[c] if d is not None) for c in cases))
         for c in cases:
             kind, at, src = c.partition("@")
+            kind = kind.partition("#")[0]
             lo = f"local{at}{src}"
             if kind != "local" and lo in rows:
                 ratio = median(a["mb_s"] / b["mb_s"] for a, b in zip(rows[c], rows[lo]))
