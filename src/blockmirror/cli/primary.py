@@ -61,7 +61,7 @@ def register(subparsers) -> None:
                         help="sync: a write completes once durable on both nodes; async (default): once "
                              "durable locally, with the secondary at most --window behind")
     parser.add_argument("--window", metavar="SIZE",
-                        help="async mode: most bytes the secondary may lag behind (default 8MiB)")
+                        help="async mode: most bytes the secondary may lag behind (default 32MiB)")
     parser.add_argument("--reconnect-max", type=_seconds, metavar="SECONDS",
                         help="longest wait between reconnect attempts (default 10)")
     add_link_flags(parser)
@@ -81,7 +81,7 @@ def parse_host_port(text: str) -> tuple[str, int]:
 
 def run(args: argparse.Namespace) -> int:
     parser = args._parser
-    apply_config(args, parser, {**LINK_DEFAULTS, "read_only": False, "mode": "async", "window": "8MiB",
+    apply_config(args, parser, {**LINK_DEFAULTS, "read_only": False, "mode": "async", "window": "32MiB",
                                 "reconnect_max": 10.0})
     if not args.nbd:
         parser.error("the following arguments are required: --nbd (or nbd = \"HOST:PORT\" in --config)")
@@ -172,7 +172,7 @@ def _run_mirrored(args, host: str, port: int) -> int:
     pair_name = check_pair_name(args.pair)
     window = parse_size(args.window)
     if window < (64 << 10):
-        raise ConfigError(f"--window {args.window} is too small", hint="use at least 64KiB, e.g. --window 8MiB")
+        raise ConfigError(f"--window {args.window} is too small", hint="use at least 64KiB, e.g. --window 32MiB")
     secret = read_secret(args.secret_file)
     tls_files = tls.files_from_args(args)
     tls_context = tls.client_context(tls_files) if tls_files is not None else None

@@ -10,7 +10,7 @@ MODES = ("sync", "async")
 @dataclass(frozen=True)
 class PrimaryConfig:
     mode: str = "async"
-    window_bytes_max: int = 8 << 20       # async lag bound; host writes wait beyond it
+    window_bytes_max: int = 32 << 20      # lag bound (unacknowledged bytes); host writes wait beyond it
     window_writes_max: int = 4096
     heartbeat_interval_s: float = 1.0
     link_timeout_s: float = 5.0           # no message for this long = link down (black hole)
@@ -22,6 +22,9 @@ class PrimaryConfig:
     resync_unconfirmed_bytes_max: int = 64 << 20  # resync data in flight, not yet acked by a heartbeat
     activity_region_bytes: int = 4 << 20  # hot-region granularity of the activity log
     activity_checkpoint_s: float = 1.0
+    # While mirroring, start the volumes' writeback after this many bytes of
+    # host writes, so the activity checkpoint's flush has little to wait for.
+    writeback_kick_bytes: int = 16 << 20
     # Deliberately broken behaviours, for the test suite's mutation checks only.
     mutations: frozenset = frozenset()
 
@@ -36,4 +39,7 @@ class SecondaryConfig:
     link_timeout_s: float = 5.0
     journal_checkpoint_bytes: int = 64 << 20  # apply-and-truncate the journal beyond this
     journal_checkpoint_s: float = 5.0
+    # Start the volumes' writeback after this many bytes applied, so the
+    # journal checkpoint's flush has little to wait for (Acks wait behind it).
+    writeback_kick_bytes: int = 16 << 20
     mutations: frozenset = frozenset()  # test suite's mutation checks only

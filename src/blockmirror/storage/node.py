@@ -524,6 +524,12 @@ class Node:
             if self._pending_bytes >= PENDING_BYTES_MAX or len(self._pending) >= PENDING_ROWS_MAX:
                 self._commit_rows()
 
+    def start_writeback(self) -> None:
+        """Start writing every volume's dirty data to the disk now, without
+        waiting: a later `flush` then has little left to wait for. A hint."""
+        for vol in self.volumes.values():
+            vol.file.start_writeback(0, vol.size)
+
     def flush(self) -> None:
         """Every write that completed before this call is on stable storage."""
         for vol in self.volumes.values():
