@@ -105,6 +105,9 @@ def _run_standalone(args, host: str, port: int) -> int:
         node.close()
         raise ConfigError(f"node {args.dir} has no volumes to serve",
                           hint="blockmirror init a node with --volume NAME=SIZE")
+    from blockmirror.runtime.driver import tune_malloc
+
+    tune_malloc()  # as every daemon: freed payload buffers are reused, not faulted in again
     local = LocalNodeExports(node, read_only=args.read_only)  # owns the node from here on
     return asyncio.run(_serve(local, host, port))
 
