@@ -129,7 +129,7 @@ def render(cfg, mode, res, m, elapsed, argv_text) -> str:
              f"in disk order, consecutive chunks joined up to 1 MiB, one fdatasync at the end; one thread, "
              f"no network, no checksums, no copy-on-write. The resync additionally frames and checksums "
              f"(xxh3) the data, sends it over TCP, preserves each overwritten chunk on the secondary (the "
-             f"round's safety snapshot: read, COW file, fdatasync, SQLite commit) and commits the round.")
+             f"round's safety snapshot: read the original, write it to a COW record, fdatasync) and commits the round.")
     L += ["", "*Atomic copy* is the floor of any resync that keeps the secondary consistent at every "
               "instant (a secondary one can fail over to during a resync; DRBD's SyncTarget is Inconsistent "
               "instead, unless a snapshot is taken before the resync): the same raw copy, but per group of "
