@@ -50,6 +50,7 @@ PENDING_ROWS_MAX = 65536
 # groups of this size while the next ones are read.
 WRITEBACK_GROUP_BYTES = 1 << 20
 _SPARE_RE = re.compile(r"^spare-(\d+)\.cow$")
+_COW_RE = re.compile(r"^(\d+)-(\d+)\.cow$")  # SNAP-VOL.cow
 
 
 class WriteOp(NamedTuple):
@@ -274,7 +275,7 @@ class Node:
         cow_dir = os.path.join(self.path, COW_DIR)
         rows, tails = [], {}
         for name in self.fs.listdir(cow_dir):
-            m = re.match(r"^(\d+)-(\d+)\.cow$", name)
+            m = _COW_RE.match(name)
             if not m:
                 continue
             key = file, vid = int(m.group(1)), int(m.group(2))
@@ -328,7 +329,7 @@ class Node:
         pool has room, else remove it. The caller syncs the directory."""
         cow_dir = os.path.join(self.path, COW_DIR)
         path = os.path.join(cow_dir, name)
-        m = re.match(r"^(\d+)-(\d+)\.cow$", name)
+        m = _COW_RE.match(name)
         if m:
             key = (int(m.group(1)), int(m.group(2)))
             self._dir_durable.discard(key)
@@ -372,7 +373,7 @@ class Node:
             self.fs.unlink(os.path.join(cow_dir, name))
             changed = True
         for name in names:
-            m = re.match(r"^(\d+)-(\d+)\.cow$", name)
+            m = _COW_RE.match(name)
             if _SPARE_RE.match(name) or (m and (int(m.group(1)), int(m.group(2))) in self._next_slot):
                 continue
             if m:
