@@ -127,3 +127,22 @@ SIZE = 1 << 20
 ])
 def test_check(request_, read_only, error):
     assert check(request_, SIZE, read_only) == error
+
+
+def test_large_payload_buffer_is_not_zeroed_but_every_byte_is_received():
+    """Payload buffers are allocated without zero-filling (nbd/requests.py,
+    new_payload): a request is handed on only once every byte arrived, so
+    nothing left in reused memory can reach a volume."""
+    rng = random.Random(5)
+    for _ in range(20):
+        junk = bytearray(b"\xff" * (1 << 20))  # freed below: malloc may hand this memory out again
+        del junk
+        reader = RequestReader(buffer_bytes=64 << 10)
+        stream = header(Cmd.WRITE, 1, 0, 1 << 20) + bytes(1 << 20)
+        pieces = deliver(reader, stream[:-1], rng, 100_000)
+        assert pieces == [] and reader.mid_request  # one byte short: nothing handed on
+        target = reader.get_buffer()
+        target[:1] = b"\0"
+        reader.buffer_updated(1)
+        request = reader.next_request()
+        assert request.data == bytes(1 << 20)
