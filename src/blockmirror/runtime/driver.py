@@ -71,6 +71,7 @@ class StepResult:
 
 class EngineDriver:
     role = "?"
+    replies_first = False  # send a step's link messages after its host replies
 
     def __init__(self, engine_thread: EngineThread, log: logging.Logger):
         tune_malloc()
@@ -155,8 +156,12 @@ class EngineDriver:
                 return
             self.steps += 1
             try:
-                more = self._apply_common(res)
-                more = self.apply(res) or more
+                if self.replies_first:  # host completions resolve before the link send is queued
+                    more = self.apply(res)
+                    more = self._apply_common(res) or more
+                else:
+                    more = self._apply_common(res)
+                    more = self.apply(res) or more
             except Exception as exc:  # a bug on the loop side: same as above
                 self.fatal = exc
                 self.log.critical("applying an engine step failed; stopping: %r", exc, exc_info=exc)
@@ -174,8 +179,15 @@ class EngineDriver:
                 link.abort(reason)
         more = False
         if res.send and res.link is not None and not res.link.closed:
-            res.link.send(res.send)
             more = res.link.writable
+            if self.replies_first:
+                # After the host completions this step resolved have sent
+                # their replies (their callbacks are queued first): a host
+                # does not wait for the link's writev. Order between steps
+                # is kept (FIFO), and it runs before the next step's result.
+                asyncio.get_running_loop().call_soon(self._send_later, res.link, res.send)
+            else:
+                res.link.send(res.send)
         if res.state and res.state != self.state:
             why = "; ".join(res.reasons) if res.reasons else ("daemon started" if not self.state else "engine decision")
             if self.state:
@@ -186,6 +198,11 @@ class EngineDriver:
             self.state_since = time.monotonic()
         self._arm_timer(res.next_timer)
         return more
+
+    @staticmethod
+    def _send_later(link: LinkProtocol, messages) -> None:
+        if not link.closed:
+            link.send(messages)
 
     def _arm_timer(self, at: float | None) -> None:
         if at is None or at == float("inf"):

@@ -42,6 +42,7 @@ DRAIN_S = 5.0  # at shutdown, wait this long for the secondary to acknowledge ev
 
 class PrimaryDaemon(EngineDriver):
     role = "primary"
+    replies_first = True
 
     def __init__(self, node: Node, config: PrimaryConfig, peer: tuple[str, int], secret: bytes,
                  pair: PairIdentity, tls_context: ssl.SSLContext | None = None):
