@@ -19,7 +19,6 @@ class PrimaryConfig:
     final_round_bytes_max: int = 4 << 20  # a round this small ends in live mirroring
     rounds_max: int = 8                   # then the last round ends in live mirroring anyway
     resync_extent_bytes_max: int = 1 << 20
-    resync_unconfirmed_bytes_max: int = 64 << 20  # resync data in flight, not yet acked by a heartbeat
     activity_region_bytes: int = 4 << 20  # hot-region granularity of the activity log
     activity_checkpoint_s: float = 1.0
     # While mirroring, start the volumes' writeback after this many bytes of
