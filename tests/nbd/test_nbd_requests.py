@@ -130,9 +130,9 @@ def test_check(request_, read_only, error):
 
 
 def test_large_payload_buffer_is_not_zeroed_but_every_byte_is_received():
-    """Payload buffers are allocated without zero-filling (nbd/requests.py,
-    new_payload): a request is handed on only once every byte arrived, so
-    nothing left in reused memory can reach a volume."""
+    """Payload buffers are allocated without zero-filling
+    (blockmirror.buffers.uninitialized): a request is handed on only once
+    every byte arrived, so nothing left in reused memory can reach a volume."""
     rng = random.Random(5)
     for _ in range(20):
         junk = bytearray(b"\xff" * (1 << 20))  # freed below: malloc may hand this memory out again

@@ -9,9 +9,9 @@ of any payload byte, none for most of a large write (see SMALL_WINDOW_BYTES).
 
 from __future__ import annotations
 
-import ctypes
 from typing import NamedTuple
 
+from blockmirror.buffers import uninitialized
 from blockmirror.nbd import wire
 from blockmirror.nbd.wire import Cmd, Err
 
@@ -21,24 +21,6 @@ RECEIVE_BUFFER_BYTES = 256 << 10
 # buffer rather than be received here and copied.
 LARGE_WRITE_BYTES = 64 << 10
 SMALL_WINDOW_BYTES = 4096
-
-
-def _payload_allocator():
-    """A bytearray of n bytes whose contents are not zeroed first: every
-    byte is received into it before the request is handed on (a payload is
-    released only when complete), so zero-filling it would be wasted work
-    on every large write. CPython's own constructor; plain bytearray where
-    it is unavailable."""
-    try:
-        fn = ctypes.pythonapi.PyByteArray_FromStringAndSize
-    except AttributeError:
-        return bytearray
-    fn.restype = ctypes.py_object
-    fn.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
-    return lambda n: fn(None, n)
-
-
-new_payload = _payload_allocator()
 
 
 class ProtocolError(Exception):
@@ -142,7 +124,7 @@ class RequestReader:
             self._discard_left = length - available
             self._pending = header
             return None
-        self._payload = new_payload(length)
+        self._payload = uninitialized(length)  # handed on only once every byte arrived
         self._payload[:available] = self._view[start:start + available]
         self._payload_got = available
         self._pending = header

@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 import xxhash
 
+from blockmirror.buffers import uninitialized
 from blockmirror.protocol.errors import ErrorCode, RemoteProtocolError
 
 MAGIC = b"BM"
@@ -210,7 +211,7 @@ class FrameDecoder:
                     new = spares.pop(i)
                     break
             if new is None:
-                new = bytearray(size)
+                new = uninitialized(size)  # bytes past _end are written before they are parsed
             new[0:live] = memoryview(self._buf)[self._start:self._end]
             self._spares.append(self._buf)
             if len(self._spares) > _SPARE_BUFFERS_MAX:
@@ -220,7 +221,7 @@ class FrameDecoder:
             # Non-overlapping move within the same buffer (no view refers to it).
             self._buf[0:live] = memoryview(self._buf)[self._start:self._end]
         else:
-            new = bytearray(capacity if needed <= capacity else max(needed, 2 * capacity))
+            new = uninitialized(capacity if needed <= capacity else max(needed, 2 * capacity))
             new[0:live] = memoryview(self._buf)[self._start:self._end]
             self._buf = new
         self._start, self._end = 0, live

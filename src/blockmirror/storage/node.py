@@ -22,6 +22,7 @@ from typing import Callable, Iterable, NamedTuple
 
 from pyroaring import BitMap
 
+from blockmirror.buffers import uninitialized
 from blockmirror.errors import ConfigError, NodeError, OutOfRange, SnapshotError
 from blockmirror.storage import cowlog
 from blockmirror.storage.fileio import FileSystem, OsFileSystem
@@ -464,7 +465,7 @@ class Node:
             step = cs // cowlog.BLOCK
             total = sum(len(c) for c in need.values()) * cs
             if len(self._read_buf) < total:  # originals are read into one reused buffer
-                self._read_buf = memoryview(bytearray(total))
+                self._read_buf = memoryview(uninitialized(max(total, 2 * len(self._read_buf))))
             pos = 0
             pending = []
             group_max = max(1, self.writeback_group_bytes // cs)
