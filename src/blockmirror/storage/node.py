@@ -46,7 +46,7 @@ SPARES_MAX = 64
 # committed once they cover this much data or this many chunks: what a
 # recovery must read back after a crash.
 PENDING_BYTES_MAX = 256 << 20
-PENDING_ROWS_MAX = 65536
+PENDING_ROWS_MAX = 4096  # a commit of this many rows takes a few ms (on the writer's path)
 # Originals of one record are written (and their writeback started) in
 # groups of this size while the next ones are read.
 WRITEBACK_GROUP_BYTES = 1 << 20
@@ -551,9 +551,12 @@ class Node:
         then sealed: a crash before the seal may have lost writes that were
         issued (not flushed) before the snapshot, and its image lacks them,
         as the volume does. Its exception table is complete either way."""
-        self.flush()  # most dirty data goes out before the pause starts
+        # The bulk of the pending exception rows is committed first, then most
+        # dirty data goes out, both before the pause: a writer held up by the
+        # rows' commit is not the batch the pause then has to drain.
         with self._lock:
-            self._commit_rows()  # so is the bulk of the pending exception rows
+            self._commit_rows()
+        self.flush()
         start = self._monotonic_ns()
         with self.gate.paused():
             with self._lock:
