@@ -153,6 +153,9 @@ def raw_copy(src: str, dst: str, chunks) -> float:
         os.close(fd)
 
 
+CPU_TICK_S = 1 / os.sysconf("SC_CLK_TCK")  # the resolution of /proc/PID/stat CPU times
+
+
 def raw_copy_atomic(src: str, dst: str, chunks, scratch: str, group: int = 256) -> float:
     """The floor of a resync that keeps the target consistent at every
     instant, as the secondary's round does: `raw_copy`, but per group of
@@ -286,7 +289,9 @@ def bench_rsync(cfg, root, res, extra) -> None:
                     "CPU-s/GiB", "{:.2f}")
             # cores / CPU-s per byte: what the resync could reach with its CPU work perfectly spread
             res.add(f"{t3}.cpu_bound_mb_s",
-                    median(os.cpu_count() * r["changed"] / (r["bm"]["p_cpu"] + r["bm"]["s_cpu"]) / 1e6 for r in rows),
+                    # (at least one clock tick of CPU: tiny smoke runs can measure none)
+                    median(os.cpu_count() * r["changed"] / max(r["bm"]["p_cpu"] + r["bm"]["s_cpu"], CPU_TICK_S)
+                           / 1e6 for r in rows),
                     "MB/s", "{:.0f}")
             extra.setdefault("b1", {})[label] = rows
     finally:
