@@ -167,7 +167,6 @@ class PrimaryEngine:
         self._attempts = 0
         self._connect_deadline: float | None = None
         self._next_activity_checkpoint = now + config.activity_checkpoint_s
-        self._unkicked_bytes = 0  # host bytes written since the volumes' writeback was last started
         self._pending_flushes: list[tuple[int, Any]] = []
         self._recover(now)
 
@@ -277,10 +276,7 @@ class PrimaryEngine:
                 self.activity.mark(extents)
             self.node.write_many([it.op for it in batch], fua=any(it.fua for it in batch))
             if self.live:
-                self._unkicked_bytes += sum(it.op.nbytes for it in batch)
-                if self._unkicked_bytes >= self.config.writeback_kick_bytes:
-                    self._unkicked_bytes = 0
-                    self.node.start_writeback()
+                self.node.pace_writeback(sum(it.op.nbytes for it in batch), self.config.writeback_kick_bytes)
         except BlockmirrorError as exc:
             if self.live:
                 self.activity.release(extents)

@@ -79,7 +79,6 @@ class SecondaryEngine:
         self._last_heard = now
         self._next_heartbeat = now
         self._last_checkpoint = now
-        self._unkicked_bytes = 0  # bytes applied since the volumes' writeback was last started
         self._pending_writes: list[WriteOp] = []  # journaled, to apply after the sync
         self._round_ops: list[WriteOp] = []
         self._journaled_seq = 0
@@ -275,10 +274,7 @@ class SecondaryEngine:
             self.node.write_many(ops)
             self.applied_batches += 1
             self.seq = self._journaled_seq
-            self._unkicked_bytes += sum(op.nbytes for op in ops)
-            if self._unkicked_bytes >= self.config.writeback_kick_bytes:
-                self._unkicked_bytes = 0
-                self.node.start_writeback()
+            self.node.pace_writeback(sum(op.nbytes for op in ops), self.config.writeback_kick_bytes)
         self._checkpoint()
 
     def _begin(self, msg: ResyncBegin) -> None:

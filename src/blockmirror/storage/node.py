@@ -145,6 +145,7 @@ class Node:
         self._pending_bytes = 0
         self._dir_durable: set[tuple[int, int]] = set()  # COW files whose directory entry is synced
         self.writeback_group_bytes = WRITEBACK_GROUP_BYTES
+        self._unkicked_bytes = 0  # written since the volumes' writeback was last started
         self._epoch = self._recover_records(int(info.get("cow_epoch", 0)))
         # Spare COW files (name -> bytes): files of deleted snapshots kept for
         # reuse, so the next snapshot's originals overwrite blocks that are
@@ -529,8 +530,16 @@ class Node:
     def start_writeback(self) -> None:
         """Start writing every volume's dirty data to the disk now, without
         waiting: a later `flush` then has little left to wait for. A hint."""
+        self._unkicked_bytes = 0
         for vol in self.volumes.values():
             vol.file.start_writeback(0, vol.size)
+
+    def pace_writeback(self, nbytes: int, every: int) -> None:
+        """Count `nbytes` just written; start the writeback once `every`
+        bytes were written since it was last started."""
+        self._unkicked_bytes += nbytes
+        if self._unkicked_bytes >= every:
+            self.start_writeback()
 
     def flush(self) -> None:
         """Every write that completed before this call is on stable storage."""
@@ -620,9 +629,9 @@ class Node:
         with self._lock:
             self._check_snapshot(snap)
             older = max((s for s in self._snapshots if s < snap), default=None)
-            self._commit_rows()
-            files = {(f, v) for v in self._by_id for f in self.meta.files_of(snap, v)}
             with self.meta.transaction("delete-snapshot") as conn:
+                self._commit_rows(conn)
+                files = {(f, v) for v in self._by_id for f in self.meta.files_of(snap, v)}
                 if older is not None:
                     conn.execute("UPDATE OR IGNORE exceptions SET snap=? WHERE snap=?", (older, snap))
                 conn.execute("DELETE FROM exceptions WHERE snap=?", (snap,))
