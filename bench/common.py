@@ -37,6 +37,17 @@ def median(values) -> float:
     return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
 
 
+def prewrite(fd: int, nbytes: int) -> None:
+    """Write `nbytes` of zeroes from the start of `fd` and make them durable,
+    so later writes there overwrite allocated blocks (as a spare COW file's
+    do); then sync() so no dirty page is left for the timed part."""
+    block = bytes(1 << 20)
+    for off in range(0, nbytes, len(block)):
+        os.pwrite(fd, block, off)
+    os.fsync(fd)
+    os.sync()
+
+
 def percentile(values, q: float) -> float:
     """Nearest-rank percentile (q in 0..100): a value that was observed."""
     xs = sorted(values)

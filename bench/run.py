@@ -44,7 +44,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
-from common import GiB, KiB, MiB, median, note, percentile, size_label  # noqa: E402
+from common import GiB, KiB, MiB, median, note, percentile, prewrite, size_label  # noqa: E402
 import harness as H  # noqa: E402
 
 CHUNK = H.CHUNK
@@ -168,11 +168,7 @@ def raw_copy_atomic(src: str, dst: str, chunks, scratch: str, group: int = 256) 
     fd = os.open(dst, os.O_RDWR)
     fc = os.open(scratch, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        block = bytes(1 << 20)
-        for off in range(0, len(chunks) * CHUNK, len(block)):
-            os.pwrite(fc, block, off)
-        os.fsync(fc)
-        os.sync()
+        prewrite(fc, len(chunks) * CHUNK)
         start = time.perf_counter()
         pos = 0
         for i in range(0, len(chunks), group):

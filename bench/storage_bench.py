@@ -272,11 +272,7 @@ def _timed_limit(node: Node, chunks: list[int], qd: int, pool: list[bytes], scra
     fd = os.open(scratch, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         if prewritten:
-            block = bytes(1 << 20)
-            for off in range(0, len(chunks) * CHUNK, len(block)):
-                os.pwrite(fd, block, off)
-            os.fsync(fd)
-            os.sync()
+            common.prewrite(fd, len(chunks) * CHUNK)
         t = time.perf_counter_ns()
         pos = 0
         group = (1 << 20) // CHUNK
