@@ -48,12 +48,13 @@ def make_workload(seed: int, length: int = 24) -> list[tuple]:
 class Run:
     """One run of a workload against a node on a crashing filesystem."""
 
-    def __init__(self, seed: int, workdir: str, spare_limit: int | None = None):
+    def __init__(self, seed: int, workdir: str, spare_limit: int | None = None, pipeline: str = "inline"):
         self.fs = CrashFileSystem(seed)
         self.path = workdir + "/node"
         self.spare_limit = spare_limit
+        self.pipeline = pipeline
         self.node = Node.create(self.path, dict(SIZES), chunk_size=CHUNK, fs=self.fs, meta_synchronous="OFF",
-                                spare_limit_bytes=spare_limit)
+                                spare_limit_bytes=spare_limit, pipeline=pipeline)
         self.node.writeback_group_bytes = 2 * CHUNK  # records written in several pieces, header last
         self.base_steps = self.fs.steps
         self.model = {v: bytearray(s) for v, s in SIZES.items()}
@@ -131,7 +132,8 @@ def verify(run: Run, node: Node, where: str) -> None:
 
 def check_recovered(run: Run, rng: random.Random, where: str) -> None:
     run.fs.crash(rng)
-    node = Node.open(run.path, fs=run.fs, meta_synchronous="OFF", spare_limit_bytes=run.spare_limit)
+    node = Node.open(run.path, fs=run.fs, meta_synchronous="OFF", spare_limit_bytes=run.spare_limit,
+                     pipeline=run.pipeline)
     try:
         verify(run, node, where)
         # The recovered node keeps working: writes after recovery are preserved
@@ -145,19 +147,21 @@ def check_recovered(run: Run, rng: random.Random, where: str) -> None:
             assert {0, 1, 2} <= set(node.diff(s.id)["a"])
             node.meta.close()  # dies again, nothing flushed
             run.fs.crash(rng)
-            node = Node.open(run.path, fs=run.fs, meta_synchronous="OFF", spare_limit_bytes=run.spare_limit)
+            node = Node.open(run.path, fs=run.fs, meta_synchronous="OFF", spare_limit_bytes=run.spare_limit,
+                     pipeline=run.pipeline)
             verify(run, node, where + ", then a second crash")
             assert node.read_snapshot(s.id, "a", 0, 4 * CHUNK) == before, f"{where}: second crash changed {s.label}"
     finally:
         node.close()
 
 
-def crash_everywhere(seed: int, workload: list[tuple], spare_limit: int | None = None) -> list[str]:
+def crash_everywhere(seed: int, workload: list[tuple], spare_limit: int | None = None,
+                     pipeline: str = "inline") -> list[str]:
     """Run `workload` crashed before each of its I/O steps in turn, recover,
     check; returns the trace of the uncrashed run."""
     tmp = tempfile.mkdtemp(prefix="bm-crash-")
     try:
-        probe = Run(seed, tmp + "/probe", spare_limit)
+        probe = Run(seed, tmp + "/probe", spare_limit, pipeline)
         probe.fs.trace_max = 1 << 20
         for op in workload:
             probe.apply(op)
@@ -167,7 +171,7 @@ def crash_everywhere(seed: int, workload: list[tuple], spare_limit: int | None =
         assert total > 30, "workload too small to mean anything"
         crashed = 0
         for k in range(total + 1):
-            run = Run(seed, f"{tmp}/k{k}", spare_limit)
+            run = Run(seed, f"{tmp}/k{k}", spare_limit, pipeline)
             run.fs.crash_at_step = run.base_steps + k
             try:
                 for op in workload:
@@ -185,8 +189,12 @@ def crash_everywhere(seed: int, workload: list[tuple], spare_limit: int | None =
 
 @pytest.mark.parametrize("seed", range(24))
 def test_crash_at_every_io_step(seed):
-    # Odd seeds keep spare COW files (deleted snapshots' files are reused by newer ones).
-    crash_everywhere(seed, make_workload(seed), spare_limit=1 << 20 if seed % 2 else 0)
+    # Odd seeds keep spare COW files (deleted snapshots' files are reused by
+    # newer ones). Half the seeds (each spare setting) run the deferred
+    # pipeline: a batch's record sync and overwrites run only after the next
+    # batch's originals are read and its record written.
+    crash_everywhere(seed, make_workload(seed), spare_limit=1 << 20 if seed % 2 else 0,
+                     pipeline="deferred" if seed % 4 in (1, 2) else "inline")
 
 
 def test_crash_while_spare_cow_files_are_retired_and_reused():

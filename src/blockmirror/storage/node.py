@@ -17,17 +17,19 @@ import re
 import threading
 import time
 import uuid as uuid_mod
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable, NamedTuple
 
 from pyroaring import BitMap
 
 from blockmirror.buffers import uninitialized
-from blockmirror.errors import ConfigError, NodeError, OutOfRange, SnapshotError
+from blockmirror.errors import ConfigError, NodeError, NoSpace, OutOfRange, SnapshotError
 from blockmirror.storage import cowlog
 from blockmirror.storage.fileio import FileSystem, OsFileSystem
 from blockmirror.storage.gate import WriteGate
 from blockmirror.storage.metadata import DB_NAME, FORMAT_VERSION, MetaStore
+from blockmirror.storage.pipeline import Job, Pipeline
 from blockmirror.storage.volume import Volume
 
 CHUNK_SIZE_DEFAULT = 64 * 1024
@@ -108,7 +110,7 @@ class Node:
 
     def __init__(self, path: str, fs: FileSystem, meta: MetaStore, lock_fd: int | None,
                  clock_ns: Callable[[], int], monotonic_ns: Callable[[], int],
-                 spare_limit_bytes: int | None = None):
+                 spare_limit_bytes: int | None = None, pipeline: str | None = None):
         self.path = path
         self.fs = fs
         self.meta = meta
@@ -156,6 +158,13 @@ class Node:
         self.spare_limit_bytes = spare_limit_bytes
         self._spares: dict[str, int] = {}
         self._tidy_cow_dir()
+        # Jobs submitted to the pipeline and not yet reaped (in order).
+        if pipeline is None:  # a thread only over the real filesystem: the test ones stay deterministic
+            pipeline = "thread" if isinstance(fs, OsFileSystem) else "inline"
+        self._jobs: deque[Job] = deque()
+        self._pipeline = Pipeline(self._run_job, pipeline)
+        for vol in self.volumes.values():
+            vol.before_read = self._drain
 
     # -- lifecycle -----------------------------------------------------------
     @classmethod
@@ -163,7 +172,8 @@ class Node:
                fs: FileSystem | None = None, new_uuid: Callable[[], str] | None = None,
                clock_ns: Callable[[], int] = time.time_ns,
                monotonic_ns: Callable[[], int] = time.perf_counter_ns,
-               meta_synchronous: str = "FULL", spare_limit_bytes: int | None = None) -> Node:
+               meta_synchronous: str = "FULL", spare_limit_bytes: int | None = None,
+               pipeline: str | None = None) -> Node:
         validate_volume_spec(volumes, chunk_size)
         fs = fs or OsFileSystem()
         new_uuid = new_uuid or (lambda: str(uuid_mod.uuid4()))
@@ -193,15 +203,19 @@ class Node:
         finally:
             meta.close()
         return cls.open(path, fs=fs, clock_ns=clock_ns, monotonic_ns=monotonic_ns,
-                        meta_synchronous=meta_synchronous, spare_limit_bytes=spare_limit_bytes)
+                        meta_synchronous=meta_synchronous, spare_limit_bytes=spare_limit_bytes,
+                        pipeline=pipeline)
 
     @classmethod
     def open(cls, path: str, fs: FileSystem | None = None,
              clock_ns: Callable[[], int] = time.time_ns,
              monotonic_ns: Callable[[], int] = time.perf_counter_ns,
-             meta_synchronous: str = "FULL", spare_limit_bytes: int | None = None) -> Node:
+             meta_synchronous: str = "FULL", spare_limit_bytes: int | None = None,
+             pipeline: str | None = None) -> Node:
         """`spare_limit_bytes`: how much space spare COW files may keep
-        (default: 1/4 of the volumes' total size; 0 keeps none)."""
+        (default: 1/4 of the volumes' total size; 0 keeps none). `pipeline`:
+        how first writes' overwrites follow their record's sync (see
+        storage/pipeline.py; default "thread" on the real filesystem)."""
         fs = fs or OsFileSystem()
         db_path = os.path.join(path, DB_NAME)
         lock_fd = None
@@ -218,7 +232,7 @@ class Node:
                                 hint=f"blockmirror status {path}") from None
         try:
             meta = MetaStore.connect(fs.meta_uri(db_path, create=False), fs.step, synchronous=meta_synchronous)
-            return cls(path, fs, meta, lock_fd, clock_ns, monotonic_ns, spare_limit_bytes)
+            return cls(path, fs, meta, lock_fd, clock_ns, monotonic_ns, spare_limit_bytes, pipeline)
         except BaseException:
             if lock_fd is not None:
                 os.close(lock_fd)
@@ -226,6 +240,12 @@ class Node:
 
     def close(self) -> None:
         with self._lock:
+            self._pipeline.close()
+            failure = None
+            try:
+                self._reap()
+            except NodeError as exc:  # the rows of the jobs before it are still committed
+                failure = exc
             self._commit_rows()
             for vol in self.volumes.values():
                 vol.file.close()
@@ -236,6 +256,8 @@ class Node:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
+            if failure is not None:
+                raise failure
 
     def __enter__(self) -> Node:
         return self
@@ -407,26 +429,89 @@ class Node:
 
     def write_many(self, ops: Iterable[WriteOp], fua: bool = False) -> None:
         """Apply writes in order. Checks every op first, so a bad one changes
-        nothing; preserves all first-touched chunks with one group commit."""
+        nothing; preserves all first-touched chunks with one group commit.
+
+        With first writes (or earlier batches still queued) the overwrites
+        are applied by the pipeline after the record's sync: this returns
+        once they are queued (with `fua`, once they are applied and synced).
+        Every read of the node waits for them, so a completed write is
+        visible; `flush` waits for them, so it is durable after a flush."""
         ops = list(ops)
         for op in ops:
             if op.kind not in ("write", "zero", "trim"):
                 raise ValueError(f"unknown write kind {op.kind!r}")
             self.volume(op.volume).check_range(op.offset, op.nbytes)
         with self.gate.writing():
-            if self._snapshots:
-                self._preserve(ops)
-            touched = {}
-            for op in ops:
-                vol = self.volumes[op.volume]
-                touched[vol.id] = vol
-                if op.kind == "write":
-                    vol.file.pwrite(op.offset, op.data)
-                else:
-                    self._zero_range(vol, op.offset, op.length)
-            if fua:
-                for vol in touched.values():
-                    vol.file.sync()
+            job = None
+            with self._lock:
+                self._reap()
+                if self._snapshots:
+                    job = self._preserve(ops, fua)
+                if job is None and self._jobs:  # behind a queued batch: keep the order
+                    job = Job(ops, fua)
+                if job is not None:
+                    self._jobs.append(job)
+                    self._pipeline.submit(job)
+                    self._reap()  # what finished meanwhile (inline: this job)
+            if job is None:
+                self._apply(ops, fua)
+            elif fua:
+                self._pipeline.wait(job)
+                with self._lock:
+                    self._reap()
+
+    def _apply(self, ops: list[WriteOp], fua: bool) -> None:
+        touched = {}
+        for op in ops:
+            vol = self.volumes[op.volume]
+            touched[vol.id] = vol
+            if op.kind == "write":
+                vol.file.pwrite(op.offset, op.data)
+            else:
+                self._zero_range(vol, op.offset, op.length)
+        if fua:
+            for vol in touched.values():
+                vol.file.sync()
+
+    def _run_job(self, job: Job) -> None:
+        """On the pipeline: the records durable, then the overwrites."""
+        for cow in job.cows:
+            cow.sync()
+        if job.dir_sync:
+            self.fs.sync_dir(os.path.join(self.path, COW_DIR))
+        self._apply(job.ops, job.fua)
+
+    def _reap(self) -> None:
+        """Under `_lock`: publish the rows of finished jobs (their records
+        are durable); raise the error of a failed one."""
+        jobs = self._jobs
+        while jobs and jobs[0].done.is_set():
+            job = jobs.popleft()
+            if job.error is not None:
+                if not isinstance(job.error, (OSError, NoSpace)):
+                    raise job.error  # a bug, or a test's simulated crash: as it was raised
+                raise NodeError(f"a write failed on the disk: {job.error}; writes queued after it were not "
+                                f"applied, and this node takes no more I/O",
+                                hint="check the disk, then restart the daemon: recovery brings every "
+                                     "snapshot back") from job.error
+            self._pending.update(job.rows)
+            self._pending_tails.update(job.tails)
+            self._pending_bytes += job.nbytes
+            self._dir_durable.update(job.created)
+        if self._pipeline.failed is not None:
+            if not isinstance(self._pipeline.failed, (OSError, NoSpace)):
+                raise self._pipeline.failed
+            raise NodeError(f"an earlier write failed on the disk: {self._pipeline.failed}; this node takes "
+                            f"no more I/O", hint="check the disk, then restart the daemon")
+        if self._pending_bytes >= PENDING_BYTES_MAX or len(self._pending) >= PENDING_ROWS_MAX:
+            self._commit_rows()
+
+    def _drain(self) -> None:
+        """Every queued write applied (and its rows published)."""
+        if self._jobs or self._pipeline.failed is not None:
+            with self._lock:
+                self._pipeline.wait()
+                self._reap()
 
     @staticmethod
     def _zero_range(vol: Volume, offset: int, length: int) -> None:
@@ -442,90 +527,87 @@ class Node:
         elif length:
             vol.file.pwrite(offset, bytes(length))
 
-    def _preserve(self, ops: list[WriteOp]) -> None:
-        """Copy-on-write: save the original of every chunk these ops touch
-        first since the newest snapshot, durably, before any overwrite."""
-        with self._lock:
-            snap = self.newest_snapshot
-            tables = self._tables[snap]
-            need: dict[int, BitMap] = {}
-            for op in ops:
-                vol = self.volumes[op.volume]
-                span = vol.chunk_span(op.offset, op.nbytes)
-                if not span:
-                    continue
-                table = tables[vol.id]
-                fresh = BitMap(span) - table
-                if fresh:
-                    need.setdefault(vol.id, BitMap()).update(fresh)
-            if not need:
-                return
-            synced = []
-            created = False
-            cs = self.chunk_size
-            step = cs // cowlog.BLOCK
-            total = sum(len(c) for c in need.values()) * cs
-            if len(self._read_buf) < total:  # originals are read into one reused buffer
-                self._read_buf = memoryview(uninitialized(max(total, 2 * len(self._read_buf))))
-            pos = 0
-            pending = []
-            group_max = max(1, self.writeback_group_bytes // cs)
-            for vid, chunks in need.items():
-                vol = self._by_id[vid]
-                key = (snap, vid)
-                chunk_list = list(chunks)
-                # One record per COW file: its originals go out in groups, each
-                # group's writeback started at once, so the disk works while the
-                # next originals are read; the header (with the digest of them
-                # all) last; one sync for everything below.
-                block = self._next_slot.get(key, 0)
-                cow = self._cow(snap, vid, create=True)
-                created |= key not in self._dir_durable
-                at = (block + cowlog.header_blocks(len(chunk_list))) * cowlog.BLOCK
-                originals = []
-                has_data = []
-                group = []
-                for chunk in chunk_list:
-                    original = self._read_buf[pos:pos + cs]
-                    n = vol.chunk_bytes(chunk)
-                    vol.file.pread_into(chunk * cs, original[:n])
-                    if n < cs:  # the short last chunk: pad its slot
-                        original[n:] = bytes(cs - n)
-                    # memoryview == compares byte by byte: test a prefix, then memcmp a copy
-                    zero = original[:64] == self._zero_chunk[:64] and bytes(original) == self._zero_chunk
-                    has_data.append(not zero)
-                    if not zero:
-                        pos += cs
-                        originals.append(original)
-                        group.append(original)
-                        if len(group) >= group_max:
-                            cow.pwritev(at, group)
-                            cow.start_writeback(at, len(group) * cs)
-                            at += len(group) * cs
-                            group = []
-                if group:
-                    cow.pwritev(at, group)
-                header = cowlog.encode_header(snap, vid, self._epoch, chunk_list, has_data, originals)
-                cow.pwrite(block * cowlog.BLOCK, header)
-                slot = block + len(header) // cowlog.BLOCK
-                for chunk, data in zip(chunk_list, has_data):
-                    pending.append(((snap, vid, chunk), (snap, slot if data else None)))
-                    slot += step if data else 0
-                synced.append((key, slot, cow))
-            for _, _, cow in synced:
-                cow.sync()
-            if created:
-                self.fs.sync_dir(os.path.join(self.path, COW_DIR))
-                self._dir_durable.update(key for key, _, _ in synced)
-            # Durable now (the records carry the rows); SQLite gets them in bulk later.
-            self._pending.update(pending)
-            for key, slot, _ in synced:
-                self._next_slot[key] = self._pending_tails[key] = slot
-            self._pending_bytes += pos
-            for vid, chunks in need.items():
-                tables[vid] |= chunks
-            if self._pending_bytes >= PENDING_BYTES_MAX or len(self._pending) >= PENDING_ROWS_MAX:
-                self._commit_rows()
+    def _preserve(self, ops: list[WriteOp], fua: bool) -> Job | None:
+        """Copy-on-write, first half (under `_lock`): write the original of
+        every chunk these ops touch first since the newest snapshot to its
+        COW file, as one record per file. The job returned syncs them before
+        any overwrite; None if nothing needed preserving."""
+        snap = self.newest_snapshot
+        tables = self._tables[snap]
+        need: dict[int, BitMap] = {}
+        for op in ops:
+            vol = self.volumes[op.volume]
+            span = vol.chunk_span(op.offset, op.nbytes)
+            if not span:
+                continue
+            table = tables[vol.id]
+            fresh = BitMap(span) - table
+            if fresh:
+                need.setdefault(vol.id, BitMap()).update(fresh)
+        if not need:
+            return None
+        job = Job(ops, fua)
+        cs = self.chunk_size
+        step = cs // cowlog.BLOCK
+        total = sum(len(c) for c in need.values()) * cs
+        if len(self._read_buf) < total:  # originals are read into one reused buffer
+            self._read_buf = memoryview(uninitialized(max(total, 2 * len(self._read_buf))))
+        pos = 0
+        group_max = max(1, self.writeback_group_bytes // cs)
+        for vid, chunks in need.items():
+            vol = self._by_id[vid]
+            key = (snap, vid)
+            chunk_list = list(chunks)
+            # One record per COW file: its originals go out in groups, each
+            # group's writeback started at once, so the disk works while the
+            # next originals are read; the header (with the digest of them
+            # all) last; the job syncs everything.
+            block = self._next_slot.get(key, 0)
+            cow = self._cow(snap, vid, create=True)
+            if key not in self._dir_durable:
+                job.dir_sync = True
+                job.created.append(key)
+            at = (block + cowlog.header_blocks(len(chunk_list))) * cowlog.BLOCK
+            originals = []
+            has_data = []
+            group = []
+            for chunk in chunk_list:
+                original = self._read_buf[pos:pos + cs]
+                n = vol.chunk_bytes(chunk)
+                vol.file.pread_into(chunk * cs, original[:n])
+                if n < cs:  # the short last chunk: pad its slot
+                    original[n:] = bytes(cs - n)
+                # memoryview == compares byte by byte: test a prefix, then memcmp a copy
+                zero = original[:64] == self._zero_chunk[:64] and bytes(original) == self._zero_chunk
+                has_data.append(not zero)
+                if not zero:
+                    pos += cs
+                    originals.append(original)
+                    group.append(original)
+                    if len(group) >= group_max:
+                        cow.pwritev(at, group)
+                        cow.start_writeback(at, len(group) * cs)
+                        at += len(group) * cs
+                        group = []
+            if group:
+                cow.pwritev(at, group)
+            header = cowlog.encode_header(snap, vid, self._epoch, chunk_list, has_data, originals)
+            cow.pwrite(block * cowlog.BLOCK, header)
+            slot = block + len(header) // cowlog.BLOCK
+            for chunk, data in zip(chunk_list, has_data):
+                job.rows.append(((snap, vid, chunk), (snap, slot if data else None)))
+                slot += step if data else 0
+            job.cows.append(cow)
+            job.tails[key] = slot
+        # The next records go after these (set only now: a failure above
+        # leaves the tails where they were, and the next record overwrites
+        # what it wrote); the rows and these tails are published once the
+        # job has synced them (`_reap`).
+        self._next_slot.update(job.tails)
+        job.nbytes = pos
+        for vid, chunks in need.items():
+            tables[vid] |= chunks  # later batches of these chunks copy nothing (and queue behind)
+        return job
 
     def start_writeback(self) -> None:
         """Start writing every volume's dirty data to the disk now, without
@@ -543,6 +625,7 @@ class Node:
 
     def flush(self) -> None:
         """Every write that completed before this call is on stable storage."""
+        self._drain()
         for vol in self.volumes.values():
             vol.file.sync()
 
@@ -564,11 +647,13 @@ class Node:
         # dirty data goes out, both before the pause: a writer held up by the
         # rows' commit is not the batch the pause then has to drain.
         with self._lock:
+            self._drain()
             self._commit_rows()
         self.flush()
         start = self._monotonic_ns()
         with self.gate.paused():
             with self._lock:
+                self._drain()  # a batch that got in after the flush
                 created = self._clock_ns()
                 with self.meta.transaction("snapshot") as conn:
                     self._commit_rows(conn)
@@ -628,6 +713,7 @@ class Node:
         (that snapshot's image read through them); the rest are dropped."""
         with self._lock:
             self._check_snapshot(snap)
+            self._drain()
             older = max((s for s in self._snapshots if s < snap), default=None)
             with self.meta.transaction("delete-snapshot") as conn:
                 self._commit_rows(conn)
@@ -673,6 +759,7 @@ class Node:
         vol.check_range(offset, length)
         with self._lock:
             self._check_snapshot(snap)
+            self._drain()
             chain = [s for s in sorted(self._snapshots) if s >= snap]
             out = bytearray()
             pos = offset
@@ -695,6 +782,7 @@ class Node:
 
     def snapshot_space(self) -> list[SnapshotSpace]:
         with self._lock:
+            self._drain()
             self._commit_rows()
             result = []
             for s in sorted(self._snapshots):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from blockmirror.errors import OutOfRange
 from blockmirror.storage.fileio import File
@@ -17,6 +18,8 @@ class Volume:
     chunk_size: int
     path: str
     file: File = field(repr=False)
+    # The node's: waits for writes it has queued (reads see every completed write).
+    before_read: Callable[[], None] | None = field(default=None, repr=False)
 
     def check_range(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > self.size:
@@ -25,6 +28,8 @@ class Volume:
 
     def read(self, offset: int, length: int) -> bytes:
         self.check_range(offset, length)
+        if self.before_read is not None:
+            self.before_read()
         return self.file.pread(offset, length)
 
     @property
@@ -43,4 +48,6 @@ class Volume:
 
     def allocated_extents(self) -> list[tuple[int, int]]:
         """(offset, length) ranges that hold data; holes are skipped."""
+        if self.before_read is not None:
+            self.before_read()
         return self.file.data_extents(0, self.size)
