@@ -160,3 +160,35 @@ def test_a_failed_record_sync_stops_the_node_and_no_overwrite_reaches_the_volume
         assert after.volumes["v"].read(0, SIZE) == b"\x01" * SIZE
         after.write("v", 0, b"\x05" * CHUNK)
         assert after.read_snapshot(snap, "v", 0, CHUNK) == b"\x01" * CHUNK
+
+
+def test_a_batch_queued_while_a_snapshot_is_taken_belongs_to_its_image(tmp_path):
+    """Writers on other threads: one gets in between the snapshot's pre-pause
+    flush and its pause (its batch is still queued when the snapshot is
+    taken: the pause does not wait for it), another writes the same chunk
+    right after the pause, before the snapshot's closing flush. That first
+    write for the new snapshot must preserve the queued batch's data."""
+    node = Node.create(str(tmp_path / "n"), {"v": SIZE}, chunk_size=CHUNK, pipeline="deferred")
+    try:
+        _fill(node)
+        node.snapshot("s1")
+        real_flush = node.flush
+        calls = []
+
+        def flush_with_writers_around_the_pause():
+            calls.append(len(node._jobs))
+            if len(calls) == 1:  # before the pause
+                real_flush()
+                node.write_many([WriteOp("v", 0, b"\x02" * CHUNK)])  # a first write for s1: queued
+            else:  # after it
+                node.write_many([WriteOp("v", 0, b"\x03" * CHUNK)])  # the first write to chunk 0 for s2
+                real_flush()
+
+        node.flush = flush_with_writers_around_the_pause
+        s2 = node.snapshot("s2").id
+        node.flush = real_flush
+        assert calls == [0, 1], "the test's batch was not queued across the pause"
+        assert node.read_snapshot(s2, "v", 0, CHUNK) == b"\x02" * CHUNK
+        assert node.volumes["v"].read(0, CHUNK) == b"\x03" * CHUNK
+    finally:
+        node.close()

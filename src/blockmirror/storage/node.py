@@ -448,7 +448,7 @@ class Node:
                 if self._snapshots:
                     job = self._preserve(ops, fua)
                 if job is None and self._jobs:  # behind a queued batch: keep the order
-                    job = Job(ops, fua)
+                    job = Job(self.newest_snapshot, ops, fua)
                 if job is not None:
                     self._jobs.append(job)
                     self._pipeline.submit(job)
@@ -546,7 +546,12 @@ class Node:
                 need.setdefault(vol.id, BitMap()).update(fresh)
         if not need:
             return None
-        job = Job(ops, fua)
+        if self._jobs and self._jobs[0].snap != snap:
+            # Batches queued before this snapshot was taken belong to its
+            # image: they reach the volume before any original is read for it.
+            # (Waiting here, not in the snapshot's pause, keeps the pause short.)
+            self._drain()
+        job = Job(snap, ops, fua)
         cs = self.chunk_size
         step = cs // cowlog.BLOCK
         total = sum(len(c) for c in need.values()) * cs
@@ -653,7 +658,6 @@ class Node:
         start = self._monotonic_ns()
         with self.gate.paused():
             with self._lock:
-                self._drain()  # a batch that got in after the flush
                 created = self._clock_ns()
                 with self.meta.transaction("snapshot") as conn:
                     self._commit_rows(conn)

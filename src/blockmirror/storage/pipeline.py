@@ -40,9 +40,10 @@ class Job:
     """One batch: records to sync, then overwrites to apply. `rows`, `tails`,
     `nbytes`, `created` are what the node publishes once the job is done."""
 
-    __slots__ = ("cows", "dir_sync", "ops", "fua", "rows", "tails", "nbytes", "created", "done", "error")
+    __slots__ = ("snap", "cows", "dir_sync", "ops", "fua", "rows", "tails", "nbytes", "created", "done", "error")
 
-    def __init__(self, ops, fua: bool):
+    def __init__(self, snap: int | None, ops, fua: bool):
+        self.snap = snap  # the newest snapshot when it was queued
         self.cows: list = []  # COW files holding this batch's records
         self.dir_sync = False  # a COW file is new: sync the directory too
         self.ops = ops
