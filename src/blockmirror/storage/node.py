@@ -3,9 +3,11 @@ path that keeps every snapshot's image intact.
 
 Crash ordering of a first write to a chunk after the newest snapshot (the
 reason this module exists): the chunk's original data is written to the COW
-file and synced, its exception-table row is committed, and only then may the
-overwrite reach the volume. A batch of writes (`write_many`) preserves all of
-its chunks with one sync per COW file and one metadata commit: group commit.
+file as a record that also carries its exception row, the record is synced,
+and only then may the overwrite reach the volume. A batch of writes
+(`write_many`) preserves all of its chunks with one record and one sync per
+COW file: group commit. The sync and the overwrites run behind the caller
+(storage/pipeline.py); every read waits for them.
 """
 
 from __future__ import annotations
