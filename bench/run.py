@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import shutil
 import struct
 import subprocess
@@ -344,6 +345,12 @@ def nbdcopy(source: str, uri: str) -> float:
     return time.perf_counter() - start
 
 
+def children_cpu_seconds() -> float:
+    """User + system CPU of this process's waited-for children (nbdcopy)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def fua_latencies(uri: str, n: int, volsize: int, seed: int) -> list[float]:
     """n 4 KiB FUA writes, one in flight, at random 4 KiB offsets: seconds each."""
     import nbd
@@ -410,14 +417,23 @@ def bench_nbd(cfg, root, res, extra) -> None:
             if c in pairs:
                 pairs[c].wait_converged()
         settle()
-        rows = []
+        # CPU-s of each process of a case, from the copy's start to the
+        # secondary caught up: what the case costs this 2-core machine.
+        pids = {"async": (pairs["async"].primary.pid, pairs["async"].secondary.pid),
+                "sync": (pairs["sync"].primary.pid, pairs["sync"].secondary.pid),
+                "local": (local.pid, None)}
+        rows, cpu = [], {c: [] for c in pids}
         for run in range(cfg["runs"]):
             order = cases[run % len(cases):] + cases[:run % len(cases)]
             r = {}
             for c in order:
+                before = [H.cpu_seconds(p) if p else 0.0 for p in pids.get(c, ())] + [children_cpu_seconds()]
                 r[c] = nbdcopy(source, uris[c])
                 if c in pairs:  # let the secondary catch up before the next case
                     pairs[c].wait_converged()
+                if c in pids:
+                    after = [H.cpu_seconds(p) if p else 0.0 for p in pids[c]] + [children_cpu_seconds()]
+                    cpu[c].append([b - a for a, b in zip(before, after)])
                 settle()
             rows.append(r)
             note(f"    run {run}: " + ", ".join(f"{c} {mb_s(size, r[c]):.0f} MB/s" for c in cases))
@@ -425,6 +441,19 @@ def bench_nbd(cfg, root, res, extra) -> None:
             res.add(f"nbd.write.{c}_mb_s", median(mb_s(size, r[c]) for r in rows), "MB/s", "{:.0f}")
         for c in ("async", "sync", "standalone", "nbdkit"):
             res.add(f"nbd.write.{c}_to_local", median(r["local"] / r[c] for r in rows), "x", "{:.3f}")
+        gib = size / GiB
+        cores = os.cpu_count() or 1
+        for c, xs in cpu.items():
+            for i, who in enumerate(("primary", "secondary", "nbdcopy")):
+                res.add(f"nbd.cpu.{c}.{who}_s_per_gib", median(x[i] for x in xs) / gib, "CPU-s/GiB", "{:.2f}")
+            total = median(max(sum(x), CPU_TICK_S) for x in xs) / gib
+            res.add(f"nbd.cpu.{c}.total_s_per_gib", total, "CPU-s/GiB", "{:.2f}")
+            res.add(f"nbd.cpu.{c}.bound_mb_s", cores * GiB / total / 1e6, "MB/s", "{:.0f}")
+        # The most the mirrored case could reach if its CPU work were perfectly
+        # spread over the cores, against local only as measured.
+        for c in ("async", "sync"):
+            res.add(f"nbd.cpu.{c}.bound_to_local", res[f"nbd.cpu.{c}.bound_mb_s"] / res["nbd.write.local_mb_s"],
+                    "x", "{:.3f}")
         # 5. one 4 KiB FUA write in flight
         n = cfg["b5_writes"]
         lat = {c: [] for c in ("sync", "local", "async")}

@@ -525,8 +525,10 @@ def storage_section(cfg: dict, mode: str, res: common.Results, m: dict, pause_la
              f"({', '.join(f'{n} at QD {qd}' for qd, n in cfg['write_n'].items())}) and writes it three "
              f"times in fresh random orders: with no snapshot; right after a snapshot (every write is the "
              f"first to its chunk: read the original, write it to the COW file as a record whose header "
-             f"carries the exception rows, fdatasync it, then overwrite; the rows reach SQLite in bulk "
-             f"at the next snapshot or delete); and again (every chunk already preserved). QD n is one "
+             f"carries the exception rows, fdatasync it, then overwrite; the sync and the overwrites run "
+             f"on the node's pipeline thread while the next batch's originals are read; the rows reach "
+             f"SQLite in bulk at the next snapshot or delete); and again (every chunk already preserved). "
+             f"QD n is one "
              f"`write_many` of n writes (one group commit: the NBD server batches its queued requests), "
              f"QD 1 is `write`. No FUA; each case ends with "
              f"`node.flush()`, inside its timing, so every case ends durable. {cfg['write_runs']} runs; the "
@@ -544,9 +546,11 @@ def storage_section(cfg: dict, mode: str, res: common.Results, m: dict, pause_la
               "allocates blocks (an ext4 journal commit). *reuse floor*: the scratch file was written in "
               "full beforehand (outside the timing), as a spare COW file is, so the fdatasync only writes "
               "data, and each MiB's writeback is started as soon as it is written (sync_file_range), as the "
-              "node does, so the disk works while the next originals are read. The reuse floor is what any copy-on-write that keeps a chunk's original durable "
-              "before its overwrite must pay on this disk: the original's bytes are written to the disk "
-              "once more, on top of the new data.",
+              "node does, so the disk works while the next originals are read. The reuse floor is what a "
+              "copy-on-write that keeps a chunk's original durable before its overwrite pays on this disk "
+              "when it does each batch in series (the original's bytes are written to the disk once more, "
+              "on top of the new data); blockmirror overlaps one batch's sync and overwrites with the next "
+              "batch's reads, so it can beat it.",
           "", "| | no snapshot MB/s | first writes MB/s | rewrites MB/s | first / none | rewrite / none "
               "| append floor MB/s | reuse floor MB/s | reuse floor / none | first / reuse floor |",
           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -571,7 +575,8 @@ def storage_section(cfg: dict, mode: str, res: common.Results, m: dict, pause_la
         L.append(f"- QD 256 (16 MiB per group commit): first writes "
                  f"{v[q256 + '.first_write_ratio'][0]:.1%} of no-snapshot, rewrites "
                  f"{v[q256 + '.rewrite_ratio'][0]:.1%}. Larger group commits help little: the cost of a "
-                 f"first write grows with its bytes (read the original, copy it, sync it), not per batch.")
+                 f"first write grows with its bytes (read the original, copy it, sync it), not per batch; "
+                 f"and a larger batch leaves less to overlap (one batch of 256 is one pipeline job).")
     if 1 in cfg["write_n"]:
         q1 = "storage.write64k.qd1"
         L.append(f"- QD 1, for honesty: a first write costs a sync of the COW file of its own, "

@@ -27,7 +27,9 @@ EXPECTED = {
                              rf"resync\.vs_raw\.\w+pct\.(atomic_ratio|resync_to_atomic): {NUM} x",
                              rf"resync\.vs_raw\.\w+pct\.(primary|secondary)_cpu_s_per_gib: {NUM} CPU-s/GiB"],
     "4 nbdcopy": [rf"nbd\.write\.(async|sync|local|standalone|nbdkit)_mb_s: {NUM} MB/s",
-                  rf"nbd\.write\.(async|sync)_to_local: {NUM} x"],
+                  rf"nbd\.write\.(async|sync)_to_local: {NUM} x",
+                  rf"nbd\.cpu\.(async|sync|local)\.(primary|nbdcopy|total)_s_per_gib: {NUM} CPU-s/GiB",
+                  rf"nbd\.cpu\.(async|sync)\.bound_to_local: {NUM} x"],
     "5 FUA latency": [rf"nbd\.fua4k\.(sync|local)\.(p50|p99)_us: {NUM} us", rf"nbd\.fua4k\.sync_to_local_p99: {NUM} x"],
     "6 write pause": [rf"pause\.8x\w+\.write_pause_(p50|p99|max): {NUM} ms",
                       rf"pause\.8x\w+\.host_max_latency_p99: {NUM} ms", rf"pause\.ratio_\w+_p99: {NUM} x"],
@@ -55,6 +57,7 @@ def test_bench_run_smoke(tmp_path):
         assert f"nbd.write.{case}_mb_s" in names
     text = doc.read_text()
     for heading in ("## Machine", "## How to reproduce", "## Mirroring", "### 1. Resync vs rsync",
-                    "### 6. Write pause at link failure", "### 8. Peak memory of the daemons"):
+                    "### 6. Write pause at link failure", "### 8. Peak memory of the daemons",
+                    "| case | primary | secondary | nbdcopy | total CPU-s/GiB"):
         assert heading in text
     assert os.listdir(data) == []  # the temporary data is removed; --dir itself stays
