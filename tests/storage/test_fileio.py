@@ -54,3 +54,22 @@ def test_start_writeback_is_a_hint_that_changes_no_byte(tmp_path):
         assert f.pread(0, 8192) == b"\x05" * 8192
     finally:
         f.close()
+
+
+def test_allocate_reserves_blocks_and_changes_no_byte(tmp_path):
+    """What the write path relies on to refuse a write on a full disk before
+    it completes: the reserved range keeps its content (zeroes in a hole, data
+    elsewhere) and the file its size, but its blocks now exist."""
+    fs = OsFileSystem()
+    path = str(tmp_path / "f")
+    f = fs.open(path, create=True)
+    try:
+        f.truncate(1 << 20)
+        f.pwrite(0, b"\x07" * 4096)
+        blocks = os.stat(path).st_blocks
+        f.allocate(0, 256 << 10)
+        assert os.stat(path).st_size == 1 << 20
+        assert os.stat(path).st_blocks * 512 >= 256 << 10 > blocks * 512
+        assert f.pread(0, 256 << 10) == b"\x07" * 4096 + bytes((256 << 10) - 4096)
+    finally:
+        f.close()

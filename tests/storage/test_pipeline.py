@@ -192,3 +192,51 @@ def test_a_batch_queued_while_a_snapshot_is_taken_belongs_to_its_image(tmp_path)
         assert node.volumes["v"].read(0, CHUNK) == b"\x03" * CHUNK
     finally:
         node.close()
+
+
+class _FullDisk:
+    """A volume file on a full disk: reserving new blocks fails."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def allocate(self, offset, length):
+        from blockmirror.errors import NoSpace
+        raise NoSpace("disk full while reserving space", hint="free space")
+
+
+@pytest.mark.parametrize("pipeline", ["thread", "deferred"])
+def test_a_full_disk_refuses_the_write_before_it_completes(tmp_path, pipeline):
+    """A write whose overwrite runs behind the caller must not find the disk
+    full after it was acknowledged: blocks it would allocate are reserved
+    first, so on a full disk a write into a hole is a clean NoSpace, no byte
+    changes, and the node goes on; a write over allocated data needs no new
+    space and goes through."""
+    from blockmirror.errors import NoSpace
+
+    node = Node.create(str(tmp_path / "n"), {"v": SIZE}, chunk_size=CHUNK, pipeline=pipeline)
+    try:
+        _fill(node)
+        node.trim("v", 4 * CHUNK, 4 * CHUNK)  # a hole
+        node.flush()
+        snap = node.snapshot("s").id
+        vol = node.volumes["v"]
+        real = vol.file
+        vol.file = _FullDisk(real)
+        node.write_many([WriteOp("v", 0, b"\x05" * CHUNK)])  # over data: no new block needed
+        with pytest.raises(NoSpace):
+            node.write_many([WriteOp("v", 9 * CHUNK, b"\x02" * CHUNK), WriteOp("v", 5 * CHUNK + 100, b"\x03" * 10)])
+        node.flush()
+        vol.file = real
+        image = b"\x05" * CHUNK + b"\x01" * 3 * CHUNK + bytes(4 * CHUNK) + b"\x01" * (SIZE - 8 * CHUNK)
+        assert vol.read(0, SIZE) == image
+        assert set(node.diff(snap)["v"]) == {0}, "a refused write left rows behind"
+        node.write("v", 5 * CHUNK, b"\x04" * CHUNK)  # space again: the node goes on
+        node.flush()
+        assert vol.read(5 * CHUNK, CHUNK) == b"\x04" * CHUNK
+        assert node.read_snapshot(snap, "v", 0, 8 * CHUNK) == b"\x01" * 4 * CHUNK + bytes(4 * CHUNK)
+    finally:
+        node.close()

@@ -70,6 +70,11 @@ class _MemFile:
         if length:
             self.pwrite(offset, bytes(length))
 
+    def allocate(self, offset: int, length: int) -> None:
+        self._check()  # no holes in this model: only growing the file needs space
+        if self.fs.disk_full and offset + length > len(self.current):
+            raise NoSpace(f"disk full while reserving space in {self.path}", hint="free space on the node's filesystem")
+
     def start_writeback(self, offset: int, length: int) -> None:
         self._check()  # a hint with no durability promise: the cache may keep it or not
 

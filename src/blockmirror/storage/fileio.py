@@ -54,6 +54,10 @@ class File(Protocol):
         """Write the buffers back to back from `offset`, without joining them."""
     def punch(self, offset: int, length: int) -> None:
         """Deallocate a range (reads back as zeroes); size unchanged."""
+    def allocate(self, offset: int, length: int) -> None:
+        """Reserve the blocks of a range, its content unchanged, so that a
+        later write there cannot fail for lack of space (raises NoSpace now
+        instead). A no-op where the filesystem cannot reserve."""
     def sync(self) -> None:
         """fdatasync: everything written before is on stable storage."""
     def start_writeback(self, offset: int, length: int) -> None:
@@ -150,6 +154,15 @@ class OsFile:
                 self.pwrite(offset, bytes(length))
                 return
             _raise_os_error(OSError(err, os.strerror(err)), f"punching {self.path}")
+
+    def allocate(self, offset: int, length: int) -> None:
+        if length <= 0:
+            return
+        if _fallocate(self.fd, _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+            err = ctypes.get_errno()
+            if err in (errno.EOPNOTSUPP, errno.ENOSYS):
+                return
+            _raise_os_error(OSError(err, os.strerror(err)), f"reserving space in {self.path}")
 
     def sync(self) -> None:
         try:

@@ -447,8 +447,15 @@ class Node:
             job = None
             with self._lock:
                 self._reap()
-                if self._snapshots:
-                    job = self._preserve(ops, fua)
+                need = self._fresh_chunks(ops) if self._snapshots else None
+                if any(j.punches for j in self._jobs):
+                    self._drain()  # a queued punch would undo a reservation made now
+                if need or self._jobs:
+                    # Its overwrites will run behind the caller, after it was told
+                    # they completed: they must not fail for lack of space then.
+                    self._reserve(ops)
+                if need:
+                    job = self._preserve(ops, fua, need)
                 if job is None and self._jobs:  # behind a queued batch: keep the order
                     job = Job(self.newest_snapshot, ops, fua)
                 if job is not None:
@@ -524,30 +531,58 @@ class Node:
             if start > offset:
                 vol.file.pwrite(offset, bytes(start - offset))
             vol.file.punch(start, end - start)
+            vol.reserved.remove_range(start // VOLUME_ALIGN_BYTES, end // VOLUME_ALIGN_BYTES)
             if offset + length > end:
                 vol.file.pwrite(end, bytes(offset + length - end))
         elif length:
             vol.file.pwrite(offset, bytes(length))
 
-    def _preserve(self, ops: list[WriteOp], fua: bool) -> Job | None:
-        """Copy-on-write, first half (under `_lock`): write the original of
-        every chunk these ops touch first since the newest snapshot to its
-        COW file, as one record per file. The job returned syncs them before
-        any overwrite; None if nothing needed preserving."""
-        snap = self.newest_snapshot
-        tables = self._tables[snap]
+    def _fresh_chunks(self, ops: list[WriteOp]) -> dict[int, BitMap]:
+        """Per volume id, the chunks these ops touch first since the newest snapshot."""
+        tables = self._tables[self.newest_snapshot]
         need: dict[int, BitMap] = {}
         for op in ops:
             vol = self.volumes[op.volume]
             span = vol.chunk_span(op.offset, op.nbytes)
             if not span:
                 continue
-            table = tables[vol.id]
-            fresh = BitMap(span) - table
+            fresh = BitMap(span) - tables[vol.id]
             if fresh:
                 need.setdefault(vol.id, BitMap()).update(fresh)
-        if not need:
-            return None
+        return need
+
+    def _reserve(self, ops: list[WriteOp]) -> None:
+        """Reserve the volume blocks the ops will write (NoSpace now, with
+        nothing changed, rather than after the write was acknowledged). A
+        zeroing op writes only its partial edge blocks. Blocks reserved once
+        are remembered (until punched), so a rewritten range costs no call."""
+        a = VOLUME_ALIGN_BYTES
+        for op in ops:
+            if not op.nbytes:
+                continue
+            vol = self.volumes[op.volume]
+            if not vol.reserved_known:  # once per process: what holds data needs no reservation
+                for off, n in vol.allocated_extents():
+                    vol.reserved.add_range(-(-off // a), (off + n) // a)
+                vol.reserved_known = True
+            first, end = op.offset // a, -(-(op.offset + op.nbytes) // a)
+            if op.kind == "write":
+                spans = [(first, end)]
+            else:
+                spans = [(b, b + 1) for b in {first if op.offset % a else -1,
+                                              end - 1 if (op.offset + op.nbytes) % a else -1} if b >= 0]
+            for lo, hi in spans:
+                if vol.reserved.range_cardinality(lo, hi) != hi - lo:
+                    vol.file.allocate(lo * a, (hi - lo) * a)
+                    vol.reserved.add_range(lo, hi)
+
+    def _preserve(self, ops: list[WriteOp], fua: bool, need: dict[int, BitMap]) -> Job:
+        """Copy-on-write, first half (under `_lock`): write the original of
+        every chunk in `need` (those the ops touch first since the newest
+        snapshot) to its COW file, as one record per file. The job returned
+        syncs them before any overwrite."""
+        snap = self.newest_snapshot
+        tables = self._tables[snap]
         if self._jobs and self._jobs[0].snap != snap:
             # Batches queued before this snapshot was taken belong to its
             # image: they reach the volume before any original is read for it.

@@ -40,7 +40,8 @@ class Job:
     """One batch: records to sync, then overwrites to apply. `rows`, `tails`,
     `nbytes`, `created` are what the node publishes once the job is done."""
 
-    __slots__ = ("snap", "cows", "dir_sync", "ops", "fua", "rows", "tails", "nbytes", "created", "done", "error")
+    __slots__ = ("snap", "cows", "dir_sync", "ops", "fua", "punches", "rows", "tails", "nbytes", "created", "done",
+                 "error")
 
     def __init__(self, snap: int | None, ops, fua: bool):
         self.snap = snap  # the newest snapshot when it was queued
@@ -48,6 +49,7 @@ class Job:
         self.dir_sync = False  # a COW file is new: sync the directory too
         self.ops = ops
         self.fua = fua
+        self.punches = any(op.kind != "write" for op in ops)  # may deallocate volume blocks
         self.rows: list = []  # ((snap, vol, chunk), (file, slot))
         self.tails: dict = {}  # (file, vol) -> next free block after this batch's records
         self.nbytes = 0

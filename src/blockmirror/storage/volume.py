@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+from pyroaring import BitMap
+
 from blockmirror.errors import OutOfRange
 from blockmirror.storage.fileio import File
 
@@ -20,6 +22,9 @@ class Volume:
     file: File = field(repr=False)
     # The node's: waits for writes it has queued (reads see every completed write).
     before_read: Callable[[], None] | None = field(default=None, repr=False)
+    # 4 KiB blocks the node reserved (fallocate) and has not punched since.
+    reserved: BitMap = field(default_factory=BitMap, repr=False)
+    reserved_known: bool = field(default=False, repr=False)  # `reserved` has its data extents (scanned once)
 
     def check_range(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > self.size:
