@@ -546,7 +546,10 @@ class Node:
             span = vol.chunk_span(op.offset, op.nbytes)
             if not span:
                 continue
-            fresh = BitMap(span) - tables[vol.id]
+            table = tables[vol.id]
+            if table.range_cardinality(span.start, span.stop) == len(span):
+                continue  # a rewrite: every chunk already preserved (no set built)
+            fresh = BitMap(span) - table
             if fresh:
                 need.setdefault(vol.id, BitMap()).update(fresh)
         return need
