@@ -125,17 +125,20 @@ def test_thread_pipeline_keeps_order_and_images_under_mixed_batches(tmp_path):
         node.close()
 
 
-class _FailingSync:
-    """A COW file whose sync fails as a dying disk's would (EIO)."""
+class _Faulty:
+    """A file on a failing disk: one method raises `exc`, the rest work."""
 
-    def __init__(self, inner):
+    def __init__(self, inner, method, exc):
         self._inner = inner
+        self._method = method
+        self._exc = exc
 
     def __getattr__(self, name):
+        if name == self._method:
+            def fail(*args):
+                raise self._exc
+            return fail
         return getattr(self._inner, name)
-
-    def sync(self):
-        raise OSError(errno.EIO, "Input/output error")
 
 
 def test_a_failed_record_sync_stops_the_node_and_no_overwrite_reaches_the_volume(tmp_path):
@@ -144,7 +147,8 @@ def test_a_failed_record_sync_stops_the_node_and_no_overwrite_reaches_the_volume
     _fill(node)
     snap = node.snapshot("s").id
     vid = node.volumes["v"].id
-    node._cow_handles[(snap, vid)] = _FailingSync(node._cow(snap, vid, create=True))
+    node._cow_handles[(snap, vid)] = _Faulty(node._cow(snap, vid, create=True), "sync",
+                                             OSError(errno.EIO, "Input/output error"))
     node.write_many([WriteOp("v", 0, b"\x02" * 4 * CHUNK)])  # queued; its sync fails behind the caller
     with pytest.raises(NodeError, match="a write failed on the disk.*Input/output error"):
         node.flush()  # the first call to wait for it says so
@@ -194,20 +198,6 @@ def test_a_batch_queued_while_a_snapshot_is_taken_belongs_to_its_image(tmp_path)
         node.close()
 
 
-class _FullDisk:
-    """A volume file on a full disk: reserving new blocks fails."""
-
-    def __init__(self, inner):
-        self._inner = inner
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
-    def allocate(self, offset, length):
-        from blockmirror.errors import NoSpace
-        raise NoSpace("disk full while reserving space", hint="free space")
-
-
 @pytest.mark.parametrize("pipeline", ["thread", "deferred"])
 def test_a_full_disk_refuses_the_write_before_it_completes(tmp_path, pipeline):
     """A write whose overwrite runs behind the caller must not find the disk
@@ -225,7 +215,7 @@ def test_a_full_disk_refuses_the_write_before_it_completes(tmp_path, pipeline):
         snap = node.snapshot("s").id
         vol = node.volumes["v"]
         real = vol.file
-        vol.file = _FullDisk(real)
+        vol.file = _Faulty(real, "allocate", NoSpace("disk full while reserving space", hint="free space"))
         node.write_many([WriteOp("v", 0, b"\x05" * CHUNK)])  # over data: no new block needed
         with pytest.raises(NoSpace):
             node.write_many([WriteOp("v", 9 * CHUNK, b"\x02" * CHUNK), WriteOp("v", 5 * CHUNK + 100, b"\x03" * 10)])

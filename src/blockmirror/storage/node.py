@@ -246,7 +246,7 @@ class Node:
             failure = None
             try:
                 self._reap()
-            except NodeError as exc:  # the rows of the jobs before it are still committed
+            except BaseException as exc:  # the rows of the jobs before it are still committed
                 failure = exc
             self._commit_rows()
             for vol in self.volumes.values():
@@ -492,26 +492,22 @@ class Node:
 
     def _reap(self) -> None:
         """Under `_lock`: publish the rows of finished jobs (their records
-        are durable); raise the error of a failed one."""
+        are durable); once a job failed, raise that failure."""
         jobs = self._jobs
-        while jobs and jobs[0].done.is_set():
+        while jobs and jobs[0].done.is_set() and jobs[0].error is None:
             job = jobs.popleft()
-            if job.error is not None:
-                if not isinstance(job.error, (OSError, NoSpace)):
-                    raise job.error  # a bug, or a test's simulated crash: as it was raised
-                raise NodeError(f"a write failed on the disk: {job.error}; writes queued after it were not "
-                                f"applied, and this node takes no more I/O",
-                                hint="check the disk, then restart the daemon: recovery brings every "
-                                     "snapshot back") from job.error
             self._pending.update(job.rows)
             self._pending_tails.update(job.tails)
             self._pending_bytes += job.nbytes
             self._dir_durable.update(job.created)
-        if self._pipeline.failed is not None:
-            if not isinstance(self._pipeline.failed, (OSError, NoSpace)):
-                raise self._pipeline.failed
-            raise NodeError(f"an earlier write failed on the disk: {self._pipeline.failed}; this node takes "
-                            f"no more I/O", hint="check the disk, then restart the daemon")
+        failed = self._pipeline.failed
+        if failed is not None:
+            if not isinstance(failed, (OSError, NoSpace)):
+                raise failed  # a bug, or a test's simulated crash: as it was raised
+            raise NodeError(f"a write failed on the disk: {failed}; the writes queued after it were not "
+                            f"applied, and this node takes no more I/O",
+                            hint="check the disk, then restart the daemon: recovery brings every snapshot "
+                                 "back") from failed
         if self._pending_bytes >= PENDING_BYTES_MAX or len(self._pending) >= PENDING_ROWS_MAX:
             self._commit_rows()
 
@@ -571,9 +567,10 @@ class Node:
             first, end = op.offset // a, -(-(op.offset + op.nbytes) // a)
             if op.kind == "write":
                 spans = [(first, end)]
-            else:
-                spans = [(b, b + 1) for b in {first if op.offset % a else -1,
-                                              end - 1 if (op.offset + op.nbytes) % a else -1} if b >= 0]
+            else:  # punches whole blocks, writes only its partial edges
+                spans = [(first, first + 1)] if op.offset % a else []
+                if (op.offset + op.nbytes) % a:
+                    spans.append((end - 1, end))
             for lo, hi in spans:
                 if vol.reserved.range_cardinality(lo, hi) != hi - lo:
                     vol.file.allocate(lo * a, (hi - lo) * a)
