@@ -38,3 +38,31 @@ def test_each_snapshot_accounts_its_preserved_chunks_and_bytes(tmp_path):
     with Node.open(path) as node:  # deleting s1 drops what only it held
         node.delete_snapshot(s1.id)
         assert [(s.id, s.exceptions, s.data_bytes) for s in node.snapshot_space()] == [(s2.id, 1, CHUNK)]
+
+
+def test_info_on_a_stopped_node_changes_nothing(tmp_path):
+    """An inspection reads: the metadata store is byte for byte the same
+    after `blockmirror info` (its recovery epoch moves on only when a
+    process writes a COW record)."""
+    import hashlib
+    import os
+
+    path = str(tmp_path / "n")
+    with Node.create(path, {"a": SIZE}, chunk_size=CHUNK) as node:
+        node.write("a", 0, b"\x01" * SIZE)
+        node.snapshot("s1")
+        node.write("a", 0, b"\x02" * 3 * CHUNK)
+    db = os.path.join(path, "blockmirror.db")
+
+    def digest():
+        with open(db, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+
+    before = digest()
+    for _ in range(2):
+        subprocess.run([sys.executable, "-m", "blockmirror", "info", path], capture_output=True, check=True)
+    assert digest() == before
+    with Node.open(path) as node:  # a first write stores the new epoch, then its record
+        node.write("a", 10 * CHUNK, b"\x03" * CHUNK)
+        assert node.read_snapshot(node.snapshots()[0].id, "a", 10 * CHUNK, CHUNK) == b"\x01" * CHUNK
+    assert digest() != before

@@ -296,8 +296,11 @@ class Node:
     def _recover_records(self, epoch: int) -> int:
         """At open: the rows of COW-file records past the committed tails,
         written by the last process (`epoch`) and never committed to SQLite,
-        are committed now; the epoch moves on, so records this recovery did
-        not keep can never be taken later. Returns the new epoch."""
+        are committed now. This process writes its records with the next
+        epoch, stored before its first record (here if rows were found, else
+        in `_preserve`), so records this recovery did not keep can never be
+        taken later; a process that writes no record (`blockmirror info`)
+        changes nothing. Returns the new epoch."""
         cow_dir = os.path.join(self.path, COW_DIR)
         rows, tails = [], {}
         for name in self.fs.listdir(cow_dir):
@@ -318,12 +321,15 @@ class Node:
                 cow.close()
             if block != start:
                 tails[key] = block
-        with self.meta.transaction("recover") as conn:
-            conn.executemany("INSERT OR IGNORE INTO exceptions (snap, vol, chunk, file, slot) "
-                             "VALUES (?, ?, ?, ?, ?)", rows)
-            conn.executemany("INSERT OR REPLACE INTO cow_files (file, vol, next_slot) VALUES (?, ?, ?)",
-                             [(f, v, t) for (f, v), t in tails.items()])
-            conn.execute("INSERT OR REPLACE INTO node (key, value) VALUES ('cow_epoch', ?)", (epoch + 1,))
+        self._epoch_stored = False
+        if tails:
+            with self.meta.transaction("recover") as conn:
+                conn.executemany("INSERT OR IGNORE INTO exceptions (snap, vol, chunk, file, slot) "
+                                 "VALUES (?, ?, ?, ?, ?)", rows)
+                conn.executemany("INSERT OR REPLACE INTO cow_files (file, vol, next_slot) VALUES (?, ?, ?)",
+                                 [(f, v, t) for (f, v), t in tails.items()])
+                conn.execute("INSERT OR REPLACE INTO node (key, value) VALUES ('cow_epoch', ?)", (epoch + 1,))
+            self._epoch_stored = True
         for snap, vid, chunk, _, _ in rows:
             self._tables[snap][vid].add(chunk)
         self._next_slot.update(tails)
@@ -588,6 +594,10 @@ class Node:
             # image: they reach the volume before any original is read for it.
             # (Waiting here, not in the snapshot's pause, keeps the pause short.)
             self._drain()
+        if not self._epoch_stored:  # this process's first record: its epoch is stored first
+            with self.meta.transaction("epoch") as conn:
+                conn.execute("INSERT OR REPLACE INTO node (key, value) VALUES ('cow_epoch', ?)", (self._epoch,))
+            self._epoch_stored = True
         job = Job(snap, ops, fua)
         cs = self.chunk_size
         step = cs // cowlog.BLOCK
