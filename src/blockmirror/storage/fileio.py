@@ -146,23 +146,22 @@ class OsFile:
             _sync_file_range(self.fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # a hint: errors ignored
 
     def punch(self, offset: int, length: int) -> None:
-        if length <= 0:
-            return
-        if _fallocate(self.fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
-            err = ctypes.get_errno()
-            if err in (errno.EOPNOTSUPP, errno.ENOSYS):
-                self.pwrite(offset, bytes(length))
-                return
-            _raise_os_error(OSError(err, os.strerror(err)), f"punching {self.path}")
+        if length > 0 and not self._fallocate(_FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length,
+                                               "punching"):
+            self.pwrite(offset, bytes(length))
 
     def allocate(self, offset: int, length: int) -> None:
-        if length <= 0:
-            return
-        if _fallocate(self.fd, _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
-            err = ctypes.get_errno()
-            if err in (errno.EOPNOTSUPP, errno.ENOSYS):
-                return
-            _raise_os_error(OSError(err, os.strerror(err)), f"reserving space in {self.path}")
+        if length > 0:
+            self._fallocate(_FALLOC_FL_KEEP_SIZE, offset, length, "reserving space in")
+
+    def _fallocate(self, mode: int, offset: int, length: int, what: str) -> bool:
+        """False where the filesystem does not support `mode`."""
+        if _fallocate(self.fd, mode, offset, length) == 0:
+            return True
+        err = ctypes.get_errno()
+        if err in (errno.EOPNOTSUPP, errno.ENOSYS):
+            return False
+        _raise_os_error(OSError(err, os.strerror(err)), f"{what} {self.path}")
 
     def sync(self) -> None:
         try:

@@ -533,7 +533,8 @@ class Node:
             if start > offset:
                 vol.file.pwrite(offset, bytes(start - offset))
             vol.file.punch(start, end - start)
-            vol.reserved.remove_range(start // VOLUME_ALIGN_BYTES, end // VOLUME_ALIGN_BYTES)
+            if vol.reserved is not None:
+                vol.reserved.remove_range(start // VOLUME_ALIGN_BYTES, end // VOLUME_ALIGN_BYTES)
             if offset + length > end:
                 vol.file.pwrite(end, bytes(offset + length - end))
         elif length:
@@ -566,10 +567,10 @@ class Node:
             if not op.nbytes:
                 continue
             vol = self.volumes[op.volume]
-            if not vol.reserved_known:  # once per process: what holds data needs no reservation
+            if vol.reserved is None:  # once per process: what holds data needs no reservation
+                vol.reserved = BitMap()
                 for off, n in vol.allocated_extents():
                     vol.reserved.add_range(-(-off // a), (off + n) // a)
-                vol.reserved_known = True
             first, end = op.offset // a, -(-(op.offset + op.nbytes) // a)
             if op.kind == "write":
                 spans = [(first, end)]

@@ -22,9 +22,9 @@ class Volume:
     file: File = field(repr=False)
     # The node's: waits for writes it has queued (reads see every completed write).
     before_read: Callable[[], None] | None = field(default=None, repr=False)
-    # 4 KiB blocks the node reserved (fallocate) and has not punched since.
-    reserved: BitMap = field(default_factory=BitMap, repr=False)
-    reserved_known: bool = field(default=False, repr=False)  # `reserved` has its data extents (scanned once)
+    # 4 KiB blocks that hold data or the node reserved (fallocate), and were
+    # not punched since; None until the node first needs it (then scanned).
+    reserved: BitMap | None = field(default=None, repr=False)
 
     def check_range(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > self.size:
