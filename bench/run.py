@@ -45,6 +45,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+import floors  # noqa: E402
 from common import GiB, KiB, MiB, median, note, percentile, prewrite, size_label  # noqa: E402
 import harness as H  # noqa: E402
 
@@ -230,9 +231,15 @@ def bench_rsync(cfg, root, res, extra) -> None:
         rsyncd = H.RsyncDaemon(base, mod)
         settle()
         rng = random.Random(11)
+        floor_scratch = os.path.join(base, "floor-scratch")
         for frac in cfg["b1_fracs"]:
             label = f"{round(frac * 100)}pct"
             k = max(1, round(nchunks * frac))
+            fd = os.open(floor_scratch, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                prewrite(fd, k * CHUNK)  # as a spare COW file is: written in full, outside the timing
+            finally:
+                os.close(fd)
             rows = []
             for run in range(cfg["runs"]):
                 chunks = rng.sample(range(nchunks), k)
@@ -251,13 +258,17 @@ def bench_rsync(cfg, root, res, extra) -> None:
                 r["atomic"] = raw_copy_atomic(image, os.path.join(mod, "secondary.img"), chunks,
                                               os.path.join(base, "scratch"))
                 settle()
+                r["floor"] = floors.resync_copy(image, os.path.join(mod, "secondary.img"), chunks, CHUNK,
+                                                floor_scratch)
+                settle()
                 r["changed"] = k * CHUNK
                 if r["bm"]["chunks"] != k:
                     note(f"    warning: resync sent {r['bm']['chunks']} chunks, {k} changed")
                 rows.append(r)
                 note(f"    {label} run {run}: resync {r['bm']['seconds']:.3f}s (wall {r['bm']['wall']:.3f}s) "
                      f"wire {r['bm']['wire']} B; rsync {r['rsync']['seconds']:.2f}s sent {r['rsync']['sent']} B; "
-                     f"raw copy {r['raw']:.3f}s, atomic {r['atomic']:.3f}s; CPU primary {r['bm']['p_cpu']:.2f}s "
+                     f"raw copy {r['raw']:.3f}s, atomic {r['atomic']:.3f}s, floor {r['floor']:.3f}s; "
+                     f"CPU primary {r['bm']['p_cpu']:.2f}s "
                      f"secondary {r['bm']['s_cpu']:.2f}s")
             n = f"resync.vs_rsync.{size_label(size)}_{label}"
             res.add(f"{n}.changed_bytes", k * CHUNK, "B", "{}")
@@ -279,6 +290,9 @@ def bench_rsync(cfg, root, res, extra) -> None:
             res.add(f"{t3}.atomic_copy_mb_s", median(mb_s(r["changed"], r["atomic"]) for r in rows), "MB/s", "{:.0f}")
             res.add(f"{t3}.atomic_ratio", median(r["raw"] / r["atomic"] for r in rows), "x", "{:.3f}")
             res.add(f"{t3}.resync_to_atomic", median(r["atomic"] / r["bm"]["seconds"] for r in rows), "x", "{:.3f}")
+            res.add(f"{t3}.floor_mb_s", median(mb_s(r["changed"], r["floor"]) for r in rows), "MB/s", "{:.0f}")
+            res.add(f"{t3}.floor_ratio", median(r["raw"] / r["floor"] for r in rows), "x", "{:.3f}")
+            res.add(f"{t3}.resync_to_floor", median(r["floor"] / r["bm"]["seconds"] for r in rows), "x", "{:.3f}")
             gib = [r["changed"] / (1 << 30) for r in rows]
             res.add(f"{t3}.primary_cpu_s_per_gib", median(r["bm"]["p_cpu"] / g for r, g in zip(rows, gib)),
                     "CPU-s/GiB", "{:.2f}")
@@ -405,14 +419,24 @@ def bench_nbd(cfg, root, res, extra) -> None:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         closers.append(kit)
         H.wait_port(kport)
+        # The bare-syscall floors (bench/floors.py): their files, written once.
+        fl = {n: os.path.join(base, f"floor-{n}") for n in ("a", "b", "journal")}
+        for n, path in fl.items():
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                prewrite(fd, size if n != "journal" else floors.CHECKPOINT + floors.RECV_BUFFER)
+            finally:
+                os.close(fd)
         for p in pairs.values():
             p.wait_converged()
         uris = {"async": pairs["async"].primary.uri("vol0"), "sync": pairs["sync"].primary.uri("vol0"),
                 "local": local.uri("vol0"), "standalone": standalone.uri("vol0"),
                 "nbdkit": f"nbd://127.0.0.1:{kport}/"}
-        cases = list(uris)
+        floor_cases = {"floor_local": lambda: floors.local_write(source, fl["a"], size),
+                       "floor_mirror": lambda: floors.mirror_write(source, fl["a"], size, fl["b"], fl["journal"])}
+        cases = list(uris) + list(floor_cases)
         # One unmeasured pass each, so every case overwrites allocated data.
-        for c in cases:
+        for c in uris:
             nbdcopy(source, uris[c])
             if c in pairs:
                 pairs[c].wait_converged()
@@ -427,6 +451,10 @@ def bench_nbd(cfg, root, res, extra) -> None:
             order = cases[run % len(cases):] + cases[:run % len(cases)]
             r = {}
             for c in order:
+                if c in floor_cases:
+                    r[c] = floor_cases[c]()
+                    settle()
+                    continue
                 before = [H.cpu_seconds(p) if p else 0.0 for p in pids.get(c, ())] + [children_cpu_seconds()]
                 r[c] = nbdcopy(source, uris[c])
                 if c in pairs:  # let the secondary catch up before the next case
@@ -439,8 +467,12 @@ def bench_nbd(cfg, root, res, extra) -> None:
             note(f"    run {run}: " + ", ".join(f"{c} {mb_s(size, r[c]):.0f} MB/s" for c in cases))
         for c in cases:
             res.add(f"nbd.write.{c}_mb_s", median(mb_s(size, r[c]) for r in rows), "MB/s", "{:.0f}")
-        for c in ("async", "sync", "standalone", "nbdkit"):
+        for c in ("async", "sync", "standalone", "nbdkit", "floor_mirror"):
             res.add(f"nbd.write.{c}_to_local", median(r["local"] / r[c] for r in rows), "x", "{:.3f}")
+        res.add("nbd.write.floor_mirror_to_floor_local", median(r["floor_local"] / r["floor_mirror"] for r in rows),
+                "x", "{:.3f}")
+        res.add("nbd.write.async_to_floor_mirror", median(r["floor_mirror"] / r["async"] for r in rows), "x",
+                "{:.3f}")
         gib = size / GiB
         cores = os.cpu_count() or 1
         for c, xs in cpu.items():

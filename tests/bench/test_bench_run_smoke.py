@@ -25,11 +25,15 @@ EXPECTED = {
                              rf"resync\.vs_raw\.\w+_10pct\.ratio: {NUM} x",
                              rf"resync\.vs_raw\.\w+pct\.atomic_copy_mb_s: {NUM} MB/s",
                              rf"resync\.vs_raw\.\w+pct\.(atomic_ratio|resync_to_atomic): {NUM} x",
+                             rf"resync\.vs_raw\.\w+pct\.floor_mb_s: {NUM} MB/s",
+                             rf"resync\.vs_raw\.\w+pct\.(floor_ratio|resync_to_floor): {NUM} x",
                              rf"resync\.vs_raw\.\w+pct\.(primary|secondary)_cpu_s_per_gib: {NUM} CPU-s/GiB"],
     "4 nbdcopy": [rf"nbd\.write\.(async|sync|local|standalone|nbdkit)_mb_s: {NUM} MB/s",
                   rf"nbd\.write\.(async|sync)_to_local: {NUM} x",
                   rf"nbd\.cpu\.(async|sync|local)\.(primary|nbdcopy|total)_s_per_gib: {NUM} CPU-s/GiB",
-                  rf"nbd\.cpu\.(async|sync)\.bound_to_local: {NUM} x"],
+                  rf"nbd\.cpu\.(async|sync)\.bound_to_local: {NUM} x",
+                  rf"nbd\.write\.floor_(local|mirror)_mb_s: {NUM} MB/s",
+                  rf"nbd\.write\.(floor_mirror_to_local|floor_mirror_to_floor_local|async_to_floor_mirror): {NUM} x"],
     "5 FUA latency": [rf"nbd\.fua4k\.(sync|local)\.(p50|p99)_us: {NUM} us", rf"nbd\.fua4k\.sync_to_local_p99: {NUM} x"],
     "6 write pause": [rf"pause\.8x\w+\.write_pause_(p50|p99|max): {NUM} ms",
                       rf"pause\.8x\w+\.host_max_latency_p99: {NUM} ms", rf"pause\.ratio_\w+_p99: {NUM} x"],
@@ -58,6 +62,7 @@ def test_bench_run_smoke(tmp_path):
     text = doc.read_text()
     for heading in ("## Machine", "## How to reproduce", "## Mirroring", "### 1. Resync vs rsync",
                     "### 6. Write pause at link failure", "### 8. Peak memory of the daemons",
-                    "| case | primary | secondary | nbdcopy | total CPU-s/GiB"):
+                    "| case | primary | secondary | nbdcopy | total CPU-s/GiB", "| bare mirror (no NBD) |",
+                    "| bare resync / raw |"):
         assert heading in text
     assert os.listdir(data) == []  # the temporary data is removed; --dir itself stays
