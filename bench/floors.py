@@ -76,6 +76,21 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
+def _send(sock: socket.socket, header: bytes, data) -> None:
+    """One record, header and data, without joining them (sendmsg may stop
+    short: send the rest)."""
+    bufs = [memoryview(header), memoryview(data)]
+    while bufs:
+        n = sock.sendmsg(bufs)
+        while n and bufs:
+            if n >= bufs[0].nbytes:
+                n -= bufs[0].nbytes
+                bufs.pop(0)
+            else:
+                bufs[0] = bufs[0][n:]
+                n = 0
+
+
 def _child(mode: str, *args: str) -> tuple[subprocess.Popen, socket.socket]:
     """Start the secondary's side; returns it and a connection to it."""
     p = subprocess.Popen([sys.executable, os.path.abspath(__file__), mode, *args], stdout=subprocess.PIPE)
@@ -156,7 +171,7 @@ def mirror_write(source: str, dst: str, size: int, sec_volume: str, journal: str
             with cond:
                 while sent + n - acked[0] > WINDOW:
                     cond.wait()
-            sock.sendmsg([HEADER.pack(off, n), data])
+            _send(sock, HEADER.pack(off, n), data)
             sent += n
         os.fdatasync(fd)
         elapsed = time.perf_counter() - start
@@ -229,7 +244,7 @@ def resync_copy(src: str, dst: str, chunks, chunk_size: int, scratch: str) -> fl
             group = chunks[i:i + GROUP]
             sock.sendall(struct.pack(">I", len(group)))
             for c in group:  # each chunk read and sent
-                sock.sendmsg([HEADER.pack(c * chunk_size, chunk_size), os.pread(fs, chunk_size, c * chunk_size)])
+                _send(sock, HEADER.pack(c * chunk_size, chunk_size), os.pread(fs, chunk_size, c * chunk_size))
         sock.sendall(struct.pack(">I", 0))
         _recv_exact(sock, 1)  # after the secondary's final fdatasync
         return time.perf_counter() - start
