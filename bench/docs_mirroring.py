@@ -61,8 +61,8 @@ def render(cfg, mode, res, m, elapsed, argv_text) -> str:
               "2-core machine). Benchmark 6 cuts the link with the fault proxy "
               "(`python -m blockmirror.faultproxy`, `cut` = RST on both sides, then `heal`)."]
     L += ["", "**Resync time** is the primary's `last_resync.seconds` from `blockmirror status --json`: from "
-              "the link coming up (handshake done) to the commit of the final round (every round: the "
-              "diff round, then an empty final round). *wall* adds the secondary's process start to "
+              "the link coming up (handshake done) to the commit of the final round (one round when no "
+              "host write lands during it, as here). *wall* adds the secondary's process start to "
               "ready, the reconnect backoff (up to 0.2 s) and the handshake: from the secondary's `ready` "
               "line to the primary's status showing mirroring with nothing unacknowledged (polled every "
               "20 ms)."]

@@ -145,3 +145,54 @@ def test_secondary_refuses_out_of_order_or_unbased_data(pair):
     s.end_of_batch(pair.now)
     assert pair.image(pair.snode, "a") == before
     assert s.round_open is None and s.status().journal_bytes == 0
+
+
+def _outage_with_writes(pair, chunks):
+    pair.connect()
+    pair.cut()
+    for c in chunks:
+        pair.write("a", c * CHUNK, bytes([c]) * CHUNK)
+
+
+def test_a_round_with_no_host_write_since_its_snapshot_is_the_last(tmp_path):
+    # Rounds over one chunk are not final when they start.
+    pair = Pair(tmp_path, {"a": SIZE}, chunk_size=CHUNK, final_round_bytes_max=CHUNK)
+    try:
+        _outage_with_writes(pair, range(8))
+        pair.connect()
+        st = pair.primary.status()
+        assert st["state"] == MIRRORING
+        # One round, not a second empty one: nothing was written while it ran.
+        assert (st["last_resync"]["rounds"], st["last_resync"]["chunks"]) == (1, 8), st["last_resync"]
+        assert st["snapshots"] == [] and pair.snode.snapshots() == []
+        assert pair.image(pair.snode, "a") == pair.image(pair.pnode, "a")
+        # Writes from then on are mirrored.
+        t = pair.write("a", 40 * CHUNK, b"n" * CHUNK)
+        pair.run()
+        assert pair.done[t] is None and pair.primary.status()["acked_seq"] == pair.primary.seq
+        assert pair.image(pair.snode, "a") == pair.image(pair.pnode, "a")
+    finally:
+        pair.close()
+
+
+def test_a_host_write_during_a_round_makes_another_round(tmp_path):
+    pair = Pair(tmp_path, {"a": SIZE}, chunk_size=CHUNK, final_round_bytes_max=CHUNK)
+    try:
+        _outage_with_writes(pair, range(8))
+        poll = pair.primary.poll_transmit
+        written = []
+
+        def poll_with_a_host_write(now, budget=1 << 62):
+            # Once the round has begun: a host write before any of its data leaves.
+            if pair.primary.round is not None and not written:
+                written.append(pair.write("a", 50 * CHUNK, b"w" * CHUNK))
+            return poll(now, budget)
+        pair.primary.poll_transmit = poll_with_a_host_write
+        pair.connect()
+        st = pair.primary.status()
+        assert written and pair.done[written[0]] is None
+        assert st["state"] == MIRRORING
+        assert (st["last_resync"]["rounds"], st["last_resync"]["chunks"]) == (2, 9), st["last_resync"]
+        assert pair.image(pair.snode, "a") == pair.image(pair.pnode, "a")
+    finally:
+        pair.close()

@@ -116,6 +116,7 @@ class _Round:
     data_bytes_sent: int = 0
     chunks_sent: int = 0
     commit_sent: bool = False
+    local_writes: int = 0  # host writes applied (not mirrored) since T, while not final
     cursor: Any = None
     sent: list[BitMap] = field(default_factory=list)
 
@@ -271,6 +272,8 @@ class PrimaryEngine:
 
     def _apply(self, now: float, batch: list[HostWrite]) -> None:
         extents = [(self.index[it.op.volume], it.op.offset, it.op.nbytes) for it in batch]
+        if not self.live and self.round is not None:
+            self.round.local_writes += len(batch)  # counted before the write: a failed one may have changed bytes
         try:
             if self.live:
                 self.activity.mark(extents)
@@ -473,6 +476,15 @@ class PrimaryEngine:
             while budget_bytes > 0:
                 nxt = next(rnd.cursor, None)
                 if nxt is None:
+                    if not rnd.final and rnd.local_writes == 0:
+                        # No host write since T: the image this commit gives the
+                        # secondary is the primary's current one, so this round
+                        # is the last (the next would be empty). Writes from now
+                        # on are live and follow the commit in the stream.
+                        assert self.seq == rnd.commit_seq, "a write got a seq during a non-final round"
+                        rnd.final = True
+                        self.live = True
+                        log.info("round %d: no host write since its snapshot, so it is the last", rnd.id)
                     # Before the commit leaves: if it lands and we crash, T must
                     # still be known as the base of the secondary's new generation.
                     self.node.set_state({K_BASE + str(rnd.target): {
