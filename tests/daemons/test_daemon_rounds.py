@@ -122,6 +122,8 @@ def test_kill9_of_the_secondary_during_resync_keeps_a_consistent_image(new_pair)
     st = p.wait_for(converged, timeout_s=30, what="convergence after kill -9 during resync")
     assert st["last_resync"]["kind"] == "incremental"
     assert st["last_resync"]["bytes"] <= (12 << 20) + (64 << 10)
+    # No host write while it ran: one round, not followed by an empty one.
+    assert st["last_resync"]["rounds"] == 1, st["last_resync"]
     assert_identical(p, s)
 
 
