@@ -48,6 +48,15 @@ def prewrite(fd: int, nbytes: int) -> None:
     os.sync()
 
 
+def prewrite_file(path: str, nbytes: int) -> None:
+    """A new file at `path` (emptied if it exists), prewritten (`prewrite`)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        prewrite(fd, nbytes)
+    finally:
+        os.close(fd)
+
+
 def percentile(values, q: float) -> float:
     """Nearest-rank percentile (q in 0..100): a value that was observed."""
     xs = sorted(values)

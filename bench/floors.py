@@ -58,7 +58,8 @@ GROUP = 256  # chunks per COW group of the resync floor
 RECV_BUFFER = 32 << 20
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def _recv_exact(sock: socket.socket, n: int) -> bytearray:
+    """`n` bytes, received straight into the buffer returned (no copy after)."""
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
@@ -67,7 +68,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
         if not k:
             raise EOFError("the other side closed early")
         got += k
-    return bytes(buf)
+    return buf
 
 
 def _send(sock: socket.socket, header: bytes, data) -> None:

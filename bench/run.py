@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 import floors  # noqa: E402
-from common import GiB, KiB, MiB, median, note, percentile, prewrite, size_label  # noqa: E402
+from common import GiB, KiB, MiB, median, note, percentile, prewrite, prewrite_file, size_label  # noqa: E402
 import harness as H  # noqa: E402
 
 CHUNK = H.CHUNK
@@ -235,11 +235,7 @@ def bench_rsync(cfg, root, res, extra) -> None:
         for frac in cfg["b1_fracs"]:
             label = f"{round(frac * 100)}pct"
             k = max(1, round(nchunks * frac))
-            fd = os.open(floor_scratch, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                prewrite(fd, k * CHUNK)  # as a spare COW file is: written in full, outside the timing
-            finally:
-                os.close(fd)
+            prewrite_file(floor_scratch, k * CHUNK)  # as a spare COW file is: written in full, outside the timing
             rows = []
             for run in range(cfg["runs"]):
                 chunks = rng.sample(range(nchunks), k)
@@ -422,11 +418,7 @@ def bench_nbd(cfg, root, res, extra) -> None:
         # The bare-syscall floors (bench/floors.py): their files, written once.
         fl = {n: os.path.join(base, f"floor-{n}") for n in ("a", "b", "journal")}
         for n, path in fl.items():
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                prewrite(fd, size if n != "journal" else floors.CHECKPOINT + floors.RECV_BUFFER)
-            finally:
-                os.close(fd)
+            prewrite_file(path, size if n != "journal" else floors.CHECKPOINT + floors.RECV_BUFFER)
         for p in pairs.values():
             p.wait_converged()
         uris = {"async": pairs["async"].primary.uri("vol0"), "sync": pairs["sync"].primary.uri("vol0"),
