@@ -7,7 +7,7 @@ import urllib.request
 from daemon_helpers import VOLUMES, Daemon, HostWriter, assert_identical, converged, make_nodes, qemu_io, \
     primary_args, secondary_args
 
-from blockmirror.engine import SecondaryConfig, SecondaryEngine
+from blockmirror.engine import SecondaryConfig, SecondaryNode
 from blockmirror.storage import Node
 
 
@@ -26,7 +26,7 @@ def test_sync_mode_write_is_on_the_secondary_when_acknowledged(tmp_path):
             if d.proc.poll() is None:
                 d.kill9()
     with Node.open(s_dir) as node:
-        eng = SecondaryEngine(node, SecondaryConfig(), 0.0)  # recovery: journal replay
+        eng = SecondaryNode(node, SecondaryConfig(), 0.0)  # recovery: journal replay
         assert eng.read_image("vol0", 4096, 8192) == b"\xd7" * 8192
         assert eng.read_image("vol0", 1 << 20, 65536) == b"\xd8" * 65536
 

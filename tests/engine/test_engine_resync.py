@@ -1,9 +1,13 @@
 """The method of Fig. 2 on real node directories: what crosses the link, and
 when host writes complete."""
 
+import uuid as uuid_mod
+
 import pytest
 
-from blockmirror.engine import DISCONNECTED, INITIAL_SYNC, MIRRORING
+from blockmirror.engine import LinkClosed, Received
+from blockmirror.protocol import Error, ResyncBegin, Write
+from blockmirror.status import State
 from tests.engine.pair import Pair
 
 CHUNK = 4096
@@ -20,10 +24,10 @@ def pair(tmp_path):
 def test_initial_sync_sends_only_allocated_chunks(pair):
     pair.write("a", 5 * CHUNK, b"x" * CHUNK)
     pair.write("b", 40 * CHUNK + 100, b"y" * 10)
-    assert pair.primary.state == INITIAL_SYNC
+    assert pair.primary.state == State.INITIAL_SYNC
     pair.connect()
-    st = pair.primary.status()
-    assert st["state"] == MIRRORING
+    st = pair.status()
+    assert st["state"] == State.MIRRORING
     # Two chunks of data out of 128: holes are skipped (sent as zero extents, no bytes).
     assert st["last_resync"]["chunks"] == 2 and st["last_resync"]["bytes"] == 2 * CHUNK
     for v in ("a", "b"):
@@ -40,17 +44,17 @@ def test_link_failure_snapshot_records_unacked_and_resync_sends_diff_plus_unacke
     pair.write("b", 20 * CHUNK, b"3" * CHUNK)
     pair.write("b", 21 * CHUNK, b"4" * 10)
     pair.run(deliver_acks=False)
-    assert pair.primary.status()["inflight_writes"] == 3
+    assert pair.status()["inflight_writes"] == 3
     pair.cut()
-    st = pair.primary.status()
-    assert st["state"] == DISCONNECTED and len(st["snapshots"]) == 1
+    st = pair.status()
+    assert st["state"] == State.DISCONNECTED and len(st["snapshots"]) == 1
     # Writes go on during the outage and complete at once.
     t = pair.write("a", 30 * CHUNK, b"5" * 2 * CHUNK)
     assert pair.done[t] is None
     pair.write("a", 10 * CHUNK + 5, b"6" * 5)  # rewrites an unacked chunk
     pair.connect()
-    st = pair.primary.status()
-    assert st["state"] == MIRRORING
+    st = pair.status()
+    assert st["state"] == State.MIRRORING
     # diff = a:30,31 + a:10; unacked = a:10, b:20, b:21 -> 5 chunks, nothing else of 128.
     assert st["last_resync"]["chunks"] == 5, st["last_resync"]
     assert st["snapshots"] == []
@@ -99,31 +103,29 @@ def test_out_of_range_host_write_gets_error_and_changes_nothing(pair):
 
 
 def test_unclean_primary_restart_resyncs_only_hot_regions(tmp_path):
-    import random
-
-    from blockmirror.engine import PrimaryConfig, PrimaryEngine
-    from blockmirror.storage import Node
-
     region = 4 * CHUNK
     pair = Pair(tmp_path, {"a": SIZE}, chunk_size=CHUNK, activity_region_bytes=region)
     try:
         pair.connect()
         pair.write("a", 0, b"1" * CHUNK)
         pair.run()
-        pair.primary.on_timer(pair.now + 5)  # the activity log cools what is acked, synced
-        pair.primary.on_timer(pair.now + 10)  # and idle for a whole period
+        pair.now += 5
+        pair.step_primary()  # the activity log cools what is acked, synced
+        pair.now += 5
+        pair.step_primary()  # and idle for a whole period
+        pair.run()  # heartbeats
         pair.write("a", 40 * CHUNK, b"2" * 100)  # in flight when the primary dies
         pair.run(deliver_acks=False)
         # The primary process dies: no shutdown, the node is reopened as after kill -9.
         pair.pnode.close()
-        pair.secondary.link_down(pair.now, "peer died")
-        pair.pnode = Node.open(str(tmp_path / "p"))
-        pair.primary = PrimaryEngine(pair.pnode, PrimaryConfig(activity_region_bytes=region),
-                                     random.Random(3), pair.now)
-        st = pair.primary.status()
+        link = pair.conns[2]
+        pair.conns = None
+        pair.step_secondary([LinkClosed(link, "peer died")])
+        pair.restart_primary(activity_region_bytes=region)
+        st = pair.status()
         assert st["unclean_restart_hot_bytes"] == region, "one hot region: the unacknowledged write's"
         pair.connect()
-        st = pair.primary.status()
+        st = pair.status()
         assert st["state"] == "mirroring"
         assert 1 <= st["last_resync"]["chunks"] <= region // CHUNK, st["last_resync"]
         assert pair.image(pair.snode, "a") == pair.image(pair.pnode, "a")
@@ -131,20 +133,21 @@ def test_unclean_primary_restart_resyncs_only_hot_regions(tmp_path):
         pair.close()
 
 
-def test_secondary_refuses_out_of_order_or_unbased_data(pair):
-    from blockmirror.protocol import NIL_UUID, RemoteProtocolError, ResyncBegin, Write
-    import uuid as uuid_mod
-
+@pytest.mark.parametrize("bad, why", [
+    (lambda s: Write(s.seq + 2, 0, 0, b"x" * 10), "does not follow"),
+    (lambda s: ResyncBegin(99, uuid_mod.UUID(int=5, version=4), uuid_mod.UUID(int=6, version=4), 1, 0), "holds"),
+])
+def test_secondary_refuses_out_of_order_or_unbased_data(pair, bad, why):
     pair.connect()
     s = pair.secondary
     before = pair.image(pair.snode, "a")
-    with pytest.raises(RemoteProtocolError, match="does not follow"):
-        s.on_message(pair.now, Write(s.seq + 2, 0, 0, b"x" * 10))
-    with pytest.raises(RemoteProtocolError, match="holds"):
-        s.on_message(pair.now, ResyncBegin(99, uuid_mod.UUID(int=5, version=4), uuid_mod.UUID(int=6, version=4), 1, 0))
-    s.end_of_batch(pair.now)
+    link = s.link
+    out = s.step(pair.now, [Received(link, [bad(s)])])
+    # The link is refused with an Error frame for the primary; nothing was written.
+    assert s.link is None and [c.link for c in out.close] == [link]
+    assert isinstance(out.close[0].last[0], Error) and why in out.close[0].reason
     assert pair.image(pair.snode, "a") == before
-    assert s.round_open is None and s.status().journal_bytes == 0
+    assert s.round_open is None and pair.status("secondary")["journal_bytes"] == 0
 
 
 def _outage_with_writes(pair, chunks):
@@ -160,8 +163,8 @@ def test_a_round_with_no_host_write_since_its_snapshot_is_the_last(tmp_path):
     try:
         _outage_with_writes(pair, range(8))
         pair.connect()
-        st = pair.primary.status()
-        assert st["state"] == MIRRORING
+        st = pair.status()
+        assert st["state"] == State.MIRRORING
         # One round, not a second empty one: nothing was written while it ran.
         assert (st["last_resync"]["rounds"], st["last_resync"]["chunks"]) == (1, 8), st["last_resync"]
         assert st["snapshots"] == [] and pair.snode.snapshots() == []
@@ -169,7 +172,7 @@ def test_a_round_with_no_host_write_since_its_snapshot_is_the_last(tmp_path):
         # Writes from then on are mirrored.
         t = pair.write("a", 40 * CHUNK, b"n" * CHUNK)
         pair.run()
-        assert pair.done[t] is None and pair.primary.status()["acked_seq"] == pair.primary.seq
+        assert pair.done[t] is None and pair.status()["acked_seq"] == pair.primary.seq
         assert pair.image(pair.snode, "a") == pair.image(pair.pnode, "a")
     finally:
         pair.close()
@@ -179,19 +182,15 @@ def test_a_host_write_during_a_round_makes_another_round(tmp_path):
     pair = Pair(tmp_path, {"a": SIZE}, chunk_size=CHUNK, final_round_bytes_max=CHUNK)
     try:
         _outage_with_writes(pair, range(8))
-        poll = pair.primary.poll_transmit
-        written = []
-
-        def poll_with_a_host_write(now, budget=1 << 62):
-            # Once the round has begun: a host write before any of its data leaves.
-            if pair.primary.round is not None and not written:
-                written.append(pair.write("a", 50 * CHUNK, b"w" * CHUNK))
-            return poll(now, budget)
-        pair.primary.poll_transmit = poll_with_a_host_write
+        pair.send_budget = 0  # the link takes nothing yet: the round begins, none of its data leaves
         pair.connect()
-        st = pair.primary.status()
-        assert written and pair.done[written[0]] is None
-        assert st["state"] == MIRRORING
+        assert pair.primary.round is not None and pair.primary.round.extents_sent == 0
+        written = pair.write("a", 50 * CHUNK, b"w" * CHUNK)
+        pair.send_budget = 1 << 62
+        pair.run()
+        st = pair.status()
+        assert pair.done[written] is None
+        assert st["state"] == State.MIRRORING
         assert (st["last_resync"]["rounds"], st["last_resync"]["chunks"]) == (2, 9), st["last_resync"]
         assert pair.image(pair.snode, "a") == pair.image(pair.pnode, "a")
     finally:

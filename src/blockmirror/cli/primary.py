@@ -129,13 +129,8 @@ async def _serve(local, host: str, port: int) -> int:
     async def status(command: str) -> dict:
         if command != "status":
             raise KeyError(command)
-        space = {s.id: s for s in node.snapshot_space()}
-        return {"role": "primary", "state": "standalone", "peer_connected": False, "mode": None,
-                "node": node.path, "volumes": [{"name": v.name, "size": v.size, "uuid": v.uuid}
-                                               for v in node.volumes.values()],
-                "snapshots": [{"id": s.id, "label": s.label, "space_bytes": space[s.id].data_bytes,
-                               "exceptions": space[s.id].exceptions} for s in node.snapshots()],
-                "last_resync": {"round": 0, "kind": "", "chunks": 0, "bytes": 0, "seconds": 0.0}}
+        from blockmirror.status import standalone_status
+        return standalone_status(node).as_dict()
 
     control = ControlServer(node.path, status)
     await control.start()
@@ -225,7 +220,7 @@ async def _serve_mirrored(args, node, config, peer, secret, pair, host, port, ht
     async def handle(command: str) -> dict:
         if command != "status":
             raise KeyError(command)
-        return await daemon.status()
+        return (await daemon.status()).as_dict()
 
     control = ControlServer(node.path, handle)
     await control.start()

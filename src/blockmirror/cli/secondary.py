@@ -129,7 +129,7 @@ async def _serve(args, node, config, secret, pair, listen, nbd, http, tls_contex
     async def handle(command: str) -> dict:
         if command != "status":
             raise KeyError(command)
-        return await daemon.status()
+        return (await daemon.status()).as_dict()
 
     control = ControlServer(node.path, handle)
     await control.start()

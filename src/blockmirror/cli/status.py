@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from blockmirror.status import ResyncProgress, Status
 from blockmirror.units import format_size
 
 
@@ -25,77 +26,71 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from blockmirror.runtime.control import request
 
-    st = request(args.dir, "status", timeout_s=args.timeout)
+    raw = request(args.dir, "status", timeout_s=args.timeout)
     if args.json:
-        print(json.dumps(st, indent=2, sort_keys=True))
+        print(json.dumps(raw, indent=2, sort_keys=True))
     else:
-        print(render(st))
+        print(render(Status.from_dict(raw)))
     return 0
 
 
-def render(st: dict) -> str:
-    rows = [("role", st.get("role")), ("state", st.get("state"))]
-    if st.get("role") == "primary":
-        rows.append(("mode", st.get("mode") or "standalone"))
-        if st.get("peer"):
-            rows.append(("peer", f"{st['peer']} ({'connected' if st.get('peer_connected') else 'not connected'})"))
-        if "lag_writes" in st:
-            rows.append(("lag", f"{st['lag_writes']} writes, {format_size(st.get('inflight_bytes', 0))} in flight"))
-        if st.get("last_link_error") and not st.get("peer_connected"):
-            rows.append(("last error", st["last_link_error"]))
-    else:
-        rows.append(("listen", f"{st.get('listen')} ({'primary connected' if st.get('peer_connected') else 'no primary'})"))
-        rows.append(("consistent", "yes" if st.get("consistent") else "no (no complete sync yet)"))
-    link_tls = (st.get("link") or {}).get("tls")
+def render(st: Status) -> str:
+    rows = [("role", st.role), ("state", st.state.value)]
+    if st.primary is not None:
+        p = st.primary
+        rows.append(("mode", p.mode or "standalone"))
+        if p.peer:
+            rows.append(("peer", f"{p.peer} ({'connected' if st.peer_connected else 'not connected'})"))
+        if p.mode:
+            rows.append(("lag", f"{p.lag_writes} writes, {format_size(p.inflight_bytes)} in flight"))
+        if p.last_link_error and not st.peer_connected:
+            rows.append(("last error", p.last_link_error))
+    if st.secondary is not None:
+        s = st.secondary
+        rows.append(("listen", f"{s.listen} ({'primary connected' if st.peer_connected else 'no primary'})"))
+        rows.append(("consistent", "yes" if s.consistent else "no (no complete sync yet)"))
+    link_tls = st.link.tls if st.link is not None else None
     if link_tls:
         rows.append(("tls", f"{link_tls.get('version')} {link_tls.get('cipher')}, peer "
                             f"{link_tls.get('peer_subject') or 'not verified'}"))
-    if st.get("pair"):
-        rows.append(("pair", st["pair"]["name"]))
-    if st.get("generation"):
-        rows.append(("generation", f"{st['generation']} seq {st.get('seq', 0)}"))
-    last = st.get("last_resync") or {}
-    if last.get("rounds"):  # the primary: one resync, all its rounds
-        n = last["rounds"]
-        rows.append(("last resync", f"{last.get('kind')}, {n} round{'s' if n != 1 else ''}: {last['chunks']} "
-                                    f"chunks, {format_size(last['bytes'])} in {last['seconds']:.2f}s"))
-    elif last.get("round"):  # the secondary: the last round it applied
-        rows.append(("last resync", f"round {last['round']} ({last.get('kind')}): {last['chunks']} chunks, "
-                                    f"{format_size(last['bytes'])} in {last['seconds']:.2f}s"))
+    if st.pair is not None:
+        rows.append(("pair", st.pair.name))
+    if st.generation:
+        rows.append(("generation", f"{st.generation} seq {st.seq}"))
+    last = st.last_resync
+    if last.rounds:
+        rows.append(("last resync", f"{last.kind}, {last.rounds} round{'s' if last.rounds != 1 else ''}: "
+                                    f"{last.chunks} chunks, {format_size(last.bytes)} in {last.seconds:.2f}s"))
     else:
         rows.append(("last resync", "none"))
-    prog = st.get("resync_progress")
-    if prog:
-        rows.append(("resync", _progress(prog)))
+    if st.resync_progress is not None:
+        rows.append(("resync", _progress(st.resync_progress)))
     width = max(len(k) for k, _ in rows)
     out = [f"{k:<{width}}  {v}" for k, v in rows]
     out.append("")
     out.append(f"{'VOLUME':<16} {'SIZE':>10}")
-    for v in st.get("volumes", []):
-        out.append(f"{v['name']:<16} {format_size(v['size']):>10}")
-    snaps = st.get("snapshots") or []
+    for v in st.volumes:
+        out.append(f"{v.name:<16} {format_size(v.size):>10}")
     out.append("")
-    if snaps:
+    if st.snapshots:
         out.append(f"{'SNAPSHOT':<8} {'LABEL':<16} {'CHUNKS':>8} {'SPACE':>10}")
-        for s in snaps:
-            out.append(f"{s['id']:<8} {s['label']:<16} {s.get('exceptions', 0):>8} "
-                       f"{format_size(s.get('space_bytes', 0)):>10}")
+        for snap in st.snapshots:
+            out.append(f"{snap.id:<8} {snap.label:<16} {snap.exceptions:>8} {format_size(snap.space_bytes):>10}")
     else:
         out.append("no snapshots")
     return "\n".join(out)
 
 
-def _progress(prog: dict) -> str:
+def _progress(prog: ResyncProgress) -> str:
     """`round 3 (incremental): 45.0% 5.4 MiB of 12 MiB, 3 MiB/s, ETA 2s`."""
-    kind = prog.get("kind") or "resync"
-    if "chunks_total" in prog:
-        chunks = f"{prog['chunks_done']}/{prog['chunks_total']} chunks sent"
+    kind = prog.kind or "resync"
+    if prog.chunks_total is not None:
+        chunks = f"{prog.chunks_done}/{prog.chunks_total} chunks sent"
     else:
-        chunks = f"{prog['chunks_done']} chunks received"
-    done, total = prog.get("bytes_done", 0), prog.get("bytes_total") or 0
+        chunks = f"{prog.chunks_done} chunks received"
+    done, total = prog.bytes_done, prog.bytes_total
     pct = f"{100 * done / total:.1f}% " if total else ""
     size = f"{format_size(int(done))} of {format_size(int(total))}" if total else format_size(int(done))
-    rate = prog.get("rate_bps")
-    eta = prog.get("eta_s")
-    speed = f"{format_size(rate)}/s, ETA {eta:.0f}s" if rate and eta is not None else "rate not known yet"
-    return f"round {prog['round']} ({kind}): {pct}{size} ({chunks}), {speed}"
+    speed = (f"{format_size(prog.rate_bps)}/s, ETA {prog.eta_s:.0f}s" if prog.rate_bps and prog.eta_s is not None
+             else "rate not known yet")
+    return f"round {prog.round} ({kind}): {pct}{size} ({chunks}), {speed}"

@@ -1,17 +1,17 @@
-"""The replication engine, sans-IO: PrimaryEngine and SecondaryEngine take
-events with `now` and hand out messages, completions and timer deadlines."""
+"""The replication engine, sans-IO: one node object per role
+(`PrimaryNode`, `SecondaryNode`) that takes typed events with `now` and
+returns an `Output` (messages, completions, links to open or close, log
+lines, phase changes, the next timer). phases.py holds every legal move."""
 
 from blockmirror.engine.config import PrimaryConfig, SecondaryConfig
-from blockmirror.engine.primary import (
-    DISCONNECTED,
-    INITIAL_SYNC,
-    MIRRORING,
-    RESYNCING,
-    HostFlush,
-    HostWrite,
-    PrimaryEngine,
+from blockmirror.engine.events import (
+    Accepted, Answer, CloseLink, Dial, HostFlush, HostRequests, HostWrite, LinkClosed, LinkUp, LogLine, Output,
+    Received, Stop,
 )
-from blockmirror.engine.secondary import SecondaryEngine
+from blockmirror.engine.phases import PrimaryPhase, SecondaryPhase
+from blockmirror.engine.primary import PrimaryNode
+from blockmirror.engine.secondary import NoConsistentImage, SecondaryNode
 
-__all__ = ["DISCONNECTED", "INITIAL_SYNC", "MIRRORING", "RESYNCING", "HostFlush", "HostWrite",
-           "PrimaryConfig", "PrimaryEngine", "SecondaryConfig", "SecondaryEngine"]
+__all__ = ["Accepted", "Answer", "CloseLink", "Dial", "HostFlush", "HostRequests", "HostWrite", "LinkClosed",
+           "LinkUp", "LogLine", "NoConsistentImage", "Output", "PrimaryConfig", "PrimaryNode", "PrimaryPhase",
+           "Received", "SecondaryConfig", "SecondaryNode", "SecondaryPhase", "Stop"]

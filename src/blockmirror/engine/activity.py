@@ -13,16 +13,16 @@ from __future__ import annotations
 
 from collections import Counter
 
+from blockmirror.engine.records import ActivityRecord, RecordStore
 from blockmirror.storage import Node
-
-K_ACTIVITY = "primary.activity"
 
 
 class ActivityLog:
-    def __init__(self, node: Node, region_bytes: int):
+    def __init__(self, node: Node, region_bytes: int, records: RecordStore):
         self.node = node
+        self.records = records
         self.region_bytes = region_bytes
-        self.durable: set[tuple[int, int]] = {tuple(r) for r in node.get_state(K_ACTIVITY, [])}
+        self.durable: set[tuple[int, int]] = set(records.activity().regions)
         self._pending = Counter()  # (volume index, region) -> unacknowledged writes
         self._recent: set[tuple[int, int]] = set()  # marked since the last checkpoint
 
@@ -43,7 +43,7 @@ class ActivityLog:
                     new.add(key)
         if new:
             self.durable |= new
-            self.node.set_state({K_ACTIVITY: sorted(self.durable)})
+            self.records.save(ActivityRecord(tuple(sorted(self.durable))))
 
     def release(self, extents: list[tuple[int, int, int]]) -> None:
         """These writes are acknowledged (or now covered by a snapshot's record)."""
@@ -65,7 +65,10 @@ class ActivityLog:
             return False
         self.node.flush()
         self.durable -= cold
-        self.node.set_state({K_ACTIVITY: sorted(self.durable) or None})
+        if self.durable:
+            self.records.save(ActivityRecord(tuple(sorted(self.durable))))
+        else:
+            self.records.save(delete=(ActivityRecord.KEY,))
         return True
 
     def hot_extents(self, sizes: list[int]) -> list[tuple[int, int, int]]:

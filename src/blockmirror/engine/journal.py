@@ -63,11 +63,15 @@ class RedoJournal:
 
     def sync(self) -> None:
         """Make every appended record durable (one write, one fdatasync)."""
+        self.write()
+        self.file.sync()
+
+    def write(self) -> None:
+        """Write the appended records (to the page cache: not yet durable)."""
         if self._pending:
             self.file.pwritev(self.tail, self._pending)
             self.tail += self._pending_bytes
             self.discard_pending()
-        self.file.sync()
 
     def discard_pending(self) -> None:
         self._pending = []

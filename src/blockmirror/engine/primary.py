@@ -1,693 +1,540 @@
-"""The primary engine, sans-IO: the method of Fig. 2 (steps 62-80).
+"""The primary, sans-IO: the method of the seed (Fig. 2, steps 62-80).
 
 All volumes of the node are one consistency group with one sequence space.
-The driver (asyncio runtime or simulator) feeds it host writes, link events,
-peer messages and timer ticks with `now`, and takes out messages to send
-(`poll_transmit`) and host completions (`take_completions`).
+A driver feeds `PrimaryNode.step` typed events (engine/events.py) with
+`now` and applies the Output. Read the phase table in phases.py first; then
+the handlers below, one per event:
 
-- Mirroring: each host write is applied locally, given the next seq and
-  sent; async mode completes it once local, sync mode once the secondary
-  acknowledges it. The window of unacknowledged writes is bounded; beyond it
-  host writes wait.
-- Link failure (EOF, reset, or silence past `link_timeout_s`): one pause of
-  the whole group, a snapshot of every volume, and the unacknowledged writes
-  recorded with it in one commit (steps 64-70); writes go on locally.
-- Reconnect: choose the base snapshot whose generation the secondary holds;
-  then resync rounds, each from a fresh stable snapshot T: send diff(base) +
-  unacknowledged chunks read from T's image, in disk order; on commit T
-  becomes the base and the old base is deleted (step 80). The first round
-  small enough ends in live mirroring: writes after its T are queued behind
-  its commit in the same ordered stream.
-- No common base (first sync, unknown generation): a full round of the
-  allocated chunks; holes skipped.
-- Unclean restart: the activity log's hot regions join the resync.
+- host requests: each write is applied locally; while mirroring it gets the
+  next seq and is sent. Async mode completes it once local, sync mode once
+  the secondary acknowledges it. The in-flight window bounds the lag.
+- link down (EOF, reset, or silence past `link_timeout_s`), step 62: one
+  pause of the whole group, a snapshot of every volume, and the
+  unacknowledged writes recorded with it in one commit (steps 64-70).
+- link up (step 72): the base is the snapshot whose record matches the
+  secondary's generation; then resync rounds (rounds.py, steps 74-78); on
+  each commit the round's target becomes the base and the old base is
+  deleted (step 80). The first round small enough is the last: writes after
+  its snapshot are mirrored behind its commit.
+- unclean restart: the activity log's hot regions join the resync.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
-import time
 import uuid
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from collections import deque
 
-from pyroaring import BitMap
-
-from blockmirror.engine.activity import K_ACTIVITY, ActivityLog
+from blockmirror.engine.activity import ActivityLog
 from blockmirror.engine.config import PrimaryConfig
+from blockmirror.engine.events import (
+    Dial, HostFlush, HostRequests, HostWrite, LinkClosed, LinkUp, Output, Received, Stop, CloseLink,
+)
+from blockmirror.engine.linkclock import Backoff, LinkClock
+from blockmirror.engine.phases import (
+    PRIMARY_IN_ROUND, PRIMARY_LINKED, PRIMARY_LIVE, PRIMARY_SENDING_ROUND, PRIMARY_TRANSITIONS, PhaseMachine,
+    PrimaryPhase as P,
+)
+from blockmirror.engine.records import ActivityRecord, PrimaryPoint, RecordStore, ResyncBase
+from blockmirror.engine.rounds import (
+    MESSAGE_OVERHEAD_BYTES, Geometry, ResyncRound, RoundSender, full_round_chunks, incremental_round_chunks,
+)
+from blockmirror.engine.window import InflightWindow
 from blockmirror.errors import BlockmirrorError
 from blockmirror.protocol import (
-    NIL_UUID,
-    WRITE_DATA_MAX_BYTES,
-    Ack,
-    Established,
-    Goodbye,
-    Heartbeat,
-    HeartbeatAck,
-    ResyncBegin,
-    ResyncCommit,
-    ResyncCommitted,
-    ResyncData,
-    ResyncZeroes,
-    Write,
-    WriteZeroes,
+    NIL_UUID, WRITE_DATA_MAX_BYTES, Ack, Goodbye, Heartbeat, HeartbeatAck, LocalNode, ResyncCommitted, Role,
+    VolumeInfo, Write, WriteZeroes,
 )
-from blockmirror.storage import Node, WriteOp
+from blockmirror.status import (
+    FULL, PRIMARY, PrimaryStatus, ResyncProgress, ResyncSummary, snapshot_list, State, Status, VolumeStatus,
+)
+from blockmirror.storage import Node
 
-log = logging.getLogger("blockmirror.primary")
-
-K_GENERATION = "primary.generation"
-K_CLEAN = "primary.clean"
-K_BASE = "primary.base."
-ZERO_EXTENT_BYTES_MAX = 1 << 30  # + snapshot id: the record that makes it a resync base
-
-INITIAL_SYNC = "initial-sync"
-MIRRORING = "mirroring"
-DISCONNECTED = "disconnected"
-RESYNCING = "resyncing"
+UNLIMITED = 1 << 62
 
 
-class HostWrite(NamedTuple):
-    token: Any
-    op: WriteOp
-    fua: bool = False
+class PrimaryNode:
+    role = PRIMARY
 
-
-class HostFlush(NamedTuple):
-    token: Any
-
-
-@dataclass
-class _Inflight:
-    token: Any  # sync mode: completes on ack; None once completed
-    extent: tuple[int, int, int]  # (volume index, offset, length)
-    nbytes: int
-
-
-@dataclass
-class ResyncStats:
-    """One resync: every round from a reconnect until mirroring."""
-    rounds: int = 0
-    kind: str = ""  # 'full' if any round had no common base, else 'incremental'
-    chunks: int = 0
-    bytes: int = 0
-    seconds: float = 0.0
-    started: float = 0.0
-
-
-@dataclass
-class _Round:
-    id: int
-    kind: str  # 'full' or 'incremental'
-    base: int | None  # snapshot id
-    base_generation: uuid.UUID
-    target: int  # snapshot id of the stable image
-    target_generation: uuid.UUID
-    final: bool
-    commit_seq: int
-    chunks: list[BitMap]  # per volume index
-    started: float
-    total_chunks: int = 0
-    total_bytes: int = 0
-    extents_sent: int = 0
-    data_bytes_sent: int = 0
-    chunks_sent: int = 0
-    commit_sent: bool = False
-    local_writes: int = 0  # host writes applied (not mirrored) since T, while not final
-    cursor: Any = None
-    sent: list[BitMap] = field(default_factory=list)
-
-
-def _extents_to_chunks(extents, sizes: list[int], chunk_size: int) -> list[BitMap]:
-    sets = [BitMap() for _ in sizes]
-    for vol, off, length in extents:
-        if length > 0 and vol < len(sizes):
-            end = min(off + length, sizes[vol])
-            if end > off:
-                sets[vol].add_range(off // chunk_size, (end - 1) // chunk_size + 1)
-    return sets
-
-
-class PrimaryEngine:
     def __init__(self, node: Node, config: PrimaryConfig, rng: random.Random, now: float,
-                 observer=None, monotonic=time.monotonic):
+                 pair_uuid: uuid.UUID = NIL_UUID, pair_name: str = "", observer=None):
         self.node = node
         self.config = config
         self.rng = rng
-        self.observer = observer
-        self.names = list(node.volumes)
-        self.index = {name: i for i, name in enumerate(self.names)}
-        self.sizes = [node.volumes[n].size for n in self.names]
-        self.chunk_size = node.chunk_size
-        self.activity = ActivityLog(node, config.activity_region_bytes)
-        self.linked = False
-        self.state = INITIAL_SYNC
+        self.observer = observer  # the simulator's checker; None in the daemons
+        self.geo = Geometry(list(node.volumes), [v.size for v in node.volumes.values()], node.chunk_size)
+        self.records = RecordStore(node)
+        self.activity = ActivityLog(node, config.activity_region_bytes, self.records)
+        self.rounds = RoundSender(node, self.geo, config.resync_extent_bytes_max)
+        self.window = InflightWindow(config.window_bytes_max, config.window_writes_max)
+        self.machine = PhaseMachine(PRIMARY_TRANSITIONS, P.DISCONNECTED)
+        self.clock = LinkClock(config.heartbeat_interval_s, config.link_timeout_s)
+        self.backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s, rng)
+        self.local = LocalNode(Role.PRIMARY, uuid.UUID(node.node_uuid), pair_uuid, pair_name,
+                               tuple(VolumeInfo(n, u, s) for n, u, s in self.volume_infos()))
+        self.generation: uuid.UUID | None = None
         self.seq = 0
         self.acked = 0
         self.outbox: deque = deque()
-        self.live_queue: deque = deque()
-        self.inflight: OrderedDict[int, _Inflight] = OrderedDict()
-        self.inflight_bytes = 0
-        self.waiting: deque = deque()
-        self.completions: list[tuple[Any, BaseException | None]] = []
-        self.round: _Round | None = None
-        self.live = False  # writes get seqs and go to the peer
+        self.live_queue: deque = deque()  # FINAL_SENDING: mirrored writes wait behind the commit
+        self.waiting: deque = deque()  # host requests not yet admitted (window full)
+        self.round: ResyncRound | None = None
+        self.link: int | None = None  # the established link
+        self.attempt: int | None = None  # the link being dialled
+        self._links = 0
+        self._connect_deadline = float("inf")
+        self._reconnect_at = now
+        self._next_activity_checkpoint = now + config.activity_checkpoint_s
         self.rounds_this_link = 0
-        self.last_resync = ResyncStats()
-        self._episode = ResyncStats()
+        self._round_ids = 0
+        self.last_resync = ResyncSummary()
+        self._episode = ResyncSummary()
+        self._episode_started = now
         self.resync_chunks_total = 0
         self.last_pause_ns = 0
         self.link_failures = 0
-        self._round_ids = 0
-        self._last_heard = now
-        self._next_heartbeat = now
-        self._reconnect_at = now
-        self._attempts = 0
-        self._connect_deadline: float | None = None
-        self._next_activity_checkpoint = now + config.activity_checkpoint_s
-        self._pending_flushes: list[tuple[int, Any]] = []
-        self._recover(now)
-
-    # -- startup ---------------------------------------------------------------------
-    def _recover(self, now: float) -> None:
-        node = self.node
-        clean = node.get_state(K_CLEAN, True)
         self.recovered_hot: list = []
-        gen = node.get_state(K_GENERATION)
-        self.generation = uuid.UUID(gen) if gen else None
-        records = self._records()
-        update: dict = {K_CLEAN: False}
-        if self.generation is None:
-            for snap in node.snapshots():  # leftovers of an interrupted full sync
-                node.delete_snapshot(snap.id)
-            update.update({k: None for k in node.state_keys(K_BASE)})
-            self.state = INITIAL_SYNC
-        else:
-            for snap in node.snapshots():
-                if snap.id not in records:  # the target of a round that never committed
-                    node.delete_snapshot(snap.id)
-            records = self._records()
-            hot = [] if clean else self.activity.hot_extents(self.sizes)
-            self.recovered_hot = hot
-            if not clean:
-                log.warning("unclean stop: %d hot regions join the resync", len(hot))
-            if not records:
-                info = self._snapshot("restart", self.generation, 0, hot)
-                records = {info.id: None}
-            elif hot:
-                for sid, rec in records.items():
-                    rec["unacked"] = rec["unacked"] + [list(e) for e in hot]
-                    update[K_BASE + str(sid)] = rec
-            self.state = DISCONNECTED
-        update[K_ACTIVITY] = None
-        node.set_state(update)
-        self.activity.clear()
+        self._out = Output()
+        self._restore(now)
+        self._shown_state = self.state
 
-    def _records(self) -> dict[int, dict]:
-        out = {}
-        live = {s.id for s in self.node.snapshots()}
-        for key in self.node.state_keys(K_BASE):
-            sid = int(key[len(K_BASE):])
-            if sid in live:
-                out[sid] = self.node.get_state(key)
+    # -- the driver's side -------------------------------------------------------------
+    def step(self, now: float, events=(), send_budget: int = UNLIMITED) -> Output:
+        """Handle `events` in order, then timers; returns what to do."""
+        for event in events:
+            self._handlers[type(event)](self, now, event)
+        self._timers(now)
+        if self.phase is P.DISCONNECTED and now >= self._reconnect_at:
+            self._dial(now)
+        out, self._out = self._out, Output()
+        out.link = self.link
+        if self.link is not None and send_budget > 0:
+            out.send = self._transmit(send_budget)
+        out.state = self.state
+        out.next_timer = self.next_timer()
         return out
 
-    def _snapshot(self, label: str, generation: uuid.UUID | None, acked: int, unacked) -> Any:
-        """Steps 64-70 in one call: pause, snapshot all, record, resume."""
-        state = None
-        if generation is not None:
-            state = {K_BASE + "{snap}": {"generation": str(generation), "acked_seq": acked,
-                                         "unacked": [list(e) for e in unacked]}}
-        info = self.node.snapshot(label, state)
+    @property
+    def phase(self) -> P:
+        return self.machine.phase
+
+    @property
+    def linked(self) -> bool:
+        return self.phase in PRIMARY_LINKED
+
+    @property
+    def state(self) -> State:
+        if self.phase is P.MIRRORING:
+            return State.MIRRORING
+        if self.phase in PRIMARY_IN_ROUND:
+            return State.INITIAL_SYNC if self.round.kind == FULL else State.RESYNCING
+        return State.INITIAL_SYNC if self.generation is None else State.DISCONNECTED
+
+    def next_timer(self) -> float:
+        t = self._next_activity_checkpoint
+        if self.linked:
+            return min(t, self.clock.deadline())
+        if self.phase is P.CONNECTING:
+            return min(t, self._connect_deadline)
+        if self.phase is P.DISCONNECTED:
+            return min(t, self._reconnect_at)
+        return t
+
+    def _move(self, new: P, reason: str) -> None:
+        self._out.changes.append(self.machine.move(new, reason))
+        state = self.state
+        if state != self._shown_state:
+            self._out.info(f"state {self._shown_state} -> {state} ({reason})")
+            self._shown_state = state
+
+    # -- startup -------------------------------------------------------------------------
+    def _restore(self, now: float) -> None:
+        point = self.records.primary_point()
+        self.generation = point.generation
+        bases = self.records.resync_bases()
+        for snap in self.node.snapshots():
+            if snap.id not in bases:  # the target of a round that never committed its base
+                self.node.delete_snapshot(snap.id)
+        hot = [] if point.clean else self.activity.hot_extents(self.geo.sizes)
+        self.recovered_hot = hot
+        if not point.clean:
+            self._out.warning(f"unclean stop: {len(hot)} hot regions join the resync")
+        rows = RecordStore.rows(PrimaryPoint(self.generation, clean=False), delete=(ActivityRecord.KEY,))
+        stale = [k for k in self.records.base_keys() if int(k[len(ResyncBase.PREFIX):]) not in bases]
+        rows.update(RecordStore.rows(*(b.with_unacked(hot) for b in bases.values() if hot), delete=tuple(stale)))
+        self.node.set_state(rows)
+        if self.generation is not None and not bases:
+            self._snapshot("restart", lambda sid: ResyncBase(sid, self.generation, 0, tuple(hot)))
+        self.activity.clear()
+
+    def _snapshot(self, label: str, base=None):
+        """Steps 64-70 in one call: pause, snapshot every volume, record
+        (the base record commits with the snapshot), resume."""
+        rows = None if base is None else (lambda sid: RecordStore.rows(base(sid)))
+        info = self.node.snapshot(label, rows)
         self.last_pause_ns = info.pause_ns
         return info
 
-    # -- host side -------------------------------------------------------------------
-    def submit(self, now: float, items) -> None:
-        """Host writes and flushes, in the order the host issued them."""
-        for item in items:
+    def volume_infos(self) -> list[tuple[str, uuid.UUID, int]]:
+        return [(v.name, uuid.UUID(v.uuid), v.size) for v in self.node.volumes.values()]
+
+    # -- host requests ---------------------------------------------------------------------
+    def _on_host(self, now: float, event: HostRequests) -> None:
+        for item in event.items:
             if isinstance(item, HostWrite):
                 try:
                     self.node.volume(item.op.volume).check_range(item.op.offset, item.op.nbytes)
                 except BlockmirrorError as exc:
-                    self.completions.append((item.token, exc))
+                    self._out.completions.append((item.token, exc))
                     continue
             self.waiting.append(item)
         self._admit(now)
 
-    def _window_full(self, nbytes: int) -> bool:
-        if not self.inflight:
-            return False
-        return (self.inflight_bytes + nbytes > self.config.window_bytes_max
-                or len(self.inflight) >= self.config.window_writes_max)
-
     def _admit(self, now: float) -> None:
         batch: list[HostWrite] = []
         batch_bytes = 0
+        live = self.phase in PRIMARY_LIVE
         while self.waiting:
             item = self.waiting[0]
             if isinstance(item, HostFlush):
                 if batch:
-                    self._apply(now, batch)
+                    self._apply(batch)
                     batch, batch_bytes = [], 0
                 self.waiting.popleft()
                 self._flush(item.token)
                 continue
-            if self.live and self._window_full(batch_bytes + item.op.nbytes):
+            if live and self.window.full(batch_bytes + item.op.nbytes):
                 break
             batch.append(self.waiting.popleft())
             batch_bytes += item.op.nbytes
         if batch:
-            self._apply(now, batch)
+            self._apply(batch)
 
     def _flush(self, token) -> None:
         self.node.flush()
-        if self.config.mode == "sync" and self.inflight:
-            self._pending_flushes.append((self.seq, token))
+        if self.config.mode == "sync" and self.window:
+            self.window.add_flush(self.seq, token)
         else:
-            self.completions.append((token, None))
+            self._out.completions.append((token, None))
 
-    def _apply(self, now: float, batch: list[HostWrite]) -> None:
-        extents = [(self.index[it.op.volume], it.op.offset, it.op.nbytes) for it in batch]
-        if not self.live and self.round is not None:
-            self.round.local_writes += len(batch)  # counted before the write: a failed one may have changed bytes
+    def _apply(self, batch: list[HostWrite]) -> None:
+        index = self.geo.index
+        extents = [(index[it.op.volume], it.op.offset, it.op.nbytes) for it in batch]
+        live = self.phase in PRIMARY_LIVE
+        if not live and self.round is not None:
+            self.round.local_writes += len(batch)  # before the write: a failed one may have changed bytes
         try:
-            if self.live:
+            if live:
                 self.activity.mark(extents)
             self.node.write_many([it.op for it in batch], fua=any(it.fua for it in batch))
-            if self.live:
-                self.node.pace_writeback(sum(it.op.nbytes for it in batch), self.config.writeback_kick_bytes)
+            if live:
+                self.node.pace_writeback(sum(e[2] for e in extents), self.config.writeback_kick_bytes)
         except BlockmirrorError as exc:
-            if self.live:
+            if live:
                 self.activity.release(extents)
-            for it in batch:
-                self.completions.append((it.token, exc))
+            self._out.completions.extend((it.token, exc) for it in batch)
             return
-        for it, extent in zip(batch, extents):
-            if not self.live:
-                self.completions.append((it.token, None))
-                if self.observer:
-                    self.observer.applied(it.token, it.op, None, None)
-                continue
+        if live:
+            self._mirror(batch, extents)
+            return
+        self._out.completions.extend((it.token, None) for it in batch)
+        if self.observer:
+            for it in batch:
+                self.observer.applied(it.token, it.op, None, None)
+
+    def _mirror(self, batch: list[HostWrite], extents) -> None:
+        """Give each write its seqs (one per wire message: a write larger
+        than a message spans several) and queue it for the secondary."""
+        sync = self.config.mode == "sync"
+        queue = self.live_queue if self.phase is P.FINAL_SENDING else self.outbox
+        step = WRITE_DATA_MAX_BYTES
+        gen = self.round.target_generation if self.round is not None else self.generation
+        for it, (vol, _, _) in zip(batch, extents):
             op = it.op
-            sync = self.config.mode == "sync"
-            # One seq per wire message; a host write larger than a message spans several.
-            step = WRITE_DATA_MAX_BYTES
             for pos in range(0, max(op.nbytes, 1), step):
                 n = min(step, op.nbytes - pos)
                 self.seq += 1
                 if op.kind == "write":
-                    msg = Write(self.seq, extent[0], op.offset + pos, memoryview(op.data)[pos:pos + n] if op.nbytes > step
-                                else op.data)
+                    data = memoryview(op.data)[pos:pos + n] if op.nbytes > step else op.data
+                    queue.append(Write(self.seq, vol, op.offset + pos, data))
                 else:
-                    msg = WriteZeroes(self.seq, extent[0], op.offset + pos, n)
-                if self.round is not None and not self.round.commit_sent:
-                    self.live_queue.append(msg)
-                else:
-                    self.outbox.append(msg)
+                    queue.append(WriteZeroes(self.seq, vol, op.offset + pos, n))
                 last = pos + step >= op.nbytes
-                self.inflight[self.seq] = _Inflight(it.token if (sync and last) else None,
-                                                    (extent[0], op.offset + pos, n), n)
-                self.inflight_bytes += n
+                self.window.add(self.seq, it.token if (sync and last) else None, (vol, op.offset + pos, n))
             if not sync:
-                self.completions.append((it.token, None))
+                self._out.completions.append((it.token, None))
             if self.observer:
-                gen = self.round.target_generation if self.round is not None else self.generation
                 self.observer.applied(it.token, op, gen, self.seq)
 
-    def take_completions(self) -> list:
-        out, self.completions = self.completions, []
-        return out
-
-    # -- link ----------------------------------------------------------------------------
-    def want_connect(self, now: float) -> bool:
-        return not self.linked and now >= self._reconnect_at
-
-    def connecting(self, now: float) -> None:
-        """The driver started a connection attempt; no reconnect timer until
-        it ends (link_up, or connect_failed). A handshake that has not
-        finished within link_timeout_s is given up (on_timer returns False)."""
-        self._reconnect_at = float("inf")
+    # -- the link ----------------------------------------------------------------------------
+    def _dial(self, now: float) -> None:
+        """Step 72's attempt: the driver connects and starts the handshake."""
+        self._links += 1
+        self.attempt = self._links
         self._connect_deadline = now + self.config.link_timeout_s
+        self._move(P.CONNECTING, f"connection attempt {self.attempt}")
+        self._out.start.append(Dial(self.attempt, self.local))
 
-    def connect_failed(self, now: float, reason: str) -> None:
-        self._connect_deadline = None
-        self._schedule_reconnect(now)
-        log.info("connect failed: %s; next try in %.2fs", reason, self._reconnect_at - now)
+    def _connect_failed(self, now: float, reason: str) -> None:
+        self.attempt = None
+        self._connect_deadline = float("inf")
+        self._reconnect_at = now + self.backoff.next_delay()
+        self._move(P.DISCONNECTED, f"connect failed: {reason}")
+        self._out.info(f"connect failed: {reason}; next try in {self._reconnect_at - now:.2f}s")
 
-    def _schedule_reconnect(self, now: float) -> None:
-        delay = min(self.config.reconnect_max_s, self.config.reconnect_min_s * (2 ** min(self._attempts, 20)))
-        self._attempts += 1
-        self._reconnect_at = now + delay * (0.5 + self.rng.random() / 2)
-
-    def link_up(self, now: float, est: Established) -> None:
+    def _on_link_up(self, now: float, event: LinkUp) -> None:
         """Step 72: the link is back; choose how to bring the secondary up."""
-        assert [v.name for v in est.volumes] == self.names, "volume order is the primary's"
-        self.linked = True
-        self._connect_deadline = None
-        self._attempts = 0
-        self._last_heard = now
-        self._next_heartbeat = now + self.config.heartbeat_interval_s
+        if event.link != self.attempt:
+            return  # an attempt given up on: the driver is closing it
+        est = event.established
+        assert [v.name for v in est.volumes] == self.geo.names, "volume order is the primary's"
+        self.attempt = None
+        self.link = event.link
+        self._connect_deadline = float("inf")
+        self.backoff.reset()
+        self.clock.up(now)
         self.seq = self.acked = est.committed_seq
         self.rounds_this_link = 0
-        self._episode = ResyncStats(started=now)
-        peer_gen = est.committed_generation
-        base = None
-        reason = ""
+        self._episode = ResyncSummary()
+        self._episode_started = now
+        base, why = self._choose_base(est.committed_generation, est.committed_seq)
+        self._start_round(now, base, why)
+
+    def _choose_base(self, peer_gen: uuid.UUID, peer_seq: int) -> tuple[ResyncBase | None, str]:
+        """The newest snapshot whose record names the secondary's generation;
+        every other base snapshot is deleted."""
+        bases = self.records.resync_bases()
+        fits = [b for b in bases.values() if peer_gen != NIL_UUID and b.generation == peer_gen
+                and b.acked_seq <= peer_seq]
+        base = max(fits, key=lambda b: b.snapshot) if fits else None
+        for sid in bases:
+            if base is None or sid != base.snapshot:
+                self.node.delete_snapshot(sid)
+        self.records.save(delete=tuple(f"{ResyncBase.PREFIX}{sid}" for sid in bases
+                                       if base is None or sid != base.snapshot))
+        if base is not None:
+            why = f"incremental resync from snapshot {base.snapshot} (generation {peer_gen})"
+            self._out.info(why)
+            return base, why
         if self.generation is None:
-            reason = "no common base: first sync"
+            why = "full sync: no common base: first sync"
         elif peer_gen == NIL_UUID:
-            reason = "the secondary holds no consistent image"
+            why = "full sync: the secondary holds no consistent image"
         else:
-            records = self._records()
-            fits = [sid for sid, rec in records.items()
-                    if rec["generation"] == str(peer_gen) and rec["acked_seq"] <= est.committed_seq]
-            if fits:
-                base = max(fits)
-            else:
-                reason = f"the secondary is at generation {peer_gen}, which no snapshot here matches"
-        if base is None:
-            log.warning("full sync: %s", reason)
-            for snap in self.node.snapshots():
-                self.node.delete_snapshot(snap.id)
-            self.node.set_state({k: None for k in self.node.state_keys(K_BASE)})
-        else:
-            for snap in self.node.snapshots():
-                if snap.id != base:
-                    self.node.delete_snapshot(snap.id)
-                    self.node.set_state({K_BASE + str(snap.id): None})
-            log.info("incremental resync from snapshot %d (generation %s)", base, peer_gen)
-        self._start_round(now, base)
+            why = f"full sync: the secondary is at generation {peer_gen}, which no snapshot here matches"
+        self._out.warning(why)
+        return None, why
 
-    def _start_round(self, now: float, base: int | None) -> None:
+    def _start_round(self, now: float, base: ResyncBase | None, why: str) -> None:
         self._round_ids += 1
-        record = self._records().get(base) if base is not None else None
-        info = self._snapshot("resync-target", None, 0, [])
+        info = self._snapshot("resync-target")
         if base is None:
-            chunks = [BitMap() for _ in self.names]
-            for i, name in enumerate(self.names):
-                for off, length in self.node.volumes[name].allocated_extents():
-                    chunks[i].add_range(off // self.chunk_size, (off + length - 1) // self.chunk_size + 1)
-            base_gen = NIL_UUID
-            kind = "full"
+            chunks = full_round_chunks(self.node, self.geo)
         else:
-            diff = self.node.diff(base)
-            unacked = [] if "skip-unacked" in self.config.mutations else record["unacked"]
-            chunks = _extents_to_chunks(unacked, self.sizes, self.chunk_size)
-            for i, name in enumerate(self.names):
-                chunks[i] |= diff[name]
-            base_gen = uuid.UUID(record["generation"])
-            kind = "incremental"
-        total_chunks = sum(len(c) for c in chunks)
-        total_bytes = sum(self._chunk_bytes(i, c) for i, cs in enumerate(chunks) for c in cs)
+            chunks = incremental_round_chunks(self.node, self.geo, base,
+                                              with_unacked="skip-unacked" not in self.config.mutations)
         self.rounds_this_link += 1
-        final = (total_bytes <= self.config.final_round_bytes_max
-                 or self.rounds_this_link >= self.config.rounds_max)
         target_gen = uuid.UUID(int=self.rng.getrandbits(128), version=4)
-        rnd = _Round(self._round_ids, kind, base, base_gen, info.id, target_gen, final, self.seq, chunks, now,
-                     total_chunks=total_chunks, total_bytes=total_bytes)
-        rnd.cursor = self._extents(rnd)
-        extent_count = sum(1 for _ in self._extents(rnd))
+        rnd = self.rounds.plan(self._round_ids, base, chunks, info.id, target_gen, self.seq,
+                               self.config.final_round_bytes_max, self.rounds_this_link >= self.config.rounds_max,
+                               now)
         self.round = rnd
-        self.live = final
-        self.state = INITIAL_SYNC if kind == "full" else RESYNCING
-        self.outbox.append(ResyncBegin(rnd.id, base_gen, target_gen, max(extent_count, 1), total_bytes))
+        self._move(P.FINAL_SENDING if rnd.final else P.SENDING, why)
+        self.outbox.append(rnd.begin())
         if self.observer:
-            self.observer.round_started(target_gen, base_gen, self.seq, kind, chunks)
-        log.info("round %d (%s%s): %d chunks, %d bytes", rnd.id, kind, ", final" if final else "",
-                 total_chunks, total_bytes)
+            self.observer.round_started(target_gen, rnd.base_generation, self.seq, rnd.kind, chunks)
+        self._out.info(f"round {rnd.id} ({rnd.kind}{', final' if rnd.final else ''}): {rnd.total_chunks} chunks, "
+                       f"{rnd.total_bytes} bytes")
 
-    @staticmethod
-    @functools.lru_cache(maxsize=8)
-    def _zeros(length: int) -> bytes:
-        return bytes(length)
-
-    def _chunk_bytes(self, vol: int, chunk: int) -> int:
-        return min(self.chunk_size, self.sizes[vol] - chunk * self.chunk_size)
-
-    def _runs(self, chunks: BitMap):
-        """(first, count) runs of consecutive chunks, each at most one extent."""
-        step_max = max(1, self.config.resync_extent_bytes_max // self.chunk_size)
-        run_start = run_len = None
-        for c in chunks:
-            if run_start is not None and c == run_start + run_len and run_len < step_max:
-                run_len += 1
-                continue
-            if run_start is not None:
-                yield run_start, run_len
-            run_start, run_len = c, 1
-        if run_start is not None:
-            yield run_start, run_len
-
-    def _extents(self, rnd: _Round):
-        """The round's extents in disk order: ('data', vol, first, count)
-        read from the stable image T; a full round also covers every hole with
-        ('zero', ...) so stale data on the secondary is cleared without
-        sending zero bytes."""
-        for vol, chunks in enumerate(rnd.chunks):
-            pos = 0
-            for first, count in self._runs(chunks):
-                if rnd.kind == "full" and first > pos:
-                    yield from self._zero_runs(vol, pos, first)
-                yield "data", vol, first, count
-                pos = first + count
-            if rnd.kind == "full":
-                yield from self._zero_runs(vol, pos, -(-self.sizes[vol] // self.chunk_size))
-
-    def _zero_runs(self, vol: int, first: int, end: int):
-        step = max(1, ZERO_EXTENT_BYTES_MAX // self.chunk_size)
-        for c in range(first, end, step):
-            yield "zero", vol, c, min(step, end - c)
-
-    def poll_transmit(self, now: float, budget_bytes: int = 1 << 62) -> list:
-        """Messages to send now, in stream order, up to about `budget_bytes`."""
-        if not self.linked:
-            return []
-        out = []
-        while self.outbox and budget_bytes > 0:
-            msg = self.outbox.popleft()
-            out.append(msg)
-            budget_bytes -= len(getattr(msg, "data", b"")) + 64
-        rnd = self.round
-        if rnd is not None and not rnd.commit_sent and not self.outbox:
-            while budget_bytes > 0:
-                nxt = next(rnd.cursor, None)
-                if nxt is None:
-                    if not rnd.final and rnd.local_writes == 0:
-                        # No host write since T: the image this commit gives the
-                        # secondary is the primary's current one, so this round
-                        # is the last (the next would be empty). Writes from now
-                        # on are live and follow the commit in the stream.
-                        assert self.seq == rnd.commit_seq, "a write got a seq during a non-final round"
-                        rnd.final = True
-                        self.live = True
-                        log.info("round %d: no host write since its snapshot, so it is the last", rnd.id)
-                    # Before the commit leaves: if it lands and we crash, T must
-                    # still be known as the base of the secondary's new generation.
-                    self.node.set_state({K_BASE + str(rnd.target): {
-                        "generation": str(rnd.target_generation), "acked_seq": rnd.commit_seq, "unacked": []}})
-                    out.append(ResyncCommit(rnd.id, rnd.target_generation, rnd.commit_seq,
-                                            rnd.extents_sent, rnd.data_bytes_sent))
-                    rnd.commit_sent = True
-                    # Live writes taken since T follow the commit in the stream.
-                    self.outbox.extend(self.live_queue)
-                    self.live_queue.clear()
-                    break
-                kind, vol, first, count = nxt
-                off = first * self.chunk_size
-                length = min(count * self.chunk_size, self.sizes[vol] - off)
-                rnd.extents_sent += 1
-                if kind == "zero":
-                    out.append(ResyncZeroes(rnd.id, vol, off, length))
-                    budget_bytes -= 64
-                    continue
-                data = self.node.read_snapshot(rnd.target, self.names[vol], off, length)
-                rnd.chunks_sent += count
-                if data == self._zeros(len(data)):  # memcmp stops at the first non-zero byte
-                    out.append(ResyncZeroes(rnd.id, vol, off, length))
-                else:
-                    out.append(ResyncData(rnd.id, vol, off, data))
-                    rnd.data_bytes_sent += length
-                    budget_bytes -= length
-                budget_bytes -= 64
-            while self.outbox and budget_bytes > 0 and rnd.commit_sent:
-                msg = self.outbox.popleft()
-                out.append(msg)
-                budget_bytes -= len(getattr(msg, "data", b"")) + 64
+    def _transmit(self, budget: int) -> list:
+        """Messages to send now, in stream order, up to about `budget` bytes."""
+        out: list = []
+        budget = self._pop_outbox(out, budget)
+        if self.phase in PRIMARY_SENDING_ROUND and not self.outbox:
+            budget, done = self.rounds.emit(self.round, out, budget)
+            if done:
+                self._send_commit(out)
+                self._pop_outbox(out, budget)
         return out
 
-    def on_message(self, now: float, msg) -> None:
-        self._last_heard = now
-        if isinstance(msg, Ack):
-            self._on_ack(now, msg.seq)
-        elif isinstance(msg, ResyncCommitted):
-            self._on_committed(now, msg)
-        elif isinstance(msg, Heartbeat):
-            self.outbox.append(HeartbeatAck(msg.token))
-        elif isinstance(msg, (HeartbeatAck, Goodbye)):
-            pass
+    def _pop_outbox(self, out: list, budget: int) -> int:
+        outbox = self.outbox
+        while outbox and budget > 0:
+            msg = outbox.popleft()
+            out.append(msg)
+            budget -= len(getattr(msg, "data", b"")) + MESSAGE_OVERHEAD_BYTES
+        return budget
+
+    def _send_commit(self, out: list) -> None:
+        rnd = self.round
+        if self.phase is P.SENDING and rnd.local_writes == 0:
+            # No host write since T: the image this commit gives the secondary
+            # is the primary's current one, so this round is the last (the
+            # next would be empty). Writes from now on follow the commit.
+            assert self.seq == rnd.commit_seq, "a write got a seq during a non-final round"
+            rnd.final = True
+            new, why = P.FINAL_COMMITTING, f"round {rnd.id}: no host write since its snapshot, so it is the last"
         else:
-            raise AssertionError(f"unexpected message {type(msg).__name__}")
+            new = P.FINAL_COMMITTING if rnd.final else P.COMMITTING
+            why = f"round {rnd.id}: every extent sent, commit sent"
+        # Before the commit leaves: if it lands and we crash, T must still be
+        # known as the base of the secondary's new generation.
+        self.records.save(rnd.as_base())
+        out.append(rnd.commit())
+        self._move(new, why)
+        self.outbox.extend(self.live_queue)
+        self.live_queue.clear()
+
+    def _on_received(self, now: float, event: Received) -> None:
+        if event.link != self.link:
+            return
+        self.clock.heard(now)
+        for msg in event.messages:
+            if isinstance(msg, Ack):
+                self._on_ack(now, msg.seq)
+            elif isinstance(msg, ResyncCommitted):
+                self._on_committed(now, msg)
+            elif isinstance(msg, Heartbeat):
+                self.outbox.append(HeartbeatAck(msg.token))
+            elif not isinstance(msg, (HeartbeatAck, Goodbye)):
+                raise AssertionError(f"unexpected message {type(msg).__name__}")
 
     def _on_ack(self, now: float, seq: int) -> None:
-        released = []
-        while self.inflight:
-            first = next(iter(self.inflight))
-            if first > seq:
-                break
-            entry = self.inflight.pop(first)
-            self.inflight_bytes -= entry.nbytes
-            released.append(entry.extent)
-            if entry.token is not None:
-                self.completions.append((entry.token, None))
+        extents, tokens = self.window.acknowledge(seq)
+        self._out.completions.extend((t, None) for t in tokens)
         self.acked = max(self.acked, seq)
-        self.activity.release(released)
-        while self._pending_flushes and self._pending_flushes[0][0] <= self.acked:
-            self.completions.append((self._pending_flushes.pop(0)[1], None))
+        self.activity.release(extents)
         self._admit(now)
 
     def _on_committed(self, now: float, msg: ResyncCommitted) -> None:
+        """Steps 78-80: the secondary holds T's image; T becomes the base."""
         rnd = self.round
-        assert rnd is not None and msg.round_id == rnd.id, "commit confirmation of another round"
-        # Step 80: the new generation is the secondary's; T is the new base.
+        assert self.phase in (P.COMMITTING, P.FINAL_COMMITTING) and rnd is not None and msg.round_id == rnd.id, \
+            "commit confirmation of another round"
         self.generation = rnd.target_generation
-        update = {K_GENERATION: str(rnd.target_generation),
-                  K_BASE + str(rnd.target): {"generation": str(rnd.target_generation),
-                                             "acked_seq": rnd.commit_seq, "unacked": []}}
-        if rnd.base is not None:
-            update[K_BASE + str(rnd.base)] = None
-        self.node.set_state(update)
+        old = () if rnd.base is None else (f"{ResyncBase.PREFIX}{rnd.base}",)
+        self.records.save(PrimaryPoint(self.generation, clean=False), rnd.as_base(), delete=old)
         if rnd.base is not None:
             self.node.delete_snapshot(rnd.base)
-        seconds = now - rnd.started
-        ep = self._episode
-        ep.rounds += 1
-        ep.kind = "full" if "full" in (ep.kind, rnd.kind) else "incremental"
-        ep.chunks += rnd.chunks_sent
-        ep.bytes += rnd.data_bytes_sent
+        self._episode.add_round(rnd.kind, rnd.chunks_sent, rnd.data_bytes_sent)
         self.resync_chunks_total += rnd.chunks_sent
-        log.info("round %d committed: %d chunks, %d bytes in %.3fs", rnd.id, rnd.chunks_sent,
-                 rnd.data_bytes_sent, seconds)
+        self._out.info(f"round {rnd.id} committed: {rnd.chunks_sent} chunks, {rnd.data_bytes_sent} bytes in "
+                       f"{now - rnd.started:.3f}s")
         self.round = None
-        if rnd.final:
-            self.node.set_state({K_BASE + str(rnd.target): None})
-            self.node.delete_snapshot(rnd.target)
-            ep.seconds = now - ep.started
-            self.last_resync = ep
-            self.state = MIRRORING
-            log.info("mirroring (generation %s)", self.generation)
-        else:
-            self._start_round(now, rnd.target)
-
-    def link_down(self, now: float, reason: str) -> None:
-        """Step 62 detected: record what the secondary may lack, go on locally."""
-        if not self.linked:
+        if self.phase is P.COMMITTING:
+            self._start_round(now, rnd.as_base(), f"round {rnd.id} committed; another round")
             return
-        self.linked = False
+        self.records.save(delete=(rnd.as_base().key,))
+        self.node.delete_snapshot(rnd.target)
+        self._episode.seconds = now - self._episode_started
+        self.last_resync = self._episode
+        self._move(P.MIRRORING, f"round {rnd.id} committed")
+        self._out.info(f"mirroring (generation {self.generation})")
+
+    def _on_link_closed(self, now: float, event: LinkClosed) -> None:
+        if event.link == self.link:
+            self._link_down(now, event.reason)
+        elif event.link == self.attempt:
+            self._connect_failed(now, event.reason)
+
+    def _link_down(self, now: float, reason: str) -> None:
+        """Step 62 detected: record what the secondary may lack, go on locally."""
+        phase, rnd = self.phase, self.round
+        self.link = None
         self.link_failures += 1
-        self._schedule_reconnect(now)
-        rnd = self.round
-        unacked = [e.extent for e in self.inflight.values()]
+        self._reconnect_at = now + self.backoff.next_delay()
+        unacked = self.window.extents()
         if "no-pause" in self.config.mutations:
             # Broken on purpose: writes slip in between the failure and the snapshot.
-            self.live = False
+            self._move(P.DISCONNECTED, reason)
             self._admit(now)
-        if rnd is None:
-            if self.generation is not None:
-                self._snapshot("link-down", self.generation, self.acked, unacked)
-        elif not rnd.commit_sent:
+        if phase is P.MIRRORING:
+            gen, acked = self.generation, self.acked
+            self._snapshot("link-down", lambda sid: ResyncBase(sid, gen, acked, tuple(unacked)))
+        elif phase in PRIMARY_SENDING_ROUND:
             # The round never committed: T merges into the base, which still
             # tracks every change since the secondary's generation.
             self.node.delete_snapshot(rnd.target)
         else:
             # The commit may or may not have landed: T is the base if it did.
-            self.node.set_state({K_BASE + str(rnd.target): {"generation": str(rnd.target_generation),
-                                                            "acked_seq": rnd.commit_seq, "unacked": []}})
-        for entry in self.inflight.values():
-            if entry.token is not None:
-                self.completions.append((entry.token, None))
-        for _, token in self._pending_flushes:
-            self.completions.append((token, None))
-        self._pending_flushes.clear()
+            self.records.save(rnd.as_base())
+        _, tokens = self.window.clear()
+        self._out.completions.extend((t, None) for t in tokens)
         self.activity.release(unacked)
-        self.inflight.clear()
-        self.inflight_bytes = 0
         self.outbox.clear()
         self.live_queue.clear()
         self.round = None
-        self.live = False
-        self.state = DISCONNECTED if self.generation is not None else INITIAL_SYNC
-        log.warning("link down (%s): %d unacknowledged writes recorded; writes continue locally",
-                    reason, len(unacked))
+        if self.phase is not P.DISCONNECTED:
+            self._move(P.DISCONNECTED, f"link down: {reason}")
+        self._out.warning(f"link down ({reason}): {len(unacked)} unacknowledged writes recorded; "
+                          f"writes continue locally")
         self._admit(now)
 
-    # -- timers ----------------------------------------------------------------------------
-    def next_timer(self) -> float:
-        t = self._next_activity_checkpoint
-        if self.linked:
-            t = min(t, self._next_heartbeat, self._last_heard + self.config.link_timeout_s)
-        elif self._connect_deadline is not None:
-            t = min(t, self._connect_deadline)
-        else:
-            t = min(t, self._reconnect_at)
-        return t
-
-    def on_timer(self, now: float) -> bool:
-        """Returns False when the link has gone silent too long: the driver
-        closes the connection and calls link_down."""
+    # -- timers and stop ---------------------------------------------------------------------
+    def _timers(self, now: float) -> None:
         if now >= self._next_activity_checkpoint:
             self._next_activity_checkpoint = now + self.config.activity_checkpoint_s
             self.activity.checkpoint()
-        if not self.linked:
-            # A connection attempt that never finished its handshake.
-            return self._connect_deadline is None or now < self._connect_deadline
-        if now >= self._last_heard + self.config.link_timeout_s:
-            return False
-        if now >= self._next_heartbeat:
+        if self.phase is P.CONNECTING and now >= self._connect_deadline:
+            reason = f"no handshake with the secondary within {self.config.link_timeout_s:g}s"
+            self._out.close.append(CloseLink(self.attempt, reason))
+            self._connect_failed(now, reason)
+        elif self.linked and self.clock.silent(now):
+            reason = f"nothing heard from the secondary for {self.config.link_timeout_s:g}s (link silent)"
+            self._out.close.append(CloseLink(self.link, reason))
+            self._link_down(now, reason)
+        elif self.linked and self.clock.heartbeat_due(now):
             self.outbox.append(Heartbeat(int(now * 1000) & 0xFFFFFFFFFFFFFFFF))
-            self._next_heartbeat = now + self.config.heartbeat_interval_s
-        return True
 
-    def shutdown(self, now: float) -> None:
+    def _on_stop(self, now: float, event: Stop) -> None:
         """Orderly stop: record what the secondary lacks, mark the stop clean."""
-        if self.linked:
-            self.link_down(now, "shutting down")
+        link = self.link
+        if link is not None:
+            self._link_down(now, "shutting down")
+            self._out.close.append(CloseLink(link, "shutting down", reset=False, last=(Goodbye(),)))
+        if self.attempt is not None:
+            self._out.close.append(CloseLink(self.attempt, "shutting down"))
+            self._connect_failed(now, "shutting down")
         self.node.flush()
         self.activity.clear()
-        self.node.set_state({K_CLEAN: True, K_ACTIVITY: None})
+        self.records.save(PrimaryPoint(self.generation, clean=True), delete=(ActivityRecord.KEY,))
+        self._move(P.STOPPED, "stopped")
 
-    def volume_infos(self) -> list[tuple[str, uuid.UUID, int]]:
-        return [(v.name, uuid.UUID(v.uuid), v.size) for v in self.node.volumes.values()]
+    def drained(self) -> tuple[bool, int | None]:
+        """(everything acknowledged or no link, the round under way)."""
+        done = not self.linked or (self.phase is P.MIRRORING and self.acked >= self.seq and not self.waiting)
+        return done, None if self.round is None else self.round.id
 
-    # -- status ----------------------------------------------------------------------------
-    def status(self) -> dict:
-        space = {s.id: s for s in self.node.snapshot_space()}
-        return {
-            "role": "primary",
-            "state": self.state,
-            "mode": self.config.mode,
-            "peer_connected": self.linked,
-            "generation": str(self.generation) if self.generation else None,
-            "seq": self.seq,
-            "acked_seq": self.acked,
-            "inflight_writes": len(self.inflight),
-            "inflight_bytes": self.inflight_bytes,
-            "waiting_writes": len(self.waiting),
-            "lag_writes": self.seq - self.acked,
-            "write_pause_ms": self.last_pause_ns / 1e6,
-            "link_failures": self.link_failures,
+    # -- status --------------------------------------------------------------------------------
+    def status(self, now: float) -> Status:
+        rnd = self.round
+        progress = None
+        if rnd is not None:
+            handed = rnd.total_bytes * rnd.chunks_sent // rnd.total_chunks if rnd.total_chunks else 0
+            progress = ResyncProgress(rnd.id, rnd.kind, rnd.chunks_sent, bytes_done=handed,
+                                      bytes_total=rnd.total_bytes, chunks_total=rnd.total_chunks)
+        own = PrimaryStatus(
+            mode=self.config.mode, acked_seq=self.acked, inflight_writes=len(self.window),
+            inflight_bytes=self.window.nbytes, waiting_writes=len(self.waiting), lag_writes=self.seq - self.acked,
+            write_pause_ms=self.last_pause_ns / 1e6, link_failures=self.link_failures,
             # After an unclean stop: the regions that joined the resync because
             # the primary could not know what the secondary had.
-            "unclean_restart_hot_bytes": sum(e[2] for e in self.recovered_hot),
-            "last_resync": {"rounds": self.last_resync.rounds, "kind": self.last_resync.kind,
-                            "chunks": self.last_resync.chunks, "bytes": self.last_resync.bytes,
-                            "seconds": self.last_resync.seconds},
-            "resync_progress": None if self.round is None else {
-                "round": self.round.id, "kind": self.round.kind, "chunks_done": self.round.chunks_sent,
-                "chunks_total": self.round.total_chunks, "bytes_total": self.round.total_bytes},
-            "snapshots": [{"id": s.id, "label": s.label, "space_bytes": space[s.id].data_bytes,
-                           "exceptions": space[s.id].exceptions} for s in self.node.snapshots()],
-        }
+            unclean_restart_hot_bytes=sum(e[2] for e in self.recovered_hot))
+        return Status(
+            role=PRIMARY, state=self.state, phase=self.phase.value, peer_connected=self.linked,
+            generation=None if self.generation is None else str(self.generation), seq=self.seq,
+            last_resync=ResyncSummary(**vars(self.last_resync)), resync_progress=progress,
+            snapshots=snapshot_list(self.node),
+            volumes=[VolumeStatus(n, s, str(u)) for n, u, s in self.volume_infos()], primary=own)
+
+    def round_started_at(self) -> float | None:
+        return None if self.round is None else self.round.started
+
+    _handlers = {
+        HostRequests: _on_host,
+        LinkUp: _on_link_up,
+        Received: _on_received,
+        LinkClosed: _on_link_closed,
+        Stop: _on_stop,
+    }

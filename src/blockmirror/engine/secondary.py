@@ -1,351 +1,354 @@
-"""The secondary engine, sans-IO: takes the primary's messages, makes them
-durable in order, acknowledges cumulatively, and applies resync rounds
-atomically.
+"""The secondary, sans-IO: takes the primary's messages, makes them durable
+in order, acknowledges cumulatively, and applies resync rounds atomically
+(step 78). A driver feeds `SecondaryNode.step` typed events (events.py)
+and applies the Output; the phases are in phases.py.
 
-- Live writes go through the redo journal (journal.py): appended per batch,
-  one fdatasync, Ack up to the last durable seq, then applied to the volumes.
+- Live writes go through the redo journal (journal.py): appended per batch
+  of received messages, one fdatasync, Ack up to the last durable seq, then
+  applied to the volumes.
 - An incremental round is applied in place under a safety snapshot taken at
   ResyncBegin (the storage engine's copy-on-write keeps the pre-round image);
   ResyncCommit syncs the volumes and commits the new generation, then drops
-  the snapshot. A crash mid-round rolls the volumes back from the snapshot.
+  the snapshot. A crash or link failure mid-round rolls the volumes back
+  from the snapshot (secondary_rounds.py).
 - A full round (no common base) writes in place with the node marked
   inconsistent until its commit.
+- The read-only export reads `read_image`: the last committed image, never a
+  half-applied round; nothing before the first complete sync.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import uuid
-from dataclasses import dataclass
 
 from blockmirror.engine.config import SecondaryConfig
-from blockmirror.engine.journal import KIND_WRITE, KIND_ZERO, RedoJournal
-from blockmirror.protocol import (
-    NIL_UUID,
-    Ack,
-    Established,
-    Flush,
-    Goodbye,
-    Heartbeat,
-    HeartbeatAck,
-    ResyncBegin,
-    ResyncCommit,
-    ResyncCommitted,
-    ResyncData,
-    ResyncZeroes,
-    Write,
-    WriteZeroes,
+from blockmirror.engine.events import (
+    Accepted, Answer, CloseLink, LinkClosed, LinkUp, Output, Received, Stop,
 )
-from blockmirror.protocol.errors import ErrorCode, RemoteProtocolError
+from blockmirror.engine.journal import KIND_WRITE, KIND_ZERO
+from blockmirror.engine.linkclock import LinkClock
+from blockmirror.engine.phases import SECONDARY_LINKED, SECONDARY_TRANSITIONS, PhaseMachine, SecondaryPhase as S
+from blockmirror.engine.records import FULL, INCREMENTAL, OpenRound
+from blockmirror.engine.secondary_store import SecondaryStore
+from blockmirror.errors import BlockmirrorError
+from blockmirror.protocol import (
+    NIL_UUID, Ack, Error, Established, Flush, Goodbye, Heartbeat, HeartbeatAck, LocalNode, ResyncBegin,
+    ResyncCommit, ResyncCommitted, ResyncData, ResyncZeroes, Role, VolumeInfo, Write, WriteZeroes,
+)
+from blockmirror.protocol.errors import ErrorCode, ProtocolError, RemoteProtocolError
+from blockmirror.status import (
+    SECONDARY, ResyncProgress, ResyncSummary, RoundStatus, SecondaryStatus, snapshot_list, State, Status,
+    VolumeStatus,
+)
 from blockmirror.storage import Node, WriteOp
 
-log = logging.getLogger("blockmirror.secondary")
 
-JOURNAL_NAME = "journal.log"
-
-K_GENERATION = "secondary.generation"
-K_SEQ = "secondary.seq"
-K_EPOCH = "journal.epoch"
-K_CHECKPOINT = "journal.checkpoint"
-K_ROUND = "secondary.round"
-K_INCONSISTENT = "secondary.inconsistent"
-K_PAIRED = "secondary.paired_uuids"  # volume name -> the primary volume's UUID it mirrors
+class NoConsistentImage(BlockmirrorError):
+    """The secondary holds no complete image to serve yet."""
 
 
-@dataclass
-class SecondaryStatus:
-    generation: uuid.UUID
-    seq: int
-    inconsistent: bool
-    round_id: int | None
-    linked: bool
-    journal_bytes: int
+class SecondaryNode:
+    role = SECONDARY
 
-    def as_dict(self) -> dict:
-        return {"role": "secondary", "generation": str(self.generation), "seq": self.seq,
-                "inconsistent": self.inconsistent, "round": self.round_id, "peer_connected": self.linked,
-                "journal_bytes": self.journal_bytes}
-
-
-class SecondaryEngine:
-    def __init__(self, node: Node, config: SecondaryConfig, now: float, observer=None):
+    def __init__(self, node: Node, config: SecondaryConfig, now: float, pair_uuid: uuid.UUID = NIL_UUID,
+                 pair_name: str = "", observer=None):
         self.node = node
         self.config = config
         self.observer = observer
+        self.pair_uuid = pair_uuid
+        self.pair_name = pair_name
+        self.machine = PhaseMachine(SECONDARY_TRANSITIONS, S.DISCONNECTED)
+        self.clock = LinkClock(config.heartbeat_interval_s, config.link_timeout_s)
+        self.link: int | None = None
         self.outbox: list = []
-        self._names = list(node.volumes)  # index -> name, the primary's order once linked
-        self.linked = False
-        self._last_heard = now
-        self._next_heartbeat = now
         self._last_checkpoint = now
-        self._pending_writes: list[WriteOp] = []  # journaled, to apply after the sync
         self._round_ops: list[WriteOp] = []
-        self._journaled_seq = 0
-        self._primary_uuids: dict[str, str] = {}
-        self._round: dict | None = None  # mirrors K_ROUND in the node's state
-        self.applied_batches = 0  # batches written to the volumes (observability)
+        self._got = False  # messages received since the last end of batch
         self._ack_due = False
-        self._recover()
+        self._primary_uuids: dict[str, str] = {}
+        self.last_resync = ResyncSummary()
+        self._episode = ResyncSummary()
+        self._episode_started: float | None = None
+        self._progress: tuple[ResyncProgress, float] | None = None  # the round arriving, and its start
+        self._out = Output()
+        self.store = SecondaryStore(node, config, self._out)
+        self._shown_state = self.state
 
-    # -- recovery ----------------------------------------------------------------
-    def _recover(self) -> None:
-        node = self.node
-        self.generation = uuid.UUID(node.get_state(K_GENERATION, str(NIL_UUID)))
-        self.seq = node.get_state(K_SEQ, 0)
-        self.inconsistent = node.get_state(K_INCONSISTENT, False)
-        epoch = node.get_state(K_EPOCH, 0)
-        checkpoint = node.get_state(K_CHECKPOINT, 0)
-        jpath = os.path.join(node.path, JOURNAL_NAME)
-        created = not node.fs.exists(jpath)
-        jfile = node.fs.open(jpath, create=True)
-        if created:
-            node.fs.sync_dir(node.path)
-        self.journal = RedoJournal(jfile, epoch, checkpoint)
-        rnd = node.get_state(K_ROUND)
-        self._round = rnd
-        if rnd is not None:
-            if rnd["kind"] == "incremental":
-                self._roll_back(rnd)
-            else:
-                log.warning("full sync round %s was interrupted; the secondary stays inconsistent", rnd["id"])
-                node.set_state({K_ROUND: None})
-                self._round = None
-        # A safety snapshot with no open round is left from a crash after commit.
-        for snap in node.snapshots():
-            node.delete_snapshot(snap.id)
-        # Replay the journal from the checkpoint: the prefix that is durable.
-        replayed = 0
-        end = checkpoint
-        ops = []
-        for rec in self.journal.replay(checkpoint, self.seq):
-            ops.append(self._record_op(rec.volume, rec.kind, rec.offset, rec.length, rec.data))
-            self.seq = rec.seq
-            end = rec.end
-            replayed += 1
-        self.journal.tail = end
-        if ops:
-            node.write_many(ops)
-        self._journaled_seq = self.seq
-        if replayed:
-            log.info("replayed %d journal records up to seq %d", replayed, self.seq)
-        self._checkpoint(force=True)
+    # -- the driver's side -------------------------------------------------------------
+    def step(self, now: float, events=(), send_budget: int = 0) -> Output:
+        """Handle `events` in order, then timers; returns what to do. (The
+        secondary's messages are small: it takes no send budget.)"""
+        for event in events:
+            self._handlers[type(event)](self, now, event)
+        if self._got:
+            self._end_batch(now)
+        self._timers(now)
+        out, self._out = self._out, Output()
+        self.store.out = self._out
+        out.link = self.link
+        out.send, self.outbox = self.outbox, []
+        out.state = self.state
+        out.next_timer = self.next_timer()
+        return out
 
-    def _roll_back(self, rnd: dict) -> None:
-        """Undo a half-applied incremental round: copy the safety snapshot's
-        preserved chunks back, sync, then forget the round."""
-        node = self.node
-        safety = rnd["safety"]
-        if safety in {s.id for s in node.snapshots()}:
-            diff = node.diff(safety)
-            ops = []
-            for name, chunks in diff.items():
-                vol = node.volumes[name]
-                for chunk in chunks:
-                    off = chunk * node.chunk_size
-                    ops.append(WriteOp(name, off, node.read_snapshot(safety, name, off, vol.chunk_bytes(chunk))))
-            node.write_many(ops)
-            node.flush()
-        node.set_state({K_ROUND: None})
-        self._round = None
-        log.warning("rolled back interrupted resync round %s to generation %s", rnd["id"], self.generation)
-
-    def _checkpoint(self, force: bool = False) -> None:
-        """Volumes synced up to the journal's tail; restart the journal when it
-        has grown past its bound."""
-        if self._pending_writes or self.journal.pending_bytes:
-            return
-        if not force and self.journal.tail < self.config.journal_checkpoint_bytes:
-            return
-        self.node.flush()
-        if self.journal.tail:
-            self.journal.reset(self.journal.epoch + 1)
-        self.node.set_state({K_SEQ: self.seq, K_GENERATION: str(self.generation),
-                             K_EPOCH: self.journal.epoch, K_CHECKPOINT: self.journal.tail})
-
-    def _record_op(self, volume: int, kind: int, offset: int, length: int, data) -> WriteOp:
-        name = self._names[volume]
-        if kind == KIND_WRITE:
-            return WriteOp(name, offset, data)
-        return WriteOp(name, offset, None, length, "zero")
-
-    # -- status --------------------------------------------------------------------
     @property
-    def round_open(self) -> dict | None:
-        return self._round
+    def phase(self) -> S:
+        return self.machine.phase
 
-    def status(self) -> SecondaryStatus:
-        rnd = self.round_open
-        return SecondaryStatus(self.generation, self.seq, self.inconsistent, rnd and rnd["id"], self.linked,
-                               self.journal.tail)
+    @property
+    def linked(self) -> bool:
+        return self.phase in SECONDARY_LINKED
+
+    @property
+    def generation(self) -> uuid.UUID:
+        return self.store.point.generation
+
+    @property
+    def seq(self) -> int:
+        return self.store.point.seq
+
+    @property
+    def inconsistent(self) -> bool:
+        return not self.store.point.consistent
+
+    @property
+    def round_open(self) -> OpenRound | None:
+        return self.store.round
+
+    @property
+    def applied_batches(self) -> int:
+        return self.store.applied_batches
+
+    @property
+    def state(self) -> State:
+        if not self.linked:
+            return State.DISCONNECTED
+        if not self.store.point.holds_image or self.phase is S.FULL_ROUND:
+            return State.INITIAL_SYNC
+        return State.RESYNCING if self.phase is S.INCREMENTAL_ROUND else State.MIRRORING
+
+    def next_timer(self) -> float:
+        t = self._last_checkpoint + self.config.journal_checkpoint_s
+        return min(t, self.clock.deadline()) if self.linked else t
+
+    def _move(self, new: S, reason: str) -> None:
+        self._out.changes.append(self.machine.move(new, reason))
+        state = self.state
+        if state != self._shown_state:
+            self._out.info(f"state {self._shown_state} -> {state} ({reason})")
+            self._shown_state = state
+
+    def local_node(self) -> LocalNode:
+        """What the handshake says of us: the committed point as of now (nil
+        while no complete image is held)."""
+        point = self.store.point
+        gen, seq = (point.generation, point.seq) if point.consistent else (NIL_UUID, 0)
+        return LocalNode(Role.SECONDARY, uuid.UUID(self.node.node_uuid), self.pair_uuid, self.pair_name,
+                         tuple(VolumeInfo(n, u, s) for n, u, s in self.volume_infos()), gen, seq)
 
     def volume_infos(self) -> list[tuple[str, uuid.UUID, int]]:
-        """What the handshake says of our volumes: a nil UUID until the first
-        full sync pairs a volume with the primary's."""
-        paired = self.node.get_state(K_PAIRED, {})
+        """A nil UUID until the first full sync pairs a volume with the primary's."""
+        paired = self.store.pairing.primary_uuids
         return [(v.name, uuid.UUID(paired[v.name]) if v.name in paired else NIL_UUID, v.size)
                 for v in self.node.volumes.values()]
 
     def read_image(self, volume: str, offset: int, length: int) -> bytes:
-        """The last consistent image: during an incremental round, the
-        pre-round image held by the safety snapshot."""
-        rnd = self.round_open
-        if rnd is not None and rnd["kind"] == "incremental":
-            return self.node.read_snapshot(rnd["safety"], volume, offset, length)
+        """The last committed image: during an incremental round, the pre-round
+        image held by the safety snapshot; nothing before the first sync."""
+        if not self.store.point.holds_image:
+            raise NoConsistentImage("no consistent image yet: the first full sync has not completed",
+                                    hint="wait for the primary's initial sync (blockmirror status)")
+        rnd = self.store.round
+        if rnd is not None and rnd.kind == INCREMENTAL and "export-ignores-round" not in self.config.mutations:
+            return self.node.read_snapshot(rnd.safety, volume, offset, length)
         return self.node.volumes[volume].read(offset, length)
 
-    # -- link ---------------------------------------------------------------------------
-    def link_up(self, now: float, established: Established) -> None:
-        self.linked = True
-        self._names = [v.name for v in established.volumes]
-        self._primary_uuids = {v.name: str(v.uuid) for v in established.volumes}
-        self._last_heard = now
-        self._next_heartbeat = now + self.config.heartbeat_interval_s
+    # -- the link ----------------------------------------------------------------------------
+    def _on_accepted(self, now: float, event: Accepted) -> None:
+        self._out.start.append(Answer(event.link, self.local_node()))
 
-    def link_down(self, now: float, reason: str) -> None:
-        if self.linked:
-            log.info("link down: %s", reason)
-        self.linked = False
+    def _on_link_up(self, now: float, event: LinkUp) -> None:
+        if self.link is not None:  # the primary came back before our own timeout noticed it left
+            self._out.close.append(CloseLink(self.link, "superseded by a new connection from the primary"))
+            self._link_down(now, "superseded by a new connection from the primary")
+        est: Established = event.established
+        self.link = event.link
+        self.store.names = [v.name for v in est.volumes]
+        self._primary_uuids = {v.name: str(v.uuid) for v in est.volumes}
+        self.clock.up(now)
+        self._episode = ResyncSummary()
+        self._episode_started = None
+        self._move(S.LINKED, "link up")
+
+    def _on_link_closed(self, now: float, event: LinkClosed) -> None:
+        if event.link != self.link:
+            return
+        if self._got:
+            self._end_batch(now)  # what arrived before the close is still good
+        if self.link == event.link:
+            self._link_down(now, event.reason)
+
+    def _link_down(self, now: float, reason: str) -> None:
+        self._out.info(f"link down: {reason}")
+        self.link = None
         self.outbox.clear()
         self._round_ops.clear()
-        # Records not yet synced were never acknowledged: drop them.
-        self.journal.discard_pending()
-        self._pending_writes.clear()
-        self._journaled_seq = self.seq
-        rnd = self.round_open
-        if rnd is not None and rnd["kind"] == "incremental":
-            self._roll_back(rnd)
-            self.node.delete_snapshot(rnd["safety"])
+        self._got = False
+        self._progress = None
+        self.store.link_down()
+        self._move(S.DISCONNECTED, f"link down: {reason}")
 
-    def on_message(self, now: float, msg) -> None:
-        self._last_heard = now
+    def _fail_link(self, now: float, reason: str, error: Error | None = None) -> None:
+        last = () if error is None else (error,)
+        self._out.close.append(CloseLink(self.link, reason, reset=error is None, last=last))
+        self._link_down(now, reason)
+
+    # -- messages --------------------------------------------------------------------------
+    def _on_received(self, now: float, event: Received) -> None:
+        if event.link != self.link:
+            return
+        self.clock.heard(now)
+        try:
+            for msg in event.messages:
+                self._on_message(now, msg)
+                if self.link != event.link:
+                    return  # failed while storing: the rest of the batch is dropped with the link
+                self._got = True
+        except ProtocolError as exc:  # refused: nothing of the offending message was written
+            self._fail_link(now, f"protocol error: {exc}", Error.make(exc.code, str(exc.args[0])))
+
+    def _on_message(self, now: float, msg) -> None:
+        store = self.store
         if isinstance(msg, Write):
-            self._journal(msg.seq, msg.volume, KIND_WRITE, msg.offset, len(msg.data), msg.data)
+            self._live(msg.seq)
+            store.append(msg.seq, msg.volume, KIND_WRITE, msg.offset, len(msg.data), msg.data)
         elif isinstance(msg, WriteZeroes):
-            self._journal(msg.seq, msg.volume, KIND_ZERO, msg.offset, msg.length_bytes, None)
+            self._live(msg.seq)
+            store.append(msg.seq, msg.volume, KIND_ZERO, msg.offset, msg.length_bytes, None)
+        elif isinstance(msg, ResyncData):
+            self._round_ops.append(WriteOp(store.names[msg.volume], msg.offset, msg.data))
+            self._count(msg.length_bytes, data=True)
+        elif isinstance(msg, ResyncZeroes):
+            self._round_ops.append(WriteOp(store.names[msg.volume], msg.offset, None, msg.length_bytes, "zero"))
+            self._count(msg.length_bytes, data=False)
         elif isinstance(msg, Flush):
             self._ack_due = True
         elif isinstance(msg, Heartbeat):
             self.outbox.append(HeartbeatAck(msg.token))
-        elif isinstance(msg, HeartbeatAck):
-            pass
         elif isinstance(msg, ResyncBegin):
-            self._begin(msg)
-        elif isinstance(msg, ResyncData):
-            self._round_ops.append(WriteOp(self._names[msg.volume], msg.offset, msg.data))
-        elif isinstance(msg, ResyncZeroes):
-            self._round_ops.append(WriteOp(self._names[msg.volume], msg.offset, None, msg.length_bytes, "zero"))
+            self._begin(now, msg)
         elif isinstance(msg, ResyncCommit):
-            self._commit(msg)
-        elif isinstance(msg, Goodbye):
-            pass
-        else:
+            self._commit(now, msg)
+        elif not isinstance(msg, (HeartbeatAck, Goodbye)):
             raise AssertionError(f"unexpected message {type(msg).__name__}")
 
-    def _journal(self, seq, volume, kind, offset, length, data) -> None:
-        # A peer that breaks these is refused (the driver closes the link); nothing is written.
-        if self.inconsistent:
+    def _live(self, seq: int) -> None:
+        """A peer that breaks these is refused (the link closes); nothing is written."""
+        if not self.store.point.consistent:
             raise RemoteProtocolError(ErrorCode.REFUSED, "live write to a secondary that holds no consistent "
                                                          "image; a full sync must come first")
-        if seq != self._journaled_seq + 1:
+        if seq != self.store.journaled_seq + 1:
             raise RemoteProtocolError(ErrorCode.SEQUENCE_ERROR, f"write seq {seq} does not follow seq "
-                                                                f"{self._journaled_seq}")
-        self.journal.append(seq, volume, kind, offset, length, data)
-        self._pending_writes.append(self._record_op(volume, kind, offset, length, data))
-        self._journaled_seq = seq
-        if "ack-before-durable" in self.config.mutations:
-            self.outbox.append(Ack(seq))  # broken on purpose: not yet on stable storage
+                                                                f"{self.store.journaled_seq}")
 
-    def end_of_batch(self, now: float) -> None:
-        """Group commit: one journal sync for every record received since the
-        last batch, then the cumulative Ack, then apply to the volumes."""
-        if self._round_ops:
-            ops, self._round_ops = self._round_ops, []
-            self.node.write_many(ops)
-            self.applied_batches += 1
-        if self.journal.pending_bytes:
-            self.journal.sync()
-            self._ack_due = True
-        if self._ack_due and self.linked:
-            self.outbox.append(Ack(self._journaled_seq))
+    def _end_batch(self, now: float) -> None:
+        """Group commit: the round's data, then one journal sync, the
+        cumulative Ack, and the live writes applied. A disk that cannot take
+        the data fails the link."""
+        self._got = False
+        try:
+            if self._round_ops:
+                ops, self._round_ops = self._round_ops, []
+                self.store.apply(ops)
+            ack = self.store.end_of_batch(self._ack_due)
+        except BlockmirrorError as exc:
+            self._fail_link(now, f"cannot store the primary's data: {exc}")
+            return
         self._ack_due = False
-        if self._pending_writes:
-            ops, self._pending_writes = self._pending_writes, []
-            self.node.write_many(ops)
-            self.applied_batches += 1
-            self.seq = self._journaled_seq
-            self.node.pace_writeback(sum(op.nbytes for op in ops), self.config.writeback_kick_bytes)
-        self._checkpoint()
+        if ack is not None and self.link is not None:
+            self.outbox.append(Ack(ack))
 
-    def _begin(self, msg: ResyncBegin) -> None:
-        # The round starts from a clean journal: everything before it applied and synced.
-        self.end_of_batch(self._last_heard)
-        self._checkpoint(force=True)
-        if msg.base_generation == NIL_UUID:
-            self._round = {"id": msg.round_id, "kind": "full", "target": str(msg.target_generation)}
-            self.node.set_state({K_INCONSISTENT: True, K_ROUND: self._round})
-            self.inconsistent = True
-            log.info("full sync round %d begins (target generation %s)", msg.round_id, msg.target_generation)
-        elif "round-in-place" in self.config.mutations:
-            pass  # broken on purpose: no safety snapshot, a torn round stays torn
-        else:
-            if msg.base_generation != self.generation:
-                raise RemoteProtocolError(ErrorCode.REFUSED, f"round {msg.round_id} starts from generation "
-                                                             f"{msg.base_generation}; this secondary holds "
-                                                             f"{self.generation}")
-            # A crash between these two commits leaves a stray snapshot and no
-            # round: recovery deletes the snapshot, nothing was applied yet.
-            safety = self.node.snapshot("resync-safety")
-            self._round = {"id": msg.round_id, "kind": "incremental", "safety": safety.id,
-                           "target": str(msg.target_generation)}
-            self.node.set_state({K_ROUND: self._round})
-            log.info("incremental round %d begins (%s -> %s)", msg.round_id, msg.base_generation,
-                     msg.target_generation)
+    def _begin(self, now: float, msg: ResyncBegin) -> None:
+        self._end_batch(now)  # the round starts from a clean journal: everything before it applied and synced
+        if self.link is None:
+            return
+        full = msg.base_generation == NIL_UUID
+        if not full and msg.base_generation != self.store.point.generation:
+            raise RemoteProtocolError(ErrorCode.REFUSED, f"round {msg.round_id} starts from generation "
+                                                         f"{msg.base_generation}; this secondary holds "
+                                                         f"{self.store.point.generation}")
+        self.store.begin_round(msg.round_id, FULL if full else INCREMENTAL, msg.target_generation,
+                               in_place="round-in-place" in self.config.mutations)
+        kind = FULL if full else INCREMENTAL
+        self._progress = (ResyncProgress(msg.round_id, kind, 0, bytes_total=msg.data_bytes_max), now)
+        if self._episode_started is None:
+            self._episode_started = now
+        self._move(S.FULL_ROUND if full else S.INCREMENTAL_ROUND, f"resync round {msg.round_id} begins")
 
-    def _commit(self, msg: ResyncCommit) -> None:
-        if self._round_ops:
-            ops, self._round_ops = self._round_ops, []
-            self.node.write_many(ops)
-        self.node.flush()
-        rnd = self.round_open
-        self.generation = msg.generation
-        self.seq = msg.seq
-        self._journaled_seq = msg.seq
-        self.inconsistent = False
-        update = {K_GENERATION: str(msg.generation), K_SEQ: msg.seq, K_INCONSISTENT: None,
-                  K_ROUND: None, K_EPOCH: self.journal.epoch, K_CHECKPOINT: self.journal.tail}
-        if rnd is not None and rnd["kind"] == "full":
-            update[K_PAIRED] = self._primary_uuids
-        self.node.set_state(update)
-        self._round = None
-        if rnd is not None and rnd["kind"] == "incremental":
-            self.node.delete_snapshot(rnd["safety"])
+    def _count(self, nbytes: int, data: bool) -> None:
+        if self._progress is not None and data:  # like the primary: zero extents (holes) are not counted
+            prog = self._progress[0]
+            prog.chunks_done += -(-nbytes // self.node.chunk_size)
+            prog.bytes_done += nbytes
+
+    def _commit(self, now: float, msg: ResyncCommit) -> None:
+        ops, self._round_ops = self._round_ops, []
+        rnd = self.store.commit_round(ops, msg.generation, msg.seq, self._primary_uuids)
         if self.observer is not None:
             self.observer.secondary_committed(msg.generation, msg.seq)
-        log.info("round %d committed: generation %s at seq %d", msg.round_id, msg.generation, msg.seq)
+        self._out.info(f"round {msg.round_id} committed: generation {msg.generation} at seq {msg.seq}")
         self.outbox.append(ResyncCommitted(msg.round_id, msg.generation, msg.seq))
+        if self._progress is not None:
+            prog = self._progress[0]
+            self._episode.add_round(rnd.kind if rnd else INCREMENTAL, prog.chunks_done, prog.bytes_done)
+            self._episode.seconds = round(now - self._episode_started, 6)
+            self.last_resync = ResyncSummary(**vars(self._episode))
+        self._progress = None
+        self._move(S.LINKED, f"resync round {msg.round_id} committed")
 
-    # -- timers -------------------------------------------------------------------------
-    def next_timer(self) -> float | None:
-        if not self.linked:
-            return self._last_checkpoint + self.config.journal_checkpoint_s
-        return min(self._next_heartbeat, self._last_heard + self.config.link_timeout_s,
-                   self._last_checkpoint + self.config.journal_checkpoint_s)
-
-    def on_timer(self, now: float) -> bool:
-        """Returns False when the link has timed out (the driver closes it)."""
+    # -- timers and stop -----------------------------------------------------------------------
+    def _timers(self, now: float) -> None:
         if now >= self._last_checkpoint + self.config.journal_checkpoint_s:
             self._last_checkpoint = now
-            self._checkpoint(force=self.journal.tail > 0)
+            self.store.checkpoint(force=self.store.journal.tail > 0)
         if not self.linked:
-            return True
-        if now >= self._last_heard + self.config.link_timeout_s:
-            return False
-        if now >= self._next_heartbeat:
+            return
+        if self.clock.silent(now):
+            self._fail_link(now, f"nothing heard from the primary for {self.config.link_timeout_s:g}s "
+                                 f"(link silent)")
+        elif self.clock.heartbeat_due(now):
             self.outbox.append(Heartbeat(int(now * 1000) & 0xFFFFFFFFFFFFFFFF))
-            self._next_heartbeat = now + self.config.heartbeat_interval_s
-        return True
 
-    def take_outbox(self) -> list:
-        out, self.outbox = self.outbox, []
-        return out
+    def _on_stop(self, now: float, event: Stop) -> None:
+        if self.link is not None:
+            link = self.link
+            self._link_down(now, "shutting down")
+            self._out.close.append(CloseLink(link, "shutting down", reset=False, last=(Goodbye(),)))
+        self.node.flush()
+        self._move(S.STOPPED, "stopped")
+
+    # -- status --------------------------------------------------------------------------------
+    def status(self, now: float) -> Status:
+        point, rnd = self.store.point, self.store.round
+        progress = None
+        if self._progress is not None:
+            prog, started = self._progress
+            progress = ResyncProgress(**vars(prog)).timed(started, now)
+        own = SecondaryStatus(consistent=point.holds_image,
+                              round_open=None if rnd is None else RoundStatus(rnd.id, rnd.kind),
+                              journal_bytes=self.store.journal.tail)
+        return Status(
+            role=SECONDARY, state=self.state, phase=self.phase.value, peer_connected=self.linked,
+            generation=None if point.generation == NIL_UUID else str(point.generation), seq=point.seq,
+            last_resync=ResyncSummary(**vars(self.last_resync)), resync_progress=progress,
+            snapshots=snapshot_list(self.node),
+            volumes=[VolumeStatus(n, s, str(u)) for n, u, s in self.volume_infos()], secondary=own)
+
+    _handlers = {
+        Accepted: _on_accepted,
+        LinkUp: _on_link_up,
+        Received: _on_received,
+        LinkClosed: _on_link_closed,
+        Stop: _on_stop,
+    }
+

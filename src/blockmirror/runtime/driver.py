@@ -1,17 +1,19 @@
-"""The loop that feeds an engine: one step at a time, on the engine thread.
+"""The asyncio driver of a node (engine/): one step at a time, on the
+engine thread.
 
-Everything that happens on the event loop (link events, host writes, timer
-expiry, a link becoming writable) is queued and wakes the driver; each
-iteration takes *everything* queued and runs one `_step` on the engine
-thread. What queued up while the previous step ran is therefore handled as
-one batch: host writes are group-committed (one `submit`, one fdatasync),
-and on the secondary all messages of a batch share one journal sync and one
-Ack. The step returns what to do on the loop (messages to send, host
-completions, the next timer, links to kill), applied by `_apply`.
+Everything that happens on the event loop (a link's handshake ends, its
+messages arrive, it closes; host requests; a timer expires; a link becomes
+writable) is queued and wakes the driver; each iteration turns *everything*
+queued into the node's typed events and runs one `step` on the engine
+thread. What queued up while the previous step ran is one batch: host
+writes are group-committed (one fdatasync) and on the secondary all
+messages of a batch share one journal sync and one Ack. The step's Output
+is applied on the loop: links opened, closed, sent to; host requests
+completed; log lines written; the timer armed.
 
-Bounds: the receive queue (messages not yet taken by the engine) pauses the
+Bounds: the receive queue (messages not yet taken by the node) pauses the
 link's reading beyond `RECV_QUEUE_BYTES_MAX`; sending asks the transport's
-free space before polling the engine (see transport.py).
+free space (`send_budget`) before stepping.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import ctypes.util
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
 
+from blockmirror.engine import Accepted, HostRequests, LinkClosed, LinkUp, Output, Received
 from blockmirror.runtime.enginethread import EngineThread
 from blockmirror.runtime.transport import LinkProtocol
 
@@ -58,27 +60,22 @@ def tune_malloc() -> bool:
     return ok
 
 
-@dataclass
-class StepResult:
-    send: list = field(default_factory=list)  # messages for `link`
-    link: LinkProtocol | None = None  # the link the engine is linked with
-    kill: list = field(default_factory=list)  # (link, reason): close these links
-    next_timer: float | None = None
-    state: str = ""
-    reasons: list = field(default_factory=list)  # why the state may have changed
-    extra: dict = field(default_factory=dict)  # role-specific results
+class NodeDriver:
+    """Feeds one node (PrimaryNode or SecondaryNode). A daemon subclasses it
+    for its I/O: `start_link` (dial or answer), `complete` (host requests)."""
 
-
-class EngineDriver:
     role = "?"
-    replies_first = False  # send a step's link messages after its host replies
+    replies_first = False  # send a step's messages after its host completions are resolved
 
     def __init__(self, engine_thread: EngineThread, log: logging.Logger):
         tune_malloc()
         self.engine_thread = engine_thread
         self.log = log
-        self._events: deque = deque()
+        self.node = None  # set by the daemon's open(), on the engine thread
+        self.links: dict[int, LinkProtocol] = {}  # node link id -> link
+        self._events: deque = deque()  # typed events, or ("msg", link_id, message)
         self._events_bytes = 0
+        self._host: list = []
         self._paused: set[LinkProtocol] = set()
         self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
@@ -91,21 +88,25 @@ class EngineDriver:
         self.on_fatal = None  # callback: the daemon stops
         self.steps = 0
 
-    # -- LinkSink ----------------------------------------------------------------------
+    # -- LinkSink (the transport's callbacks, on the loop) -----------------------------------
     def link_event(self, link: LinkProtocol, kind: str, payload) -> None:
-        nbytes = 0
+        lid = link.node_link
         if kind == "msg":
+            self._events.append(("msg", lid, payload))
             data = getattr(payload, "data", None)
-            nbytes = len(data) if data is not None else 0
+            if data is not None:
+                self._events_bytes += len(data)
+                if self._events_bytes > RECV_QUEUE_BYTES_MAX:
+                    link.pause_receiving()
+                    self._paused.add(link)
+        elif kind == "up":
+            self._events.append(LinkUp(lid, payload))
         elif kind == "closed":
-            payload = (payload, link.established)
             self._paused.discard(link)
-            self.on_link_closed(link, payload[0])
-        self._events.append((link, kind, payload))
-        self._events_bytes += nbytes
-        if self._events_bytes > RECV_QUEUE_BYTES_MAX and kind == "msg":
-            link.pause_receiving()
-            self._paused.add(link)
+            if self.links.get(lid) is link:
+                del self.links[lid]
+            self.on_link_closed(link, payload)
+            self._events.append(LinkClosed(lid, payload))
         self._wake.set()
 
     def link_writable(self, link: LinkProtocol) -> None:
@@ -114,7 +115,43 @@ class EngineDriver:
     def on_link_closed(self, link: LinkProtocol, reason: str) -> None:
         """Loop-side hook, called as a link's terminal event is queued."""
 
-    # -- the loop ------------------------------------------------------------------------
+    def accepted(self, link: LinkProtocol) -> None:
+        """Secondary: `link` may start its handshake (the node answers)."""
+        self.links[link.node_link] = link
+        self._events.append(Accepted(link.node_link))
+        self._wake.set()
+
+    def host_request(self, item) -> None:
+        self._host.append(item)
+        self._wake.set()
+
+    def _take_events(self) -> list:
+        """Queued link events in order, consecutive messages of one link as
+        one Received batch; host requests after them."""
+        out: list = []
+        batch: list | None = None
+        batch_link = None
+        for ev in self._events:
+            if isinstance(ev, tuple):
+                _, lid, msg = ev
+                if batch is None or lid != batch_link:
+                    batch, batch_link = [], lid
+                    out.append(Received(lid, batch))
+                batch.append(msg)
+            else:
+                out.append(ev)
+                batch = None
+        self._events.clear()
+        self._events_bytes = 0
+        for link in self._paused:
+            link.resume_receiving()
+        self._paused.clear()
+        if self._host:
+            out.append(HostRequests(self._host))
+            self._host = []
+        return out
+
+    # -- the loop ----------------------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"{self.role}-driver")
 
@@ -131,72 +168,84 @@ class EngineDriver:
         if self._timer is not None:
             self._timer.cancel()
 
+    def send_budget(self) -> int:
+        return 1 << 62
+
     async def _run(self) -> None:
-        more = True  # the first step runs at once (timers, first connect)
+        more = True  # the first step runs at once (timers, the first dial, recovery's log lines)
         while not self._stopping:
             if not more:
                 await self._wake.wait()
             self._wake.clear()
             if self._stopping:
                 break
-            events = list(self._events)
-            self._events.clear()
-            self._events_bytes = 0
-            for link in self._paused:
-                link.resume_receiving()
-            self._paused.clear()
-            inputs = self.take_inputs()
+            events = self._take_events()
+            budget = self.send_budget()
             try:
-                res = await self.engine_thread.call(self._step_guarded, events, inputs)
-            except BaseException as exc:  # a bug in a layer below: stop, the restart recovers
-                self.fatal = exc
-                self.log.critical("engine step failed; stopping (a restart recovers): %r", exc, exc_info=exc)
-                if self.on_fatal is not None:
-                    self.on_fatal()
+                out = await self.engine_thread.call(self._step, events, budget)
+            except BaseException as exc:  # a bug or a failed disk below: stop, the restart recovers
+                self._die("engine step failed; stopping (a restart recovers)", exc)
                 return
             self.steps += 1
             try:
-                if self.replies_first:  # host completions resolve before the link send is queued
-                    more = self.apply(res)
-                    more = self._apply_common(res) or more
-                else:
-                    more = self._apply_common(res)
-                    more = self.apply(res) or more
+                more = self.apply(out)
             except Exception as exc:  # a bug on the loop side: same as above
-                self.fatal = exc
-                self.log.critical("applying an engine step failed; stopping: %r", exc, exc_info=exc)
-                if self.on_fatal is not None:
-                    self.on_fatal()
+                self._die("applying an engine step failed; stopping", exc)
                 return
 
-    def _step_guarded(self, events, inputs) -> StepResult:
-        return self.step(time.monotonic(), events, inputs)
+    def _die(self, what: str, exc: BaseException) -> None:
+        self.fatal = exc
+        self.log.critical("%s: %r", what, exc, exc_info=exc)
+        if self.on_fatal is not None:
+            self.on_fatal()
 
-    def _apply_common(self, res: StepResult) -> bool:
-        for link, reason in res.kill:
-            if not link.closed:
-                self.log.warning("closing link %r: %s", link, reason)
-                link.abort(reason)
+    def _step(self, events: list, budget: int) -> Output:
+        return self.node.step(time.monotonic(), events, budget)
+
+    async def step_once(self, events: list) -> Output:
+        """One step outside the loop (the final Stop), applied here."""
+        out = await self.engine_thread.call(self._step, events, 1 << 62)
+        self.apply(out)
+        return out
+
+    def apply(self, out: Output) -> bool:
+        """Apply a step's Output on the loop; True if another step should run
+        at once (the link took everything and may take more)."""
+        if self.replies_first:
+            self.complete(out.completions)
+        for close in out.close:
+            link = self.links.pop(close.link, None)
+            if link is None or link.closed:
+                continue
+            if close.last:
+                link.send(list(close.last))
+            if close.reset:
+                self.log.warning("closing link %r: %s", link, close.reason)
+                link.abort(close.reason)
+            else:
+                link.close(close.reason)
+        for start in out.start:
+            self.start_link(start)
         more = False
-        if res.send and res.link is not None and not res.link.closed:
-            more = res.link.writable
+        link = self.links.get(out.link) if out.link is not None else None
+        if out.send and link is not None and not link.closed:
+            more = link.writable
             if self.replies_first:
                 # After the host completions this step resolved have sent
                 # their replies (their callbacks are queued first): a host
                 # does not wait for the link's writev. Order between steps
                 # is kept (FIFO), and it runs before the next step's result.
-                asyncio.get_running_loop().call_soon(self._send_later, res.link, res.send)
+                asyncio.get_running_loop().call_soon(self._send_later, link, out.send)
             else:
-                res.link.send(res.send)
-        if res.state and res.state != self.state:
-            why = "; ".join(res.reasons) if res.reasons else ("daemon started" if not self.state else "engine decision")
-            if self.state:
-                self.log.info("state %s -> %s (%s)", self.state, res.state, why)
-            else:
-                self.log.info("state %s (%s)", res.state, why)
-            self.state = res.state
+                link.send(out.send)
+        for line in out.logs:
+            self.log.log(line.level, "%s", line.text)
+        if out.state and out.state != self.state:
+            self.state = out.state
             self.state_since = time.monotonic()
-        self._arm_timer(res.next_timer)
+        if not self.replies_first:
+            self.complete(out.completions)
+        self._arm_timer(out.next_timer)
         return more
 
     @staticmethod
@@ -217,12 +266,10 @@ class EngineDriver:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_at(max(at, loop.time()) + 0.0005, self._wake.set)
 
-    # -- per role: each daemon also defines step(now, events, inputs) -> StepResult,
-    # which runs on the engine thread and feeds the engine. ----------------------------
-    def take_inputs(self):
-        """Loop side: anything besides link events the step needs."""
-        return None
+    # -- per role ----------------------------------------------------------------------------
+    def start_link(self, start) -> None:
+        """A Dial (primary) or Answer (secondary) from the node."""
+        raise NotImplementedError
 
-    def apply(self, res: StepResult) -> bool:
-        """Loop side; True if another step should run at once."""
-        return False
+    def complete(self, completions) -> None:
+        """Host requests the node completed (primary)."""

@@ -8,15 +8,17 @@ import asyncio
 import json
 import logging
 
+from blockmirror.status import State, Status
+
 log = logging.getLogger("blockmirror.http")
 
 REQUEST_BYTES_MAX = 8192
-STATES = ("initial-sync", "mirroring", "disconnected", "resyncing")
+STATES = (State.INITIAL_SYNC, State.MIRRORING, State.DISCONNECTED, State.RESYNCING)
 
 
 class HttpServer:
     def __init__(self, status):
-        self._status = status  # async () -> dict
+        self._status = status  # async () -> Status
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -39,7 +41,7 @@ class HttpServer:
             if method not in ("GET", "HEAD"):
                 await _reply(writer, 405, "text/plain", b"only GET\n", method == "HEAD")
             elif path == "/status":
-                body = json.dumps(await self._status(), indent=1, sort_keys=True).encode() + b"\n"
+                body = json.dumps((await self._status()).as_dict(), indent=1, sort_keys=True).encode() + b"\n"
                 await _reply(writer, 200, "application/json", body, method == "HEAD")
             elif path == "/metrics":
                 body = metrics_text(await self._status()).encode()
@@ -64,7 +66,7 @@ async def _reply(writer, code: int, ctype: str, body: bytes, head_only: bool) ->
     await writer.drain()
 
 
-def metrics_text(st: dict) -> str:
+def metrics_text(st: Status) -> str:
     out: list[str] = []
 
     def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict, float]]) -> None:
@@ -74,38 +76,40 @@ def metrics_text(st: dict) -> str:
             lab = ",".join(f'{k}="{v}"' for k, v in labels.items())
             out.append(f"blockmirror_{name}{{{lab}}} {_num(value)}" if lab else f"blockmirror_{name} {_num(value)}")
 
-    role = st.get("role", "?")
-    metric("info", "gauge", "Role of this node (value 1).", [({"role": role, "pair": (st.get("pair") or {}).get("name", "")}, 1)])
+    metric("info", "gauge", "Role of this node (value 1).",
+           [({"role": st.role, "pair": st.pair.name if st.pair else ""}, 1)])
     metric("state", "gauge", "1 for the current replication state.",
-           [({"state": s}, 1 if st.get("state") == s else 0) for s in STATES])
-    metric("peer_connected", "gauge", "1 while the replication link is up.", [({}, 1 if st.get("peer_connected") else 0)])
-    metric("state_seconds", "gauge", "Seconds in the current state.", [({}, st.get("state_seconds", 0))])
-    last = st.get("last_resync") or {}
-    metric("last_resync_chunks", "gauge", "Chunks sent by the last resync (all its rounds).", [({}, last.get("chunks", 0))])
-    metric("last_resync_bytes", "gauge", "Data bytes sent by the last resync (all its rounds).", [({}, last.get("bytes", 0))])
-    metric("last_resync_seconds", "gauge", "Duration of the last resync, from reconnect to mirroring.", [({}, last.get("seconds", 0))])
-    snaps = st.get("snapshots") or []
-    metric("snapshots", "gauge", "Snapshots held on this node.", [({}, len(snaps))])
+           [({"state": s.value}, 1 if st.state == s else 0) for s in STATES])
+    metric("peer_connected", "gauge", "1 while the replication link is up.", [({}, 1 if st.peer_connected else 0)])
+    metric("state_seconds", "gauge", "Seconds in the current state.", [({}, st.state_seconds)])
+    last = st.last_resync
+    metric("last_resync_chunks", "gauge", "Chunks sent by the last resync (all its rounds).", [({}, last.chunks)])
+    metric("last_resync_bytes", "gauge", "Data bytes sent by the last resync (all its rounds).", [({}, last.bytes)])
+    metric("last_resync_seconds", "gauge", "Duration of the last resync, from reconnect to mirroring.",
+           [({}, last.seconds)])
+    metric("snapshots", "gauge", "Snapshots held on this node.", [({}, len(st.snapshots))])
     metric("snapshot_space_bytes", "gauge", "Preserved data held by snapshots.",
-           [({}, sum(s.get("space_bytes", 0) for s in snaps))])
-    metric("volume_size_bytes", "gauge", "Size of each volume.",
-           [({"volume": v["name"]}, v["size"]) for v in st.get("volumes", [])])
-    link = st.get("link") or {}
-    metric("link_sent_bytes", "gauge", "Bytes sent on the current link.", [({}, link.get("bytes_sent", 0))])
-    metric("link_received_bytes", "gauge", "Bytes received on the current link.", [({}, link.get("bytes_received", 0))])
-    if role == "primary":
-        metric("seq", "gauge", "Last sequence number given to a mirrored write.", [({}, st.get("seq", 0))])
-        metric("acked_seq", "gauge", "Last sequence number the secondary acknowledged.", [({}, st.get("acked_seq", 0))])
-        metric("lag_writes", "gauge", "Writes sent but not yet acknowledged.", [({}, st.get("lag_writes", 0))])
-        metric("inflight_bytes", "gauge", "Bytes sent but not yet acknowledged.", [({}, st.get("inflight_bytes", 0))])
-        metric("waiting_writes", "gauge", "Host writes waiting for window space.", [({}, st.get("waiting_writes", 0))])
-        metric("link_failures_total", "counter", "Link failures since start.", [({}, st.get("link_failures", 0))])
+           [({}, sum(s.space_bytes for s in st.snapshots))])
+    metric("volume_size_bytes", "gauge", "Size of each volume.", [({"volume": v.name}, v.size) for v in st.volumes])
+    link = st.link
+    metric("link_sent_bytes", "gauge", "Bytes sent on the current link.", [({}, link.bytes_sent if link else 0)])
+    metric("link_received_bytes", "gauge", "Bytes received on the current link.",
+           [({}, link.bytes_received if link else 0)])
+    if st.primary is not None:
+        p = st.primary
+        metric("seq", "gauge", "Last sequence number given to a mirrored write.", [({}, st.seq)])
+        metric("acked_seq", "gauge", "Last sequence number the secondary acknowledged.", [({}, p.acked_seq)])
+        metric("lag_writes", "gauge", "Writes sent but not yet acknowledged.", [({}, p.lag_writes)])
+        metric("inflight_bytes", "gauge", "Bytes sent but not yet acknowledged.", [({}, p.inflight_bytes)])
+        metric("waiting_writes", "gauge", "Host writes waiting for window space.", [({}, p.waiting_writes)])
+        metric("link_failures_total", "counter", "Link failures since start.", [({}, p.link_failures)])
         metric("write_pause_seconds", "gauge", "Host write pause of the last snapshot.",
-               [({}, st.get("write_pause_ms", 0) / 1000)])
-    else:
-        metric("seq", "gauge", "Last applied sequence number.", [({}, st.get("seq", 0))])
-        metric("consistent", "gauge", "1 when the volumes hold a consistent image.", [({}, 1 if st.get("consistent") else 0)])
-        metric("journal_bytes", "gauge", "Bytes in the redo journal.", [({}, st.get("journal_bytes", 0))])
+               [({}, p.write_pause_ms / 1000)])
+    if st.secondary is not None:
+        metric("seq", "gauge", "Last applied sequence number.", [({}, st.seq)])
+        metric("consistent", "gauge", "1 when the volumes hold a consistent image.",
+               [({}, 1 if st.secondary.consistent else 0)])
+        metric("journal_bytes", "gauge", "Bytes in the redo journal.", [({}, st.secondary.journal_bytes)])
     return "\n".join(out) + "\n"
 
 

@@ -11,6 +11,7 @@ import asyncio
 import sys
 import time
 
+from blockmirror.status import FULL, Status
 from blockmirror.units import format_size
 
 INTERVAL_S = 0.5
@@ -18,7 +19,7 @@ INTERVAL_S = 0.5
 
 class Progress:
     def __init__(self, status, stream=sys.stderr):
-        self._status = status  # async () -> dict
+        self._status = status  # async () -> Status
         self._stream = stream
         self._task = asyncio.get_running_loop().create_task(self._run(), name="progress")
         self._shown = False
@@ -46,23 +47,23 @@ class Progress:
                 continue
             self.draw(st)
 
-    def draw(self, st: dict) -> None:
-        prog = st.get("resync_progress")
-        if not prog:
+    def draw(self, st: Status) -> None:
+        prog = st.resync_progress
+        if prog is None:
             if self._shown:
-                last = st.get("last_resync") or {}
-                rounds = last.get("rounds") or 1
-                self._stream.write(f"\r\x1b[K{last.get('kind') or 'resync'} resync done in {rounds} "
-                                   f"round{'s' if rounds != 1 else ''}: {last.get('chunks')} chunks, "
-                                   f"{format_size(last.get('bytes') or 0)} in {last.get('seconds', 0):.1f}s\n")
+                last = st.last_resync
+                rounds = last.rounds or 1
+                self._stream.write(f"\r\x1b[K{last.kind or 'resync'} resync done in {rounds} "
+                                   f"round{'s' if rounds != 1 else ''}: {last.chunks} chunks, "
+                                   f"{format_size(last.bytes)} in {last.seconds:.1f}s\n")
                 self._stream.flush()
                 self._shown = False
             self._round = None
             return
-        if prog.get("round") != self._round:
-            self._round = prog.get("round")
+        if prog.round != self._round:
+            self._round = prog.round
             self._samples = []
-        done, total = _done_total(prog)
+        done, total = float(prog.bytes_done), float(prog.bytes_total)
         now = time.monotonic()
         self._samples = [s for s in self._samples if now - s[0] <= 5.0] + [(now, done)]
         rate = 0.0
@@ -72,36 +73,9 @@ class Progress:
         width = 24
         bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
         eta = f"ETA {max(0.0, (total - done) / rate):.0f}s" if rate > 0 and total else "ETA ?"
-        what = "initial sync" if prog.get("kind") == "full" else "resync"
-        self._stream.write(f"\r\x1b[K{what} round {prog.get('round')} [{bar}] {frac * 100:5.1f}% "
+        what = "initial sync" if prog.kind == FULL else "resync"
+        self._stream.write(f"\r\x1b[K{what} round {prog.round} [{bar}] {frac * 100:5.1f}% "
                            f"{format_size(int(done))}/{format_size(int(total))} "
                            f"{format_size(int(rate))}/s {eta}")
         self._stream.flush()
         self._shown = True
-
-
-def _done_total(prog: dict) -> tuple[float, float]:
-    """Progress in bytes: the primary knows chunks done/total and the total
-    bytes; the secondary knows bytes done and the announced maximum."""
-    if "chunks_total" in prog:
-        total = prog.get("bytes_total") or 0
-        ctot = prog.get("chunks_total") or 0
-        handed = total * prog.get("chunks_done", 0) / ctot if ctot else 0.0
-        return max(0.0, handed - prog.get("bytes_queued", 0)), float(total)
-    return float(prog.get("bytes_done", 0)), float(prog.get("bytes_max") or 0)
-
-
-def add_rate(prog: dict, started: float | None, now: float) -> dict:
-    """Add the round's average rate and an ETA to a status progress dict:
-    `seconds` since the round began, `bytes_done`/`bytes_total` (what has
-    reached the peer, of the round's size), `rate_bps` and `eta_s` (None
-    until something moved)."""
-    done, total = _done_total(prog)
-    elapsed = max(0.0, now - started) if started is not None else 0.0
-    rate = done / elapsed if elapsed > 0 else 0.0
-    prog["seconds"] = round(elapsed, 3)
-    prog.setdefault("bytes_done", int(done))
-    prog["bytes_total"] = int(total)
-    prog["rate_bps"] = int(rate)
-    prog["eta_s"] = round(max(0.0, total - done) / rate, 1) if rate > 0 and total else None
-    return prog

@@ -95,7 +95,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
                  tls_server: ssl.SSLContext | None = None, tls_timeout_s: float = 5.0, on_tls_failed=None):
         LinkProtocol._ids += 1
         self.id = LinkProtocol._ids
-        self.attempt = 0  # the primary's connection attempt number
+        self.node_link = self.id  # the id the node knows this link by (the primary's: its Dial's)
         self.sink = sink
         self._on_made = on_made
         self.conn: Connection | None = None

@@ -28,25 +28,28 @@ from dataclasses import dataclass, field
 from pyroaring import BitMap
 
 from blockmirror.engine import (
-    MIRRORING,
+    Accepted,
+    Answer,
+    Dial,
     HostFlush,
+    HostRequests,
     HostWrite,
+    LinkClosed,
+    LinkUp,
     PrimaryConfig,
-    PrimaryEngine,
+    PrimaryNode,
+    PrimaryPhase,
+    Received,
     SecondaryConfig,
-    SecondaryEngine,
+    SecondaryNode,
 )
-from blockmirror.errors import BlockmirrorError
 from blockmirror.protocol import (
     Ack,
     Connection,
     ConnectionClosed,
     Error,
     Established,
-    LocalNode,
     ProtocolError,
-    Role,
-    VolumeInfo,
 )
 from blockmirror.sim.model import HistoryModel
 from blockmirror.sim.network import EOF_MARK, SimConn, SimNetwork
@@ -87,6 +90,7 @@ class _Side:
         self.engine = None
         self.up = False
         self.restart_at = 0.0
+        self.events: list = []  # the node's next step's events
 
 
 class Scenario:
@@ -165,20 +169,22 @@ class Scenario:
 
     # -- node lifecycle --------------------------------------------------------------------
     def _start(self, side: _Side) -> None:
+        side.events = []
         try:
             side.node = Node.open(side.path, fs=side.fs, clock_ns=lambda: int(self.now * 1e9),
                                   monotonic_ns=lambda: int(self.now * 1e9), meta_synchronous="OFF",
                                   pipeline=self.pipeline)
             if side is self.primary:
-                side.engine = PrimaryEngine(side.node, self.pconfig, random.Random(self.rng.random()), self.now,
-                                            observer=self)
+                side.engine = PrimaryNode(side.node, self.pconfig, random.Random(self.rng.random()), self.now,
+                                          self.pair_uuid, "simpair", observer=self)
                 if side.engine.recovered_hot:
                     hot = [BitMap() for _ in self.sizes]
                     for vol, off, length in side.engine.recovered_hot:
                         hot[vol].add_range(off // CHUNK, (off + length - 1) // CHUNK + 1)
                     self.crashed_hot = [a | b for a, b in zip(self.crashed_hot, hot)]
             else:
-                side.engine = SecondaryEngine(side.node, self.sconfig, self.now, observer=self)
+                side.engine = SecondaryNode(side.node, self.sconfig, self.now, self.pair_uuid, "simpair",
+                                            observer=self)
                 self._check_secondary("after recovery")
         except SimulatedCrash:
             self._crash(side, "during recovery")
@@ -213,18 +219,42 @@ class Scenario:
             node.close()
             self.model.reset(image)
 
-    def _call(self, side: _Side, fn, *args):
-        """Run an engine call; a crash injected inside it kills the node."""
+    def _run_node(self, side: _Side) -> None:
+        """One step of a node with its queued events; apply its Output."""
         if not side.up:
-            return None
+            side.events = []
+            return
+        events, side.events = side.events, []
+        conn = self.net.conn
+        budget = 0
+        if side is self.primary and conn is not None and conn.id == side.engine.link:
+            budget = max(0, 64 * 1024 - conn.to_secondary.queued_bytes)
         try:
-            return fn(*args)
+            out = side.engine.step(self.now, events, budget)
         except SimulatedCrash:
-            self._crash(side, getattr(fn, "__name__", "call"))
-            return None
-        finally:
-            if side is self.primary and side.up:
-                self._take_completions()
+            self._crash(side, "step")
+            return
+        for line in out.logs:
+            self.log(f"{side.name}: {line.text}")
+        if side is self.primary:
+            self._take_completions(out.completions)
+        for close in out.close:
+            if self.net.conn is not None and self.net.conn.id == close.link:
+                self._close_conn(side, close.reason)
+        for start in out.start:
+            if isinstance(start, Dial):
+                self._dial(start)
+            elif isinstance(start, Answer):
+                self._answer(start)
+        conn = self.net.conn
+        if out.send and conn is not None and conn.id == out.link:
+            self._send(side, conn, out.send)
+        if side is self.secondary and side.up and side.engine.round_open is None:
+            eng = side.engine
+            state = (eng.generation, eng.seq, eng.applied_batches)
+            if state != self._last_checked:  # nothing to check after heartbeats alone
+                self._last_checked = state
+                self._check_secondary("after a batch")
 
     # -- observer (called by the engines) ---------------------------------------------------
     def applied(self, token, op: WriteOp, generation, seq) -> None:
@@ -253,13 +283,13 @@ class Scenario:
     def secondary_committed(self, generation, seq) -> None:
         pass
 
-    def _take_completions(self) -> None:
+    def _take_completions(self, completions) -> None:
         eng = self.primary.engine
-        for token, err in eng.take_completions():
+        for token, err in completions:
             self.pending_ops.pop(token, None)
             info = self.token_info.pop(token, None)
             if (self.mode == "sync" and err is None and info is not None and info[1] is not None
-                    and eng.linked and eng.state == MIRRORING):
+                    and eng.linked and eng.phase is PrimaryPhase.MIRRORING):
                 self.sync_acked_point = max(self.sync_acked_point, info[0])
 
     # -- checker ----------------------------------------------------------------------------
@@ -298,7 +328,7 @@ class Scenario:
         try:
             clone.crash(random.Random(self.rng.random()))
             node = Node.open(side.path, fs=clone, meta_synchronous="OFF")
-            eng = SecondaryEngine(node, self.sconfig, self.now)
+            eng = SecondaryNode(node, self.sconfig, self.now)
             gen, seq = str(eng.generation), eng.seq
             if gen == self.claimed[0] and seq < self.claimed[1]:
                 raise Violation(f"the secondary acknowledged seq {self.claimed[1]} but a crash now "
@@ -315,30 +345,24 @@ class Scenario:
             clone.close()
 
     # -- connections -------------------------------------------------------------------------
-    def _connect(self) -> None:
+    def _dial(self, dial: Dial) -> None:
         p = self.primary
-        if not (p.up and p.engine.want_connect(self.now)) or self.net.conn is not None:
+        if self.net.conn is not None or not self.secondary.up or not self.net.reachable(self.now):
+            p.events.append(LinkClosed(dial.link, "unreachable"))
             return
-        if not self.secondary.up or not self.net.reachable(self.now):
-            self._call(p, p.engine.connect_failed, self.now, "unreachable")
-            return
-        self.conn_ids += 1
-        prim = p.engine
-        sec = self.secondary.engine
-        ploc = LocalNode(Role.PRIMARY, uuid.UUID(p.node.node_uuid), self.pair_uuid, "simpair",
-                         tuple(VolumeInfo(n, u, s) for n, u, s in prim.volume_infos()))
-        gen, seq = (sec.generation, sec.seq)
-        if sec.inconsistent:
-            gen, seq = uuid.UUID(int=0), 0
-        sloc = LocalNode(Role.SECONDARY, uuid.UUID(self.secondary.node.node_uuid), self.pair_uuid, "simpair",
-                         tuple(VolumeInfo(n, u, s) for n, u, s in sec.volume_infos()), gen, seq)
         rb = random.Random(self.rng.random()).randbytes
-        conn = SimConn(self.conn_ids, Connection(ploc, SECRET, rb), Connection(sloc, SECRET, rb))
+        conn = SimConn(dial.link, Connection(dial.local, SECRET, rb), None)
+        conn.randbytes = rb
         self.net.conn = conn
-        prim.connecting(self.now)
         conn.p_conn.initiate()
         self.net.send(self.now, conn.to_secondary, conn.p_conn.data_to_send())
+        self.secondary.events.append(Accepted(dial.link))
         self.log(f"connect #{conn.id}")
+
+    def _answer(self, answer: Answer) -> None:
+        conn = self.net.conn
+        if conn is not None and conn.id == answer.link and conn.s_conn is None:
+            conn.s_conn = Connection(answer.local, SECRET, conn.randbytes)
 
     def _close_conn(self, side: _Side | None, reason: str, local_notice: bool = True) -> None:
         """`side` closes its end (None: the network cut both ends)."""
@@ -349,32 +373,25 @@ class Scenario:
         self._last_checked = None  # a rolled-back round must be checked again
         self.log(f"close #{conn.id} by {side.name if side else 'network'}: {reason}")
         for s in (self.primary, self.secondary):
-            attached = conn.secondary_attached if s is self.secondary else True
-            if not s.up or not attached:
-                continue
-            if s is side and not local_notice:
+            if not s.up or (s is side and not local_notice):
                 continue
             # A cut or a crash reaches the other end at once here; a black hole never does,
-            # and that end finds out by its own timeout (the engines' link_timeout_s).
+            # and that end finds out by its own timeout (the nodes' link_timeout_s).
             if s is not side and side is not None and self.net.blackholed(self.now):
-                self._orphans.add(s.name)
                 continue
-            if s is self.primary and not s.engine.linked:
-                if s is side or self.net.conn is None:
-                    self._call(s, s.engine.connect_failed, self.now, reason)
-                continue
-            self._call(s, s.engine.link_down, self.now, reason)
+            s.events.append(LinkClosed(conn.id, reason))
 
     def _deliver(self) -> None:
         conn = self.net.conn
         if conn is None:
             return
-        for pipe, side, pconn in ((conn.to_secondary, self.secondary, conn.s_conn),
-                                  (conn.to_primary, self.primary, conn.p_conn)):
+        for pipe, side, which in ((conn.to_secondary, self.secondary, "s_conn"),
+                                  (conn.to_primary, self.primary, "p_conn")):
             while pipe.queue and pipe.queue[0][0] <= self.now and self.net.conn is conn:
                 _, data = pipe.queue.popleft()
                 pipe.queued_bytes -= len(data) if data is not EOF_MARK else 0
-                if not side.up:
+                pconn = getattr(conn, which)
+                if not side.up or pconn is None:
                     continue
                 self._receive(side, pconn, conn, data)
                 if self.net.conn is not conn:
@@ -382,60 +399,41 @@ class Scenario:
 
     def _receive(self, side: _Side, pconn, conn: SimConn, data) -> None:
         pconn.receive_data(b"" if data is EOF_MARK else data)
-        eng = side.engine
+        msgs: list = []
         try:
             for event in pconn.events():
+                if isinstance(event, (ConnectionClosed, Error)):
+                    if msgs:
+                        side.events.append(Received(conn.id, msgs))
+                    self._close_conn(side, f"peer closed ({event})")
+                    return
                 if isinstance(event, Established):
                     if side is self.secondary:
                         conn.secondary_attached = True
-                    self._call(side, eng.link_up, self.now, event)
-                elif isinstance(event, (ConnectionClosed, Error)):
-                    self._close_conn(side, f"peer closed ({event})")
-                    return
+                    side.events.append(LinkUp(conn.id, event))
                 else:
-                    self._call(side, eng.on_message, self.now, event)
-                if not side.up or self.net.conn is not conn:
-                    return
-                if side is self.secondary and "ack-before-durable" in self.mutations:
-                    self._pump()
+                    msgs.append(event)
         except ProtocolError as exc:
             self.log(f"protocol error at {side.name}: {exc}")
             raise Violation(f"protocol error at {side.name}: {exc}") from exc
-        if side is self.secondary:
-            try:
-                self._call(side, eng.end_of_batch, self.now)
-            except BlockmirrorError as exc:  # disk full on the secondary
-                self.log(f"secondary cannot store: {exc}")
-                self._close_conn(side, str(exc))
-                return
-            if side.up and self.net.conn is conn and eng.round_open is None:
-                state = (eng.generation, eng.seq, eng.applied_batches)
-                if state != self._last_checked:  # nothing to check after heartbeats alone
-                    self._last_checked = state
-                    self._check_secondary("after a batch")
+        if msgs:
+            side.events.append(Received(conn.id, msgs))
+        other = conn.to_secondary if side is self.primary else conn.to_primary
+        self.net.send(self.now, other, pconn.data_to_send())
 
-    def _pump(self) -> None:
-        conn = self.net.conn
-        if conn is None:
-            return
-        p, s = self.primary, self.secondary
-        if p.up:
-            budget = max(0, 64 * 1024 - conn.to_secondary.queued_bytes)
-            msgs = self._call(p, p.engine.poll_transmit, self.now, budget) or []
-            if self.net.conn is not conn:
-                return
-            for msg in msgs:
+    def _send(self, side: _Side, conn: SimConn, messages: list) -> None:
+        if side is self.primary:
+            for msg in messages:
                 self.net.send(self.now, conn.to_secondary, conn.p_conn.send(msg))
-            self.net.send(self.now, conn.to_secondary, conn.p_conn.data_to_send())
-        if s.up and conn.secondary_attached:
-            for msg in s.engine.take_outbox():
-                if isinstance(msg, Ack) and msg.seq > self.claimed[1]:
-                    self.claimed = (str(s.engine.generation), msg.seq)
-                    if self.rng.random() < self.probe_rate:
-                        self._probe_secondary()
-                self.net.send(self.now, conn.to_primary, conn.s_conn.send(msg))
-        if s.up:
-            self.net.send(self.now, conn.to_primary, conn.s_conn.data_to_send())
+            return
+        if conn.s_conn is None:
+            return
+        for msg in messages:
+            if isinstance(msg, Ack) and msg.seq > self.claimed[1]:
+                self.claimed = (str(side.engine.generation), msg.seq)
+                if self.rng.random() < self.probe_rate:
+                    self._probe_secondary()
+            self.net.send(self.now, conn.to_primary, conn.s_conn.send(msg))
 
     # -- host workload ------------------------------------------------------------------------
     def _host_op(self) -> None:
@@ -474,7 +472,7 @@ class Scenario:
         for it in items:
             if isinstance(it, HostWrite):
                 self.pending_ops[it.token] = it.op
-        self._call(p, p.engine.submit, self.now, items)
+        p.events.append(HostRequests(items))
 
     # -- faults --------------------------------------------------------------------------------
     def _draw_fault_time(self, now: float) -> float:
@@ -511,25 +509,6 @@ class Scenario:
             self._disk_full_until = (side, self.now + duration)
 
     # -- main loop --------------------------------------------------------------------------------
-    def _timers(self) -> None:
-        for side in (self.primary, self.secondary):
-            if not side.up:
-                continue
-            if side.engine.next_timer() is not None and side.engine.next_timer() <= self.now:
-                alive = self._call(side, side.engine.on_timer, self.now)
-                if alive is False:
-                    if side is self.primary and not side.engine.linked:
-                        self._orphans.discard(side.name)
-                        if self.net.conn is not None:
-                            self._close_conn(side, "handshake timed out")
-                        else:
-                            self._call(side, side.engine.connect_failed, self.now, "handshake timed out")
-                    elif side.name in self._orphans:
-                        self._orphans.discard(side.name)
-                        self._call(side, side.engine.link_down, self.now, "link silent")
-                    else:
-                        self._close_conn(side, "link silent (timeout)")
-
     def _next_time(self) -> float:
         times = [self.net.next_time()]
         for side in (self.primary, self.secondary):
@@ -556,19 +535,21 @@ class Scenario:
             self._fault()
             self.next_fault = self._draw_fault_time(now)
         self._deliver()
-        self._timers()
         if not self.healing and now >= self.next_host:
             self._host_op()
             self.next_host = now + self.rng.expovariate(self.write_rate)
-        self._connect()
-        self._pump()
+        for _ in range(4):  # until neither node has events left (a step may queue some for the other)
+            self._run_node(self.primary)
+            self._run_node(self.secondary)
+            if not (self.primary.events or self.secondary.events):
+                break
 
     def _converged(self) -> bool:
         p, s = self.primary, self.secondary
         if not (p.up and s.up):
             return False
         e = p.engine
-        return (e.state == MIRRORING and e.linked and not e.inflight and not e.waiting
+        return (e.phase is PrimaryPhase.MIRRORING and not e.window and not e.waiting
                 and not s.engine.inconsistent and s.engine.seq == e.seq and s.engine.round_open is None)
 
     def run(self) -> Result:

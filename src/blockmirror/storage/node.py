@@ -683,7 +683,7 @@ class Node:
             vol.file.sync()
 
     # -- snapshots -------------------------------------------------------------------
-    def snapshot(self, label: str = "", state: dict | None = None) -> SnapshotInfo:
+    def snapshot(self, label: str = "", rows: Callable[[int], dict] | None = None) -> SnapshotInfo:
         """Steps 64-70: pause writes to every volume, snapshot them all at one
         instant, resume. O(1) in volume size: no data is copied. `state`
         (key/value pairs for the layers above, e.g. the unacknowledged writes
@@ -712,8 +712,8 @@ class Node:
                     cur = conn.execute(
                         "INSERT INTO snapshots (label, created_ns, sealed) VALUES (?, ?, 0)", (label, created))
                     snap_id = cur.lastrowid
-                    if state:
-                        self._put_state(conn, {k.format(snap=snap_id): v for k, v in state.items()})
+                    if rows is not None:
+                        self._put_state(conn, rows(snap_id))
                 self._tables[snap_id] = {v: BitMap() for v in self._by_id}
                 pause_ns = self._monotonic_ns() - start
                 self._snapshots[snap_id] = SnapshotInfo(snap_id, label, created, pause_ns, False)

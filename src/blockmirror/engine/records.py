@@ -1,0 +1,259 @@
+"""The records the engines keep in the node's metadata store.
+
+Each record is a frozen dataclass with one key, one version, and one
+encode/decode; nothing else reads or writes these keys. Values are JSON in
+the storage's key/value table, committed atomically with whatever else the
+same call commits (a snapshot, another record).
+
+Records written by earlier versions (plain values without a version field,
+or a point spread over several keys) are read as version 0 and written back
+in the current form at the next update.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from blockmirror.protocol import NIL_UUID
+
+Extent = tuple[int, int, int]  # (volume index, offset, length)
+
+
+class RecordError(ValueError):
+    """A stored record this version cannot read."""
+
+
+def _version(raw: dict, cls) -> int:
+    v = raw.get("v", 0)
+    if not isinstance(v, int) or v > cls.VERSION:
+        raise RecordError(f"{cls.__name__} record of version {v!r}; this blockmirror reads up to "
+                          f"{cls.VERSION} (was the node used by a newer version?)")
+    return v
+
+
+def _uuid_or_none(text) -> uuid.UUID | None:
+    return None if text is None else uuid.UUID(text)
+
+
+# -- primary -----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class PrimaryPoint:
+    """The generation the secondary last confirmed (None: never synced) and
+    whether the last stop was clean (False while running)."""
+    KEY: ClassVar[str] = "primary.point"
+    VERSION: ClassVar[int] = 1
+    LEGACY_KEYS: ClassVar[tuple[str, ...]] = ("primary.generation", "primary.clean")
+    generation: uuid.UUID | None = None
+    clean: bool = True
+
+    def encode(self) -> dict:
+        return {"v": self.VERSION, "generation": None if self.generation is None else str(self.generation),
+                "clean": self.clean}
+
+    @classmethod
+    def decode(cls, raw: dict) -> PrimaryPoint:
+        _version(raw, cls)
+        return cls(_uuid_or_none(raw.get("generation")), bool(raw.get("clean", True)))
+
+    @classmethod
+    def from_legacy(cls, generation, clean) -> PrimaryPoint:
+        return cls(_uuid_or_none(generation), True if clean is None else bool(clean))
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncBase:
+    """A snapshot the secondary's image can be brought up to date from: its
+    image is the secondary's `generation` at `acked_seq`, except for the
+    `unacked` extents (sent, maybe applied, never acknowledged: step 68)."""
+    PREFIX: ClassVar[str] = "primary.base."
+    VERSION: ClassVar[int] = 1
+    snapshot: int
+    generation: uuid.UUID
+    acked_seq: int
+    unacked: tuple[Extent, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.PREFIX}{self.snapshot}"
+
+    def encode(self) -> dict:
+        return {"v": self.VERSION, "generation": str(self.generation), "acked_seq": self.acked_seq,
+                "unacked": [list(e) for e in self.unacked]}
+
+    @classmethod
+    def decode(cls, snapshot: int, raw: dict) -> ResyncBase:
+        _version(raw, cls)
+        return cls(snapshot, uuid.UUID(raw["generation"]), int(raw["acked_seq"]),
+                   tuple(tuple(e) for e in raw.get("unacked", ())))
+
+    def with_unacked(self, more) -> ResyncBase:
+        return ResyncBase(self.snapshot, self.generation, self.acked_seq,
+                          self.unacked + tuple(tuple(e) for e in more))
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityRecord:
+    """The primary's hot regions: (volume index, region) pairs that may differ
+    from the secondary after a crash."""
+    KEY: ClassVar[str] = "primary.activity"
+    VERSION: ClassVar[int] = 1
+    regions: tuple[tuple[int, int], ...] = ()
+
+    def encode(self) -> dict:
+        return {"v": self.VERSION, "regions": [list(r) for r in self.regions]}
+
+    @classmethod
+    def decode(cls, raw) -> ActivityRecord:
+        if isinstance(raw, list):  # version 0: the bare list
+            return cls(tuple(tuple(r) for r in raw))
+        _version(raw, cls)
+        return cls(tuple(tuple(r) for r in raw["regions"]))
+
+
+# -- secondary ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class CommittedPoint:
+    """The secondary's image: the primary's `generation` at `seq`, applied
+    and synced up to the redo journal's `journal_checkpoint` in epoch
+    `journal_epoch` (records after it replay at recovery). `consistent` is
+    False from a full round's begin until its commit."""
+    KEY: ClassVar[str] = "secondary.point"
+    VERSION: ClassVar[int] = 1
+    LEGACY_KEYS: ClassVar[tuple[str, ...]] = ("secondary.generation", "secondary.seq", "journal.epoch",
+                                              "journal.checkpoint", "secondary.inconsistent")
+    generation: uuid.UUID = NIL_UUID
+    seq: int = 0
+    journal_epoch: int = 0
+    journal_checkpoint: int = 0
+    consistent: bool = True
+
+    def encode(self) -> dict:
+        return {"v": self.VERSION, "generation": str(self.generation), "seq": self.seq,
+                "journal_epoch": self.journal_epoch, "journal_checkpoint": self.journal_checkpoint,
+                "consistent": self.consistent}
+
+    @classmethod
+    def decode(cls, raw: dict) -> CommittedPoint:
+        _version(raw, cls)
+        return cls(uuid.UUID(raw["generation"]), int(raw["seq"]), int(raw["journal_epoch"]),
+                   int(raw["journal_checkpoint"]), bool(raw["consistent"]))
+
+    @classmethod
+    def from_legacy(cls, generation, seq, epoch, checkpoint, inconsistent) -> CommittedPoint:
+        return cls(uuid.UUID(generation) if generation else NIL_UUID, seq or 0, epoch or 0, checkpoint or 0,
+                   not inconsistent)
+
+    @property
+    def holds_image(self) -> bool:
+        """A complete image of some point of the primary's history."""
+        return self.consistent and self.generation != NIL_UUID
+
+
+FULL = "full"
+INCREMENTAL = "incremental"
+
+
+@dataclass(frozen=True, slots=True)
+class OpenRound:
+    """A resync round the secondary has begun and not committed. An
+    incremental round names its safety snapshot (the pre-round image)."""
+    KEY: ClassVar[str] = "secondary.round"
+    VERSION: ClassVar[int] = 1
+    id: int
+    kind: str
+    target_generation: uuid.UUID
+    safety: int | None = None
+
+    def encode(self) -> dict:
+        return {"v": self.VERSION, "id": self.id, "kind": self.kind, "target": str(self.target_generation),
+                "safety": self.safety}
+
+    @classmethod
+    def decode(cls, raw: dict) -> OpenRound:
+        _version(raw, cls)
+        return cls(int(raw["id"]), raw["kind"], uuid.UUID(raw["target"]), raw.get("safety"))
+
+
+@dataclass(frozen=True, slots=True)
+class VolumePairing:
+    """Secondary volume name -> the UUID of the primary volume it mirrors,
+    adopted at the first full sync."""
+    KEY: ClassVar[str] = "secondary.paired_uuids"
+    VERSION: ClassVar[int] = 1
+    primary_uuids: dict[str, str] = field(default_factory=dict)
+
+    def encode(self) -> dict:
+        return {"v": self.VERSION, "primary_uuids": dict(self.primary_uuids)}
+
+    @classmethod
+    def decode(cls, raw: dict) -> VolumePairing:
+        if "v" not in raw:  # version 0: the bare mapping
+            return cls(dict(raw))
+        _version(raw, cls)
+        return cls(dict(raw["primary_uuids"]))
+
+
+# -- the store ---------------------------------------------------------------------------
+
+class RecordStore:
+    """Reads and writes the records above through the node's key/value
+    state. `rows()` builds one commit's worth for `Node.set_state` or for a
+    snapshot's own transaction."""
+
+    def __init__(self, node):
+        self.node = node
+
+    @staticmethod
+    def rows(*records, delete: tuple = ()) -> dict:
+        out: dict = {}
+        for rec in records:
+            out[getattr(rec, "key", None) or rec.KEY] = rec.encode()
+            for legacy in getattr(rec, "LEGACY_KEYS", ()):
+                out[legacy] = None
+        for key in delete:
+            out[key] = None
+        return out
+
+    def save(self, *records, delete: tuple = ()) -> None:
+        self.node.set_state(self.rows(*records, delete=delete))
+
+    def primary_point(self) -> PrimaryPoint:
+        raw = self.node.get_state(PrimaryPoint.KEY)
+        if raw is not None:
+            return PrimaryPoint.decode(raw)
+        return PrimaryPoint.from_legacy(*(self.node.get_state(k) for k in PrimaryPoint.LEGACY_KEYS))
+
+    def resync_bases(self) -> dict[int, ResyncBase]:
+        """Every base whose snapshot still exists, by snapshot id."""
+        live = {s.id for s in self.node.snapshots()}
+        out = {}
+        for key in self.node.state_keys(ResyncBase.PREFIX):
+            sid = int(key[len(ResyncBase.PREFIX):])
+            if sid in live:
+                out[sid] = ResyncBase.decode(sid, self.node.get_state(key))
+        return out
+
+    def base_keys(self) -> list[str]:
+        return self.node.state_keys(ResyncBase.PREFIX)
+
+    def activity(self) -> ActivityRecord:
+        raw = self.node.get_state(ActivityRecord.KEY)
+        return ActivityRecord() if raw is None else ActivityRecord.decode(raw)
+
+    def committed_point(self) -> CommittedPoint:
+        raw = self.node.get_state(CommittedPoint.KEY)
+        if raw is not None:
+            return CommittedPoint.decode(raw)
+        return CommittedPoint.from_legacy(*(self.node.get_state(k) for k in CommittedPoint.LEGACY_KEYS))
+
+    def open_round(self) -> OpenRound | None:
+        raw = self.node.get_state(OpenRound.KEY)
+        return None if raw is None else OpenRound.decode(raw)
+
+    def volume_pairing(self) -> VolumePairing:
+        raw = self.node.get_state(VolumePairing.KEY)
+        return VolumePairing() if raw is None else VolumePairing.decode(raw)

@@ -1,0 +1,184 @@
+"""What the secondary keeps on disk, and how it stays consistent across a
+crash: the committed point, the redo journal of live writes, and the open
+resync round with its safety snapshot.
+
+Recovery (at open) rolls an interrupted incremental round back from its
+safety snapshot, leaves an interrupted full round inconsistent, then replays
+the journal from the last checkpoint: the volumes hold writes 1..n of the
+committed generation, never n+1 without n.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+
+from blockmirror.engine.config import SecondaryConfig
+from blockmirror.engine.journal import KIND_WRITE, RedoJournal
+from blockmirror.engine.records import (
+    FULL, INCREMENTAL, CommittedPoint, OpenRound, RecordStore, VolumePairing,
+)
+from blockmirror.storage import Node, WriteOp
+
+JOURNAL_NAME = "journal.log"
+
+
+class SecondaryStore:
+    def __init__(self, node: Node, config: SecondaryConfig, out):
+        self.node = node
+        self.config = config
+        self.out = out  # the Output collecting the node's log lines
+        self.records = RecordStore(node)
+        self.names = list(node.volumes)  # wire volume index -> name (the primary's order once linked)
+        self.point: CommittedPoint = self.records.committed_point()
+        self.pairing: VolumePairing = self.records.volume_pairing()
+        self.round: OpenRound | None = None
+        self._pending_writes: list[WriteOp] = []  # journaled, applied after the sync
+        self.applied_batches = 0  # batches written to the volumes (the simulator's checker watches it)
+        self._recover()
+
+    # -- recovery --------------------------------------------------------------------------
+    def _recover(self) -> None:
+        node = self.node
+        jpath = os.path.join(node.path, JOURNAL_NAME)
+        created = not node.fs.exists(jpath)
+        jfile = node.fs.open(jpath, create=True)
+        if created:
+            node.fs.sync_dir(node.path)
+        self.journal = RedoJournal(jfile, self.point.journal_epoch, self.point.journal_checkpoint)
+        rnd = self.records.open_round()
+        if rnd is not None:
+            if rnd.kind == INCREMENTAL:
+                self._roll_back(rnd)
+            else:
+                self.out.warning(f"full sync round {rnd.id} was interrupted; the secondary stays inconsistent")
+                self.records.save(delete=(OpenRound.KEY,))
+        # A safety snapshot with no open round is left from a crash after commit.
+        for snap in node.snapshots():
+            node.delete_snapshot(snap.id)
+        seq, end, ops = self.point.seq, self.point.journal_checkpoint, []
+        for rec in self.journal.replay(self.point.journal_checkpoint, self.point.seq):
+            ops.append(self._record_op(rec.volume, rec.kind, rec.offset, rec.length, rec.data))
+            seq, end = rec.seq, rec.end
+        self.journal.tail = end
+        if ops:
+            node.write_many(ops)
+            self.out.info(f"replayed {len(ops)} journal records up to seq {seq}")
+        self.point = dataclasses.replace(self.point, seq=seq)
+        self.journaled_seq = seq
+        self.checkpoint(force=True)
+
+    def _roll_back(self, rnd: OpenRound) -> None:
+        """Undo a half-applied incremental round: copy the safety snapshot's
+        preserved chunks back, sync, then forget the round."""
+        node = self.node
+        if rnd.safety in {s.id for s in node.snapshots()}:
+            ops = []
+            for name, chunks in node.diff(rnd.safety).items():
+                vol = node.volumes[name]
+                for chunk in chunks:
+                    off = chunk * node.chunk_size
+                    ops.append(WriteOp(name, off, node.read_snapshot(rnd.safety, name, off, vol.chunk_bytes(chunk))))
+            node.write_many(ops)
+            node.flush()
+        self.records.save(delete=(OpenRound.KEY,))
+        self.round = None
+        self.out.warning(f"rolled back interrupted resync round {rnd.id} to generation {self.point.generation}")
+
+    def checkpoint(self, force: bool = False) -> None:
+        """Volumes synced up to the journal's tail; restart the journal when
+        it has grown past its bound."""
+        if self._pending_writes or self.journal.pending_bytes:
+            return
+        if not force and self.journal.tail < self.config.journal_checkpoint_bytes:
+            return
+        self.node.flush()
+        if self.journal.tail:
+            self.journal.reset(self.journal.epoch + 1)
+        self.point = dataclasses.replace(self.point, journal_epoch=self.journal.epoch,
+                                         journal_checkpoint=self.journal.tail)
+        self.records.save(self.point)
+
+    def _record_op(self, volume: int, kind: int, offset: int, length: int, data) -> WriteOp:
+        name = self.names[volume]
+        if kind == KIND_WRITE:
+            return WriteOp(name, offset, data)
+        return WriteOp(name, offset, None, length, "zero")
+
+    # -- live writes ---------------------------------------------------------------------------
+    def append(self, seq: int, volume: int, kind: int, offset: int, length: int, data) -> None:
+        """Journal a live write (synced at the end of the batch)."""
+        self.journal.append(seq, volume, kind, offset, length, data)
+        self._pending_writes.append(self._record_op(volume, kind, offset, length, data))
+        self.journaled_seq = seq
+
+    def apply(self, ops: list[WriteOp]) -> None:
+        self.node.write_many(ops)
+        self.applied_batches += 1
+
+    def end_of_batch(self, ack_due: bool) -> int | None:
+        """One journal sync for every record since the last batch, then apply
+        them; the seq to acknowledge (None: nothing new)."""
+        if self.journal.pending_bytes:
+            if "ack-before-durable" in self.config.mutations:
+                self.journal.write()  # broken on purpose: acknowledged before it is on stable storage
+            else:
+                self.journal.sync()
+            ack_due = True
+        if self._pending_writes:
+            ops, self._pending_writes = self._pending_writes, []
+            self.apply(ops)
+            self.point = dataclasses.replace(self.point, seq=self.journaled_seq)
+            self.node.pace_writeback(sum(op.nbytes for op in ops), self.config.writeback_kick_bytes)
+        self.checkpoint()
+        return self.journaled_seq if ack_due else None
+
+    def link_down(self) -> None:
+        """Records not yet synced were never acknowledged: drop them; an open
+        incremental round rolls back."""
+        self.journal.discard_pending()
+        self._pending_writes.clear()
+        self.journaled_seq = self.point.seq
+        rnd = self.round
+        if rnd is not None and rnd.kind == INCREMENTAL:
+            self._roll_back(rnd)
+            self.node.delete_snapshot(rnd.safety)
+
+    # -- rounds ------------------------------------------------------------------------------
+    def begin_round(self, round_id: int, kind: str, target: uuid.UUID, in_place: bool = False) -> None:
+        self.checkpoint(force=True)
+        if kind == FULL:
+            self.round = OpenRound(round_id, FULL, target)
+            self.point = dataclasses.replace(self.point, consistent=False)
+            self.records.save(self.round, self.point)
+            self.out.info(f"full sync round {round_id} begins (target generation {target})")
+        elif in_place:
+            pass  # broken on purpose (a mutation): no safety snapshot, a torn round stays torn
+        else:
+            # A crash between these two commits leaves a stray snapshot and no
+            # round: recovery deletes the snapshot, nothing was applied yet.
+            safety = self.node.snapshot("resync-safety")
+            self.round = OpenRound(round_id, INCREMENTAL, target, safety.id)
+            self.records.save(self.round)
+            self.out.info(f"incremental round {round_id} begins ({self.point.generation} -> {target})")
+
+    def commit_round(self, ops: list[WriteOp], generation: uuid.UUID, seq: int,
+                     primary_uuids: dict[str, str]) -> OpenRound | None:
+        """Sync the round's data, then commit the new point in one
+        transaction; the safety snapshot goes last."""
+        if ops:
+            self.node.write_many(ops)
+        self.node.flush()
+        rnd = self.round
+        self.point = CommittedPoint(generation, seq, self.journal.epoch, self.journal.tail, consistent=True)
+        self.journaled_seq = seq
+        recs = [self.point]
+        if rnd is not None and rnd.kind == FULL:
+            self.pairing = VolumePairing(dict(primary_uuids))
+            recs.append(self.pairing)
+        self.records.save(*recs, delete=(OpenRound.KEY,))
+        self.round = None
+        if rnd is not None and rnd.kind == INCREMENTAL:
+            self.node.delete_snapshot(rnd.safety)
+        return rnd
