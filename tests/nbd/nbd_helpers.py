@@ -1,5 +1,5 @@
 """Test doubles for the NBD tests: an export in memory, the server on its
-own thread, and a minimal raw NBD client."""
+own thread, a minimal raw NBD client, and waiting for libnbd requests."""
 
 from __future__ import annotations
 
@@ -9,10 +9,20 @@ import socket
 import struct
 import threading
 
+import nbd
+
 from blockmirror.nbd.server import NbdServer, ServerLimits
 
 VOL0_BYTES = 64 << 20
 VOL1_BYTES = 16 << 20
+
+
+def wait_all(h: nbd.NBD, cookies) -> None:
+    """Until nothing is in flight on `h`; each of `cookies` completed."""
+    while h.aio_in_flight() > 0:
+        h.poll(-1)
+    for cookie in cookies:
+        assert h.aio_command_completed(cookie)
 
 
 class MemoryExport:

@@ -6,27 +6,13 @@ import random
 
 import nbd
 import pytest
-from nbd_helpers import VOL0_BYTES
+from nbd_helpers import VOL0_BYTES, wait_all
 
 from blockmirror.testing.daemon import Daemon
+from blockmirror.testing.host import connect
 from blockmirror.testing.nodes import read_volume
 
 MiB = 1 << 20
-
-
-def connect(uri: str, strict: bool = True) -> nbd.NBD:
-    h = nbd.NBD()
-    if not strict:
-        h.set_strict_mode(0)
-    h.connect_uri(uri)
-    return h
-
-
-def wait_all(h: nbd.NBD, cookies) -> None:
-    while h.aio_in_flight() > 0:
-        h.poll(-1)
-    for cookie in cookies:
-        assert h.aio_command_completed(cookie)
 
 
 def test_hundreds_of_async_requests_in_flight(primary, node_dir):

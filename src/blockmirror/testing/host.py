@@ -16,8 +16,12 @@ from blockmirror.testing.daemon import HarnessError
 CHUNK = 64 << 10
 
 
-def connect(uri: str) -> nbd.NBD:
+def connect(uri: str, strict: bool = True) -> nbd.NBD:
+    """A libnbd handle connected to `uri`; strict=False lets it send
+    requests libnbd would refuse (to test the server's answer)."""
     h = nbd.NBD()
+    if not strict:
+        h.set_strict_mode(0)
     h.connect_uri(uri)
     return h
 
