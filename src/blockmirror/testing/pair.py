@@ -36,8 +36,12 @@ class Pair:
         self.secondary: Daemon | None = None
         self.proxy: FaultProxyControl | None = None
         if start:
-            self.start_secondary()
-            self.start_primary()
+            try:
+                self.start_secondary()
+                self.start_primary()
+            except BaseException:
+                self.close()  # no daemon or proxy outlives a pair that failed to start
+                raise
 
     def start_secondary(self) -> None:
         """The secondary, and the fault proxy in front of it."""

@@ -20,7 +20,7 @@ from blockmirror.testing.tools import stop_process
 class FaultProxyControl(Protocol):
     address: tuple[str, int]
 
-    def cut(self, stay_down: bool = True) -> None: ...
+    def cut(self) -> None: ...
     def blackhole(self) -> None: ...
     def delay(self, seconds: float) -> None: ...
     def rate(self, bytes_per_s: float) -> None: ...
@@ -57,8 +57,8 @@ class ProxyProcess:
         after it. An unknown command is a ValueError."""
         return control(self.control_path, line)
 
-    def cut(self, stay_down: bool = True) -> None:
-        self.command("cut" if stay_down else "cut-once")
+    def cut(self) -> None:
+        self.command("cut")
 
     def blackhole(self) -> None:
         self.command("blackhole")
