@@ -1,6 +1,6 @@
-"""Helpers shared by the benchmark scripts in bench/: statistics, a
-description of the machine, peak memory, result lines, and rewriting one
-section of docs/BENCHMARKS.md while keeping the others intact.
+"""Helpers shared by the benchmark scripts in bench/: their error,
+statistics, a description of the machine, peak memory, result lines, and
+rewriting one section of docs/BENCHMARKS.md while keeping the others intact.
 
 Benchmarks are scripts, never timed assertions in tests. Every script prints
 one line per measurement, `name: value unit`, so runs can be compared with
@@ -26,6 +26,10 @@ KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
 TiB = 1 << 40
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not measure what it set out to."""
 
 
 # -- statistics ------------------------------------------------------------------
@@ -150,11 +154,12 @@ def machine(bench_dir: str) -> dict[str, str]:
 
 
 def machine_markdown(m: dict[str, str]) -> str:
+    """The body of docs/BENCHMARKS.md's Machine section."""
     rows = [("CPU", m["cpu"]), ("Cores", m["cores"]), ("RAM", m["ram"]),
             ("Filesystem of the bench dir", m["bench_fs"]), ("Kernel", m["kernel"]),
             ("Python", m["python"]), ("SQLite", m["sqlite"]), ("pyroaring", m["pyroaring"])]
     lines = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
-    return "\n".join(lines)
+    return "\n".join(lines) + f"\n\nDescribed {today()} by the bench scripts."
 
 
 def machine_oneline(m: dict[str, str]) -> str:

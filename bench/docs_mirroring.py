@@ -22,9 +22,16 @@ make bench                                              # everything below, quic
 .venv/bin/python bench/run.py --smoke                   # tiny sizes, seconds: the test suite runs this
 .venv/bin/python bench/run.py --dir /mnt/x              # put the data on another filesystem
 .venv/bin/python bench/storage_bench.py [--full]        # the storage layer alone (run.py runs it first)
-.venv/bin/python bench/nbd_throughput.py                # nbdcopy: standalone primary vs nbdkit file
 .venv/bin/python bench/floors.py                        # the bare-syscall floors of benchmarks 3 and 4, tiny demo run
 ```
+
+Diagnostics in `bench/diagnostics/`, run by hand and never by `make bench`
+(the test suite runs each one's `--help`, and all but the py-spy one on
+tiny sizes): `nbd_throughput.py` (nbdcopy into the standalone primary
+against nbdkit's file plugin), `profile_daemons.py` (py-spy of both daemons
+on a hot path), `cpu_per_byte.py` (CPU seconds per GiB of benchmark 4's
+cases) and `resync_threads.py` (where a resync's CPU and wall time go, per
+thread); see Profiles.
 
 `make bench` runs `bench/run.py`: first `bench/storage_bench.py --write-docs`
 (the Storage section), then the daemon benchmarks (the Mirroring section).
@@ -172,7 +179,7 @@ def render(cfg, mode, res, m, elapsed, argv_text) -> str:
           f"allows {g(big + '.cpu_bound_mb_s'):.0f} MB/s, "
           f"{g(big + '.cpu_bound_mb_s') / g(big + '.raw_copy_mb_s'):.0%} of the raw copy. Most of that CPU "
           f"is the kernel's: receiving, the page-cache copies of the originals and of the new data, and "
-          f"writeback (`bench/resync_threads.py` splits it per thread; docs below, Profiles)."]
+          f"writeback (`bench/diagnostics/resync_threads.py` splits it per thread; docs below, Profiles)."]
 
     # 4
     L += ["", "### 4. Mirrored write throughput through NBD (nbdcopy)", ""]

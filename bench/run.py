@@ -34,22 +34,24 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import resource
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 
+from blockmirror.testing import procstat
+from blockmirror.testing.host import WriteLatencyRecorder, aio_write, connect
+from blockmirror.testing.nodes import CHUNK
+from blockmirror.testing.pair import Pair
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 import floors  # noqa: E402
-from common import GiB, KiB, MiB, median, note, percentile, prewrite, prewrite_file, size_label  # noqa: E402
-import harness as H  # noqa: E402
-
-CHUNK = H.CHUNK
+import setups  # noqa: E402
+from common import BenchError, GiB, MiB, median, note, percentile, prewrite, prewrite_file, size_label  # noqa: E402
+from workload import QD, fresh_writes, nbdcopy, prefill_file, prefill_volume, random_file, settle  # noqa: E402
 
 MODES = {
     "smoke": dict(
@@ -81,55 +83,12 @@ MODES = {
         b8_vol=64 * GiB, b8_changed=(64 * GiB) // 10 // CHUNK * CHUNK, b8_runs=5),
 }
 
-TARGET_RSYNC_SPEEDUP_1PCT = 10.0
-TARGET_WIRE_OVERHEAD = 0.05
-TARGET_SIZE_GROWTH = 0.20
-TARGET_RAW_RATIO = 0.50
-TARGET_ASYNC_RATIO = 0.70
-TARGET_SYNC_RATIO = 0.50
-TARGET_PAUSE_P99_MS = 5.0
-QD = 16  # libnbd requests in flight for the benchmark writers
-
 
 def mb_s(nbytes: int, seconds: float) -> float:
     return nbytes / seconds / 1e6 if seconds > 0 else float("inf")
 
 
-def _met(ok: bool) -> str:
-    return "met" if ok else "**NOT met**"
-
-
-# -- data --------------------------------------------------------------------------------------
-def prefill_file(path: str, size: int, seed: int = 3) -> None:
-    """Non-zero data, every 64 KiB chunk distinct (its index in the first 8
-    bytes), so rsync's block matching cannot find a chunk elsewhere."""
-    rng = random.Random(seed)
-    pool = rng.randbytes(16 * CHUNK)
-    step = 16 * CHUNK
-    with open(path, "r+b" if os.path.exists(path) else "wb") as f:
-        for base in range(0, size, step):
-            n = min(step, size - base)
-            buf = bytearray(pool[:n])
-            for i in range(0, n, CHUNK):
-                buf[i:i + 8] = struct.pack("<Q", (base + i) // CHUNK + 1)
-            f.write(buf)
-        f.truncate(size)
-
-
-def prefill_volume(size: int, name: str = "vol0"):
-    def fill(node_dir: str) -> None:
-        prefill_file(os.path.join(node_dir, "volumes", f"{name}.img"), size)
-    return fill
-
-
-def fresh_writes(chunks, seed: int):
-    """(offset, data) with new random data per chunk, generated lazily; give
-    every call its own seed, or rsync finds the data of an earlier run."""
-    rng = random.Random(seed)
-    for c in chunks:
-        yield c * CHUNK, rng.randbytes(CHUNK)
-
-
+# -- baselines without blockmirror --------------------------------------------------------------
 def raw_copy(src: str, dst: str, chunks) -> float:
     """The floor of a resync on this machine: read the chunks from `src` and
     write them at the same offsets of `dst`, in disk order, consecutive
@@ -153,9 +112,6 @@ def raw_copy(src: str, dst: str, chunks) -> float:
     finally:
         os.close(fs)
         os.close(fd)
-
-
-CPU_TICK_S = 1 / os.sysconf("SC_CLK_TCK")  # the resolution of /proc/PID/stat CPU times
 
 
 def raw_copy_atomic(src: str, dst: str, chunks, scratch: str, group: int = 256) -> float:
@@ -189,35 +145,30 @@ def raw_copy_atomic(src: str, dst: str, chunks, scratch: str, group: int = 256) 
         os.unlink(scratch)
 
 
-def settle() -> None:
-    """Write back dirty pages so the next case does not pay for the last."""
-    os.sync()
-
-
-def resync(pair: H.Pair) -> dict:
+def resync(pair: Pair) -> dict:
     """Start the secondary again and wait for the pair to converge; the
     primary's last_resync and link byte counters, plus wall time from the
     secondary's readiness to convergence (polled every 20 ms), and the CPU
     seconds each daemon used from then to convergence."""
-    p_cpu = H.cpu_seconds(pair.primary.pid)
+    p_cpu = procstat.cpu_seconds(pair.primary.pid)
     pair.restore()
-    s_cpu = H.cpu_seconds(pair.secondary.pid)  # after its start-up (imports, node open)
+    s_cpu = procstat.cpu_seconds(pair.secondary.pid)  # after its start-up (imports, node open)
     st = pair.wait_converged()
     wall = time.perf_counter() - pair.secondary.ready_at
     link = st.get("link") or {}
     return {"seconds": st["last_resync"]["seconds"], "bytes": st["last_resync"]["bytes"],
             "chunks": st["last_resync"]["chunks"], "rounds": st["last_resync"]["rounds"],
             "wire": link.get("bytes_sent", -1), "wall": wall,
-            "p_cpu": H.cpu_seconds(pair.primary.pid) - p_cpu, "s_cpu": H.cpu_seconds(pair.secondary.pid) - s_cpu}
+            "p_cpu": procstat.cpu_seconds(pair.primary.pid) - p_cpu, "s_cpu": procstat.cpu_seconds(pair.secondary.pid) - s_cpu}
 
 
 # -- 1 + 3. resync vs rsync, resync vs raw copy -------------------------------------------------
-def bench_rsync(cfg, root, res, extra) -> None:
+def bench_rsync(cfg, root, res) -> None:
     size = cfg["b1_vol"]
     nchunks = size // CHUNK
     base = os.path.join(root, "b1")
     note(f"[1] resync vs rsync: {size_label(size)} volume, prefill + initial sync")
-    pair = H.Pair(base, {"vol0": size}, prefill=prefill_volume(size))
+    pair = setups.pair(base, {"vol0": size}, prefill=prefill_volume(size))
     rsyncd = None
     try:
         t = time.perf_counter()
@@ -228,7 +179,7 @@ def bench_rsync(cfg, root, res, extra) -> None:
         os.makedirs(mod)
         image = os.path.join(pair.p_dir, "volumes", "vol0.img")
         prefill_file(os.path.join(mod, "secondary.img"), size)  # the secondary image, as rsync's target
-        rsyncd = H.RsyncDaemon(base, mod)
+        rsyncd = setups.RsyncDaemon(base, mod)
         settle()
         rng = random.Random(11)
         floor_scratch = os.path.join(base, "floor-scratch")
@@ -240,7 +191,7 @@ def bench_rsync(cfg, root, res, extra) -> None:
             for run in range(cfg["runs"]):
                 chunks = rng.sample(range(nchunks), k)
                 pair.outage()
-                H.aio_write(pair.primary.uri("vol0"), fresh_writes(chunks, rng.getrandbits(64)), qd=QD)
+                aio_write(pair.primary.uri("vol0"), fresh_writes(chunks, rng.getrandbits(64)), qd=QD)
                 settle()
                 r = {}
                 for step in (("rsync", "bm") if run % 2 == 0 else ("bm", "rsync")):
@@ -297,10 +248,9 @@ def bench_rsync(cfg, root, res, extra) -> None:
             # cores / CPU-s per byte: what the resync could reach with its CPU work perfectly spread
             res.add(f"{t3}.cpu_bound_mb_s",
                     # (at least one clock tick of CPU: tiny smoke runs can measure none)
-                    median(os.cpu_count() * r["changed"] / max(r["bm"]["p_cpu"] + r["bm"]["s_cpu"], CPU_TICK_S)
+                    median(os.cpu_count() * r["changed"] / max(r["bm"]["p_cpu"] + r["bm"]["s_cpu"], procstat.TICK_S)
                            / 1e6 for r in rows),
                     "MB/s", "{:.0f}")
-            extra.setdefault("b1", {})[label] = rows
     finally:
         if rsyncd is not None:
             rsyncd.close()
@@ -309,14 +259,14 @@ def bench_rsync(cfg, root, res, extra) -> None:
 
 
 # -- 2. resync time against volume size ----------------------------------------------------------
-def bench_size(cfg, root, res, extra) -> None:
+def bench_size(cfg, root, res) -> None:
     sizes = cfg["b2_sizes"]
     k = cfg["b2_changed"] // CHUNK
     note(f"[2] resync time vs size: {', '.join(size_label(s) for s in sizes)} sparse, {k} chunks changed")
     pairs = {}
     try:
         for s in sizes:
-            pairs[s] = H.Pair(os.path.join(root, f"b2-{size_label(s)}"), {"vol0": s})
+            pairs[s] = setups.pair(os.path.join(root, f"b2-{size_label(s)}"), {"vol0": s})
         for p in pairs.values():
             p.wait_converged()
         rng = random.Random(22)
@@ -326,7 +276,7 @@ def bench_size(cfg, root, res, extra) -> None:
                 p = pairs[s]
                 chunks = rng.sample(range(s // CHUNK), k)
                 p.outage()
-                H.aio_write(p.primary.uri("vol0"), fresh_writes(chunks, rng.getrandbits(64)), qd=QD)
+                aio_write(p.primary.uri("vol0"), fresh_writes(chunks, rng.getrandbits(64)), qd=QD)
                 settle()
                 r = resync(p)
                 settle()
@@ -347,28 +297,14 @@ def bench_size(cfg, root, res, extra) -> None:
 
 
 # -- 4 + 5. mirrored write throughput and FUA latency ---------------------------------------------
-def nbdcopy(source: str, uri: str) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(["nbdcopy", "--flush", source, uri], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise H.BenchError(f"nbdcopy {source} {uri} exited {proc.returncode}: {proc.stderr}")
-    return time.perf_counter() - start
-
-
-def children_cpu_seconds() -> float:
-    """User + system CPU of this process's waited-for children (nbdcopy)."""
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
 def fua_latencies(uri: str, n: int, volsize: int, seed: int) -> list[float]:
     """n 4 KiB FUA writes, one in flight, at random 4 KiB offsets: seconds each."""
     import nbd
     rng = random.Random(seed)
-    h = H.nbd_handle(uri)
+    h = connect(uri)
     try:
         if not h.can_fua():
-            raise H.BenchError(f"{uri} does not advertise FUA")
+            raise BenchError(f"{uri} does not advertise FUA")
         buf = nbd.Buffer.from_bytearray(bytearray(rng.randbytes(4096)))
         out = []
         for _ in range(n):
@@ -383,38 +319,24 @@ def fua_latencies(uri: str, n: int, volsize: int, seed: int) -> list[float]:
         h.shutdown()
 
 
-def bench_nbd(cfg, root, res, extra) -> None:
+def bench_nbd(cfg, root, res) -> None:
     size = cfg["b4_size"]
     base = os.path.join(root, "b4")
     os.makedirs(base)
     note(f"[4] mirrored write throughput, nbdcopy {size_label(size)}; [5] FUA latency")
     source = os.path.join(base, "source.img")
-    with open(source, "wb") as f:
-        for _ in range(size // MiB):
-            f.write(os.urandom(MiB))
+    random_file(source, size)
     vols = {"vol0": size}
     closers = []
     try:
-        pairs = {m: H.Pair(os.path.join(base, m), vols, mode=m) for m in ("async", "sync")}
-        closers += list(pairs.values())
-        lo_p, lo_s, lo_secret = H.make_pair(os.path.join(base, "local"), vols)
-        dead = H.free_port()  # nothing listens there: the peer never answers
-        local = H.Daemon("primary", lo_p, "--nbd", "127.0.0.1:0", "--peer", f"127.0.0.1:{dead}",
-                         "--secret-file", lo_secret, "--reconnect-max", "10", *H.LINK)
-        closers.append(local)
-        sa_dir = os.path.join(base, "standalone", "node")
-        os.makedirs(os.path.dirname(sa_dir))
-        H.Node.create(sa_dir, vols, chunk_size=CHUNK).close()
-        standalone = H.Daemon("primary", sa_dir, "--nbd", "127.0.0.1:0", "--log-level", "warning")
-        closers.append(standalone)
-        kit_img = os.path.join(base, "nbdkit.img")
-        with open(kit_img, "wb") as f:
-            f.truncate(size)
-        kport = H.free_port()
-        kit = H.Popen(["nbdkit", "-f", "-i", "127.0.0.1", "-p", str(kport), "file", kit_img],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        closers.append(kit)
-        H.wait_port(kport)
+        pairs = {m: setups.pair(os.path.join(base, m), vols, mode=m) for m in ("async", "sync")}
+        closers += [p.close for p in pairs.values()]
+        local = setups.local_primary(os.path.join(base, "local"), vols)
+        closers.append(local.stop)
+        standalone = setups.standalone_primary(os.path.join(base, "standalone"), vols)
+        closers.append(standalone.stop)
+        kit = setups.NbdkitFile(os.path.join(base, "nbdkit.img"), size)
+        closers.append(kit.stop)
         # The bare-syscall floors (bench/floors.py): their files, written once.
         fl = {n: os.path.join(base, f"floor-{n}") for n in ("a", "b", "journal")}
         for n, path in fl.items():
@@ -423,7 +345,7 @@ def bench_nbd(cfg, root, res, extra) -> None:
             p.wait_converged()
         uris = {"async": pairs["async"].primary.uri("vol0"), "sync": pairs["sync"].primary.uri("vol0"),
                 "local": local.uri("vol0"), "standalone": standalone.uri("vol0"),
-                "nbdkit": f"nbd://127.0.0.1:{kport}/"}
+                "nbdkit": kit.uri}
         floor_cases = {"floor_local": lambda: floors.local_write(source, fl["a"], size),
                        "floor_mirror": lambda: floors.mirror_write(source, fl["a"], size, fl["b"], fl["journal"])}
         cases = list(uris) + list(floor_cases)
@@ -447,13 +369,13 @@ def bench_nbd(cfg, root, res, extra) -> None:
                     r[c] = floor_cases[c]()
                     settle()
                     continue
-                before = [H.cpu_seconds(p) if p else 0.0 for p in pids.get(c, ())] + [children_cpu_seconds()]
-                r[c] = nbdcopy(source, uris[c])
+                before = [procstat.cpu_seconds(p) if p else 0.0 for p in pids.get(c, ())]
+                r[c], nbdcopy_cpu = nbdcopy(source, uris[c])
                 if c in pairs:  # let the secondary catch up before the next case
                     pairs[c].wait_converged()
                 if c in pids:
-                    after = [H.cpu_seconds(p) if p else 0.0 for p in pids[c]] + [children_cpu_seconds()]
-                    cpu[c].append([b - a for a, b in zip(before, after)])
+                    after = [procstat.cpu_seconds(p) if p else 0.0 for p in pids[c]]
+                    cpu[c].append([b - a for a, b in zip(before, after)] + [nbdcopy_cpu])
                 settle()
             rows.append(r)
             note(f"    run {run}: " + ", ".join(f"{c} {mb_s(size, r[c]):.0f} MB/s" for c in cases))
@@ -470,7 +392,7 @@ def bench_nbd(cfg, root, res, extra) -> None:
         for c, xs in cpu.items():
             for i, who in enumerate(("primary", "secondary", "nbdcopy")):
                 res.add(f"nbd.cpu.{c}.{who}_s_per_gib", median(x[i] for x in xs) / gib, "CPU-s/GiB", "{:.2f}")
-            total = median(max(sum(x), CPU_TICK_S) for x in xs) / gib
+            total = median(max(sum(x), procstat.TICK_S) for x in xs) / gib
             res.add(f"nbd.cpu.{c}.total_s_per_gib", total, "CPU-s/GiB", "{:.2f}")
             res.add(f"nbd.cpu.{c}.bound_mb_s", cores * GiB / total / 1e6, "MB/s", "{:.0f}")
         # The most the mirrored case could reach if its CPU work were perfectly
@@ -496,13 +418,13 @@ def bench_nbd(cfg, root, res, extra) -> None:
         res.add("nbd.fua4k.sync_to_local_p99", median(a[1] / b[1] for a, b in zip(lat["sync"], lat["local"])),
                 "x", "{:.2f}")
     finally:
-        for c in closers:
-            c.close() if isinstance(c, H.Pair) else c.stop()
+        for close in closers:
+            close()
         shutil.rmtree(base, ignore_errors=True)
 
 
 # -- 6. write pause at link failure --------------------------------------------------------------
-def bench_pause(cfg, root, res, extra) -> None:
+def bench_pause(cfg, root, res) -> None:
     sets = cfg["b6_sets"]
     note(f"[6] write pause at link failure: {', '.join(f'{n}x{size_label(s)}' for n, s in sets)}, "
          f"{cfg['runs']} runs x {cfg['b6_cuts']} cuts, a host writing 64 KiB blocks throughout")
@@ -510,7 +432,7 @@ def bench_pause(cfg, root, res, extra) -> None:
     try:
         for n, s in sets:
             vols = {f"vol{i}": s for i in range(n)}
-            pairs[(n, s)] = H.Pair(os.path.join(root, f"b6-{n}x{size_label(s)}"), vols, proxy=True)
+            pairs[(n, s)] = setups.pair(os.path.join(root, f"b6-{n}x{size_label(s)}"), vols, proxy="process")
         for p in pairs.values():
             p.wait_converged()
         got = {key: {"pause": [], "host": [], "writes": 0, "seconds": 0.0} for key in pairs}
@@ -518,29 +440,25 @@ def bench_pause(cfg, root, res, extra) -> None:
             for key in (list(pairs) if run % 2 == 0 else list(pairs)[::-1]):
                 p = pairs[key]
                 n, s = key
-                writer = H.HostWriter([p.primary.uri(f"vol{i}") for i in range(n)], [s] * n, seed=run)
-                writer.start()
+                writer = WriteLatencyRecorder([p.primary.uri(f"vol{i}") for i in range(n)], [s] * n, seed=run)
                 t_start = time.perf_counter()
                 time.sleep(0.3)
                 for _ in range(cfg["b6_cuts"]):
                     before = p.primary.status()["link_failures"]
                     t_cut = time.perf_counter()
-                    p.proxy.command("cut")
+                    p.proxy.cut()
                     st = p.primary.wait_for(lambda st: st["link_failures"] > before and st["state"] == "disconnected",
                                             60, "link failure", poll_s=0.005)
                     t_seen = time.perf_counter()
                     got[key]["pause"].append(st["write_pause_ms"])
                     lats = [lat for t, lat in list(writer.samples) if t_cut <= t <= t_seen + 0.05]
                     got[key]["host"].append(max(lats) * 1e3 if lats else 0.0)
-                    p.proxy.command("heal")
+                    p.proxy.heal()
                     p.primary.wait_for(lambda st: st["state"] == "mirroring" and st["peer_connected"], 120,
                                        "mirroring after heal")
                     time.sleep(0.1)
-                writer.finish()
-                got[key]["writes"] += len(writer.samples)
+                got[key]["writes"] += writer.stop()
                 got[key]["seconds"] += time.perf_counter() - t_start
-                if writer.errors:
-                    raise H.BenchError(f"host writer failed: {writer.errors}")
                 p.wait_converged()
                 note(f"    {n}x{size_label(s)} run {run}: pause p50 {median(got[key]['pause']):.2f} ms, "
                      f"max {max(got[key]['pause']):.2f} ms so far")
@@ -565,12 +483,12 @@ def bench_pause(cfg, root, res, extra) -> None:
 
 
 # -- 7. writes during an outage -----------------------------------------------------------------
-def bench_outage_writes(cfg, root, res, extra) -> None:
+def bench_outage_writes(cfg, root, res) -> None:
     import nbd
     size, k = cfg["b7_vol"], cfg["b7_chunks"]
     base = os.path.join(root, "b7")
     note(f"[7] writes during an outage: {k} x 64 KiB random chunks of a prefilled {size_label(size)} volume, QD {QD}")
-    pair = H.Pair(base, {"vol0": size}, prefill=prefill_volume(size))
+    pair = setups.pair(base, {"vol0": size}, prefill=prefill_volume(size))
     try:
         pair.wait_converged(timeout_s=600)
         rng = random.Random(77)
@@ -580,7 +498,7 @@ def bench_outage_writes(cfg, root, res, extra) -> None:
         def timed(chunks):
             order = list(chunks)
             rng.shuffle(order)
-            return H.aio_write(uri, [(c * CHUNK, pool[i % 16]) for i, c in enumerate(order)], qd=QD)
+            return aio_write(uri, [(c * CHUNK, pool[i % 16]) for i, c in enumerate(order)], qd=QD)
 
         rows = []
         settle()
@@ -615,7 +533,7 @@ def bench_outage_writes(cfg, root, res, extra) -> None:
 
 
 # -- 8. peak memory ------------------------------------------------------------------------------
-def bench_memory(cfg, root, res, extra) -> None:
+def bench_memory(cfg, root, res) -> None:
     size, changed = cfg["b8_vol"], cfg["b8_changed"]
     k = changed // CHUNK
     note(f"[8] peak memory: {size_label(size)} sparse volume, {k} chunks ({changed / GiB:.2f} GiB) changed "
@@ -623,20 +541,20 @@ def bench_memory(cfg, root, res, extra) -> None:
     rows = []
     for run in range(cfg["b8_runs"]):
         base = os.path.join(root, f"b8-{run}")
-        pair = H.Pair(base, {"vol0": size})
+        pair = setups.pair(base, {"vol0": size})
         try:
             pair.wait_converged()
-            r = {"p_base": H.vm_hwm(pair.primary.pid), "s_base": H.vm_hwm(pair.secondary.pid)}
+            r = {"p_base": procstat.vm_hwm(pair.primary.pid), "s_base": procstat.vm_hwm(pair.secondary.pid)}
             rng = random.Random(800 + run)
             chunks = rng.sample(range(size // CHUNK), k)
             pair.outage()
-            H.aio_write(pair.primary.uri("vol0"), fresh_writes(chunks, rng.getrandbits(64)), qd=QD)
+            aio_write(pair.primary.uri("vol0"), fresh_writes(chunks, rng.getrandbits(64)), qd=QD)
             settle()
             r["resync"] = resync(pair)
-            r["p_peak"] = H.vm_hwm(pair.primary.pid)
-            r["s_peak"] = H.vm_hwm(pair.secondary.pid)
-            r["p_rss"] = H.vm_rss(pair.primary.pid)
-            r["s_rss"] = H.vm_rss(pair.secondary.pid)
+            r["p_peak"] = procstat.vm_hwm(pair.primary.pid)
+            r["s_peak"] = procstat.vm_hwm(pair.secondary.pid)
+            r["p_rss"] = procstat.vm_rss(pair.primary.pid)
+            r["s_rss"] = procstat.vm_rss(pair.secondary.pid)
             rows.append(r)
             note(f"    run {run}: primary VmHWM {r['p_peak'] / MiB:.0f} MiB (after initial sync "
                  f"{r['p_base'] / MiB:.0f}), secondary {r['s_peak'] / MiB:.0f} MiB; resync {r['resync']['seconds']:.2f}s")
@@ -705,10 +623,9 @@ def main(argv=None) -> int:
             if proc.returncode != 0:
                 raise SystemExit(f"storage_bench.py exited {proc.returncode}")
             res.add("bench.storage_elapsed", time.perf_counter() - t, "s", "{:.1f}")
-        extra: dict = {}
         for key in only:
             t = time.perf_counter()
-            BENCHES[key](cfg, root, res, extra)
+            BENCHES[key](cfg, root, res)
             res.add(f"bench.b{key}_elapsed", time.perf_counter() - t, "s", "{:.1f}")
             settle()
         elapsed = time.perf_counter() - started
@@ -718,7 +635,7 @@ def main(argv=None) -> int:
             argv_text = "bench/run.py" + ("" if mode == "quick" else f" --{mode}")
             doc = args.docs_to or common.DOC_PATH
             common.write_sections({
-                "Machine": common.machine_markdown(m) + f"\n\nDescribed {common.today()} by the bench scripts.",
+                "Machine": common.machine_markdown(m),
                 "How to reproduce": docs_mirroring.reproduce(),
                 "Mirroring": docs_mirroring.render(cfg, mode, res, m, elapsed, argv_text),
             }, path=doc)

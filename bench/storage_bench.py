@@ -30,7 +30,6 @@ import contextlib
 import json
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -656,7 +655,7 @@ def main(argv=None) -> int:
         res.add("storage.elapsed", elapsed, "s", "{:.1f}")
         if args.write_docs:
             common.write_sections({
-                "Machine": common.machine_markdown(m) + f"\n\nDescribed {common.today()} by the bench scripts.",
+                "Machine": common.machine_markdown(m),
                 "Storage": storage_section(cfg, mode, res, m, pause_labels, elapsed),
             })
             note(f"rewrote the Storage and Machine sections of {common.DOC_PATH}")

@@ -5,8 +5,8 @@ the secondary and breaks the link on command.
 
 Modes:
 - pass: bytes are forwarded as they come (after `delay_s`, if set);
-- cut: every connection is reset on both sides (RST) at once; with
-  `stay_down` new connections are reset too until `heal()`;
+- cut: every connection is reset on both sides (RST) at once, and new
+  connections are reset too until `heal()`;
 - blackhole: connections stay open but nothing moves: the proxy stops
   reading both sides (the senders' buffers fill, as with a silent path) and
   holds back closes; new connections are accepted and go nowhere. `heal()`
@@ -17,8 +17,10 @@ Modes:
 In-process: `FaultProxyThread(target)` runs it on its own event loop thread
 (tests, the demo). As a process: `python -m blockmirror.faultproxy --listen
 127.0.0.1:0 --target HOST:PORT --control PATH`, then one line per command on
-the Unix socket PATH: `cut`, `cut-once`, `blackhole`, `delay SECONDS`,
-`rate BYTES_PER_S`, `heal`, `status` (answers one JSON line).
+the Unix socket PATH: `cut`, `blackhole`, `delay SECONDS`, `rate
+BYTES_PER_S`, `heal`, `status` (answers one JSON line);
+`blockmirror.testing.proxy.ProxyProcess` drives it with the methods of
+FaultProxyThread.
 """
 
 from __future__ import annotations
@@ -239,10 +241,10 @@ class FaultProxy:
         side.update_reading()
 
     # -- commands -------------------------------------------------------------------------------
-    def cut(self, stay_down: bool = True) -> None:
-        """Reset every connection on both sides; with stay_down, refuse new
-        ones (reset at once) until heal()."""
-        self.mode = DOWN if stay_down else PASS
+    def cut(self) -> None:
+        """Reset every connection on both sides; refuse new ones (reset at
+        once) until heal()."""
+        self.mode = DOWN
         for pair in list(self.pairs):
             self.resets += 1
             pair.reset()
@@ -288,9 +290,7 @@ class FaultProxy:
             raise ValueError("empty command")
         cmd, rest = words[0], words[1:]
         if cmd == "cut":
-            self.cut(stay_down=True)
-        elif cmd == "cut-once":
-            self.cut(stay_down=False)
+            self.cut()
         elif cmd == "blackhole":
             self.blackhole()
         elif cmd == "delay":
@@ -300,19 +300,19 @@ class FaultProxy:
         elif cmd == "heal":
             self.heal()
         elif cmd != "status":
-            raise ValueError(f"unknown command {cmd!r}: cut, cut-once, blackhole, delay SECONDS, rate BPS, heal, status")
+            raise ValueError(f"unknown command {cmd!r}: cut, blackhole, delay SECONDS, rate BPS, heal, status")
         return self.status()
 
 
 class FaultProxyThread:
     """A FaultProxy on its own event loop thread; methods are thread-safe."""
 
-    def __init__(self, target: tuple[str, int], host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, target: tuple[str, int]):
         self.proxy = FaultProxy(target)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="faultproxy", daemon=True)
         self._thread.start()
-        self.address = self._run(self.proxy.start(host, port))
+        self.address = self._run(self.proxy.start())
         self.port = self.address[1]
 
     def _run(self, coro):
@@ -323,8 +323,8 @@ class FaultProxyThread:
             return fn(*args)
         return self._run(wrapper())
 
-    def cut(self, stay_down: bool = True) -> None:
-        self._call(self.proxy.cut, stay_down)
+    def cut(self) -> None:
+        self._call(self.proxy.cut)
 
     def blackhole(self) -> None:
         self._call(self.proxy.blackhole)
@@ -349,12 +349,6 @@ class FaultProxyThread:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def control(path: str, command: str, timeout_s: float = 5.0) -> dict:
@@ -420,7 +414,7 @@ def main(argv=None) -> int:
                                      description="TCP fault proxy: cut, black-hole or delay a link on command.")
     parser.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT")
     parser.add_argument("--target", required=True, metavar="HOST:PORT")
-    parser.add_argument("--control", metavar="PATH", help="Unix socket for commands (cut, blackhole, delay S, heal, status)")
+    parser.add_argument("--control", metavar="PATH", help="Unix socket for commands (cut, blackhole, delay S, rate BPS, heal, status)")
     return asyncio.run(_main(parser.parse_args(argv)))
 
 

@@ -7,9 +7,11 @@ import subprocess
 import sys
 
 import pytest
-from daemon_helpers import CHUNK, VOLUMES, Daemon, converged, make_nodes, primary_args, qemu_io, secondary_args
 
 from blockmirror.storage import Node
+from blockmirror.testing.daemon import Daemon, converged
+from blockmirror.testing.nodes import CHUNK, VOLUMES, make_nodes, primary_args, secondary_args
+from blockmirror.testing.tools import qemu_io
 
 
 def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:

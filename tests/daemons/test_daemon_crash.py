@@ -1,20 +1,21 @@
 """kill -9 of either daemon while a host writes; a restart converges."""
 
-from daemon_helpers import HostWriter, assert_identical, converged, qemu_io, secondary_args
+from blockmirror.testing.daemon import converged
+from blockmirror.testing.host import HotAreaWriter
+from blockmirror.testing.tools import assert_identical, qemu_io
 
 
 def test_kill9_of_the_secondary_while_writing(pair):
     p, s = pair.primary, pair.secondary
     p.wait_for(converged, what="initial sync")
     qemu_io(p.uri("vol0"), "write -P 0x44 0 4M")
-    writer = HostWriter(p.uri("vol0"), area_bytes=2 << 20, seed=3)
+    writer = HotAreaWriter(p.uri("vol0"), area_bytes=2 << 20, seed=3)
     try:
         writer.wait_writes(30)
         s.kill9()
         p.wait_for(lambda st: st["state"] == "disconnected", timeout_s=10, what="link-down detection")
         writer.wait_writes(30)  # the primary keeps serving its host
-        port = s.listen[1]
-        s.restart(*secondary_args(pair.secret, listen=f"127.0.0.1:{port}"))
+        s.restart()  # on its port
         p.wait_for(lambda st: st["peer_connected"], timeout_s=15, what="reconnect to the restarted secondary")
         writer.wait_writes(20)
     finally:
@@ -29,7 +30,7 @@ def test_kill9_of_the_primary_while_writing(pair):
     p, s = pair.primary, pair.secondary
     p.wait_for(converged, what="initial sync")
     qemu_io(p.uri("vol1"), "write -P 0x55 0 4M")
-    writer = HostWriter(p.uri("vol1"), area_bytes=1 << 20, seed=5)
+    writer = HotAreaWriter(p.uri("vol1"), area_bytes=1 << 20, seed=5)
     try:
         writer.wait_writes(40)
         p.kill9()
@@ -43,7 +44,7 @@ def test_kill9_of_the_primary_while_writing(pair):
     # The hot regions of the activity log (4 MiB each) are resent, not the 20 MiB pair.
     assert last["bytes"] <= 8 << 20, last
     assert "unclean stop" in p.log()
-    writer = HostWriter(p.uri("vol1"), area_bytes=1 << 20, seed=6)
+    writer = HotAreaWriter(p.uri("vol1"), area_bytes=1 << 20, seed=6)
     try:
         writer.wait_writes(20)
     finally:

@@ -9,7 +9,9 @@ import subprocess
 import time
 
 import pytest
-from daemon_helpers import converged, run
+
+from blockmirror.testing.daemon import converged
+from blockmirror.testing.tools import run_tool as run
 
 
 def wait_for_file(path: str, timeout_s: float = 15) -> None:

@@ -4,27 +4,28 @@ socket."""
 
 import os
 import re
-import signal
 import subprocess
-import sys
 import time
 
-from daemon_helpers import Daemon, HostWriter, assert_identical, converged, make_nodes, primary_args, qemu_io, \
-    secondary_args
-from test_daemon_rounds import RATE_BPS, in_round, prefill, read_export
+import pytest
+from test_daemon_rounds import RATE_BPS
 
-from blockmirror.faultproxy import control
+from blockmirror.testing.daemon import Daemon, converged, in_round
+from blockmirror.testing.host import HotAreaWriter
+from blockmirror.testing.nodes import make_nodes, primary_args, secondary_args, write_pattern
+from blockmirror.testing.proxy import ProxyProcess
+from blockmirror.testing.tools import assert_identical, qemu_io
 
 
 def test_kill9_of_the_secondary_during_initial_sync(new_pair):
     pair = new_pair()
-    prefill(pair.p_dir, b"first sync, secondary killed")
+    write_pattern(pair.p_dir, b"first sync, secondary killed")
     pair.start_secondary()
     pair.proxy.rate(RATE_BPS)
     pair.start_primary()
     p, s = pair.primary, pair.secondary
     p.wait_for(in_round, timeout_s=10, what="an initial sync under way")
-    writer = HostWriter(p.uri("vol0"), area_bytes=2 << 20, seed=21)
+    writer = HotAreaWriter(p.uri("vol0"), area_bytes=2 << 20, seed=21)
     try:
         writer.wait_writes(10)
         s.kill9()
@@ -32,7 +33,7 @@ def test_kill9_of_the_secondary_during_initial_sync(new_pair):
         writer.wait_writes(20)  # the primary keeps serving its host
         pair.proxy.cut()  # keep the primary away while the restarted secondary is looked at
         pair.proxy.rate(0)
-        s.restart(*secondary_args(pair.secret, listen=f"127.0.0.1:{s.listen[1]}"))
+        s.restart()  # on its port
         sst = s.status()
         assert not sst["consistent"] and sst["generation"] is None, "a half-done first sync is no image"
         proc = subprocess.run(["nbdcopy", s.uri("vol0"), "-"], capture_output=True, timeout=30)
@@ -49,13 +50,13 @@ def test_kill9_of_the_secondary_during_initial_sync(new_pair):
 
 def test_kill9_of_the_primary_during_initial_sync(new_pair):
     pair = new_pair()
-    prefill(pair.p_dir, b"first sync, primary killed")
+    write_pattern(pair.p_dir, b"first sync, primary killed")
     pair.start_secondary()
     pair.proxy.rate(RATE_BPS)
     pair.start_primary()
     p, s = pair.primary, pair.secondary
     p.wait_for(in_round, timeout_s=10, what="an initial sync under way")
-    writer = HostWriter(p.uri("vol0"), area_bytes=2 << 20, seed=22)
+    writer = HotAreaWriter(p.uri("vol0"), area_bytes=2 << 20, seed=22)
     try:
         writer.wait_writes(10)
         p.kill9()
@@ -69,7 +70,7 @@ def test_kill9_of_the_primary_during_initial_sync(new_pair):
     assert st["last_resync"]["kind"] == "full" and st["snapshots"] == []
     # No generation was ever committed: the restarted primary starts the first sync over.
     assert p.log().count("full sync: no common base") == 2
-    writer = HostWriter(p.uri("vol0"), area_bytes=2 << 20, seed=23)
+    writer = HotAreaWriter(p.uri("vol0"), area_bytes=2 << 20, seed=23)
     try:
         writer.wait_writes(20)
     finally:
@@ -105,44 +106,37 @@ def test_fault_proxy_process_and_control_socket(tmp_path):
     p_dir, s_dir, secret = make_nodes(tmp_path)
     s = Daemon("secondary", s_dir, *secondary_args(secret))
     ctl = str(tmp_path / "proxy.sock")
-    proxy = subprocess.Popen([sys.executable, "-m", "blockmirror.faultproxy", "--listen", "127.0.0.1:0",
-                              "--target", f"127.0.0.1:{s.listen[1]}", "--control", ctl],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proxy = ProxyProcess(s.listen, ctl, str(tmp_path / "proxy.log"))
     p = None
     try:
-        line = proxy.stdout.readline().strip()
-        m = re.match(r"proxy on 127\.0\.0\.1:(\d+) -> 127\.0\.0\.1:(\d+)$", line)
-        assert m and int(m.group(2)) == s.listen[1], line
-        p = Daemon("primary", p_dir, *primary_args(secret, ("127.0.0.1", int(m.group(1)))))
+        assert re.fullmatch(rf"proxy on 127\.0\.0\.1:{proxy.address[1]} -> 127\.0\.0\.1:{s.listen[1]}",
+                            proxy.ready_line), proxy.ready_line
+        p = Daemon("primary", p_dir, *primary_args(secret, proxy.address))
         p.wait_for(converged, what="initial sync through the proxy process")
-        st = control(ctl, "status")
+        st = proxy.command("status")
         assert st["mode"] == "pass" and st["connections"] == 1 and st["bytes_forwarded"] > 0
 
-        assert control(ctl, "blackhole")["mode"] == "blackhole"
+        assert proxy.command("blackhole")["mode"] == "blackhole"
         qemu_io(p.uri("vol0"), "write -P 0x71 0 128k")
         p.wait_for(lambda st: st["state"] == "disconnected", timeout_s=10, what="black-hole detection")
-        assert control(ctl, "heal")["mode"] == "pass"
+        assert proxy.command("heal")["mode"] == "pass"
         st = p.wait_for(converged, timeout_s=20, what="convergence after the black hole")
         assert st["last_resync"]["bytes"] == 128 << 10
 
-        assert control(ctl, "cut")["mode"] == "down"
+        assert proxy.command("cut")["mode"] == "down"
         p.wait_for(lambda st: st["state"] == "disconnected", timeout_s=10, what="cut detection")
-        assert control(ctl, "status")["resets"] >= 1
+        assert proxy.command("status")["resets"] >= 1
         qemu_io(p.uri("vol1"), "write -P 0x72 1M 64k")
-        control(ctl, "heal")
-        control(ctl, "delay 0.05")
+        proxy.heal()
+        proxy.delay(0.05)
         st = p.wait_for(converged, timeout_s=20, what="convergence after the cut, through a delay")
-        assert st["last_resync"]["bytes"] == 64 << 10 and control(ctl, "status")["delay_s"] == 0.05
+        assert st["last_resync"]["bytes"] == 64 << 10 and proxy.status()["delay_s"] == 0.05
         assert_identical(p, s)
-        try:
-            control(ctl, "explode")
-            raise AssertionError("an unknown command must be an error")
-        except ValueError as exc:
-            assert "unknown command 'explode'" in str(exc)
+        with pytest.raises(ValueError, match="unknown command 'explode'"):
+            proxy.command("explode")
     finally:
         if p is not None:
             assert p.stop() == 0
-        proxy.send_signal(signal.SIGTERM)
-        assert proxy.wait(10) == 0, proxy.stderr.read()
+        assert proxy.stop() == 0, (tmp_path / "proxy.log").read_text()
         assert s.stop() == 0
     assert not os.path.exists(ctl), "the proxy removes its control socket"

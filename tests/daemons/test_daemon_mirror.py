@@ -2,7 +2,10 @@
 
 import time
 
-from daemon_helpers import CHUNK, VOLUMES, HostWriter, assert_identical, converged, qemu_io
+from blockmirror.testing.daemon import converged
+from blockmirror.testing.host import HotAreaWriter
+from blockmirror.testing.nodes import CHUNK, VOLUMES
+from blockmirror.testing.tools import assert_identical, qemu_io
 
 VOLUME_BYTES = sum(VOLUMES.values())
 
@@ -26,7 +29,7 @@ def test_link_cut_while_writing_resyncs_only_the_changes(pair):
     p.wait_for(converged, what="initial sync")
     qemu_io(p.uri("vol0"), "write -P 0x33 0 8M")  # most of the volume is data
     p.wait_for(converged, what="mirroring of 8 MiB")
-    writer = HostWriter(p.uri("vol0"), area_bytes=1 << 20)
+    writer = HotAreaWriter(p.uri("vol0"), area_bytes=1 << 20)
     try:
         writer.wait_writes(20)
         pair.proxy.cut()
@@ -55,7 +58,7 @@ def test_link_cut_while_writing_resyncs_only_the_changes(pair):
 def test_black_hole_is_detected_by_timeout(pair):
     p, s = pair.primary, pair.secondary
     p.wait_for(converged, what="initial sync")
-    writer = HostWriter(p.uri("vol1"), area_bytes=2 << 20, seed=7)
+    writer = HotAreaWriter(p.uri("vol1"), area_bytes=2 << 20, seed=7)
     try:
         writer.wait_writes(10)
         pair.proxy.blackhole()

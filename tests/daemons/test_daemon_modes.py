@@ -4,11 +4,12 @@ import json
 import signal
 import urllib.request
 
-from daemon_helpers import VOLUMES, Daemon, HostWriter, assert_identical, converged, make_nodes, qemu_io, \
-    primary_args, secondary_args
-
 from blockmirror.engine import SecondaryConfig, SecondaryNode
 from blockmirror.storage import Node
+from blockmirror.testing.daemon import Daemon, converged
+from blockmirror.testing.host import HotAreaWriter
+from blockmirror.testing.nodes import VOLUMES, make_nodes, primary_args, secondary_args
+from blockmirror.testing.tools import assert_identical, qemu_io
 
 
 def test_sync_mode_write_is_on_the_secondary_when_acknowledged(tmp_path):
@@ -34,7 +35,7 @@ def test_sync_mode_write_is_on_the_secondary_when_acknowledged(tmp_path):
 def test_sigterm_stops_in_order_and_a_restart_resumes(pair):
     p, s = pair.primary, pair.secondary
     p.wait_for(converged, what="initial sync")
-    writer = HostWriter(p.uri("vol0"), area_bytes=1 << 20, seed=17)
+    writer = HotAreaWriter(p.uri("vol0"), area_bytes=1 << 20, seed=17)
     writer.wait_writes(30)
     writer.stop()
     assert p.stop(signal.SIGINT) == 0

@@ -12,7 +12,10 @@ import subprocess
 import time
 
 import pytest
-from daemon_helpers import FAST, VOLUMES, Daemon, make_nodes, primary_args, run
+
+from blockmirror.testing.daemon import Daemon, HarnessError, converged
+from blockmirror.testing.nodes import FAST_LINK, VOLUMES, make_nodes, primary_args
+from blockmirror.testing.tools import assert_identical, qemu_io, run_tool as run
 
 VOLUME_BYTES = sum(VOLUMES.values())
 
@@ -62,21 +65,6 @@ class Netns:
             subprocess.run(["umount", "/run/netns"], capture_output=True, timeout=30)
 
 
-def compare(net: Netns, p: Daemon, s: Daemon) -> None:
-    """qemu-img compare inside the primary's namespace (its loopback NBD
-    and the secondary's NBD on the veth address)."""
-    for vol in VOLUMES:
-        proc = subprocess.run([*net.exec(net.p), "qemu-img", "compare", "-f", "raw", "-F", "raw", p.uri(vol),
-                               s.uri(vol)], capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0 and "Images are identical" in proc.stdout, (
-            f"{vol}: {proc.stdout}{proc.stderr}\nprimary log:\n{p.log()[-3000:]}\nsecondary log:\n{s.log()[-3000:]}")
-
-
-def converged(st: dict) -> bool:
-    return (st["state"] == "mirroring" and st["peer_connected"] and st["lag_writes"] == 0
-            and st["waiting_writes"] == 0)
-
-
 @pytest.mark.root
 def test_kernel_link_faults_between_network_namespaces(tmp_path):
     if os.geteuid() != 0:
@@ -87,19 +75,16 @@ def test_kernel_link_faults_between_network_namespaces(tmp_path):
         p_dir, s_dir, secret = make_nodes(tmp_path)
         # Its read-only NBD on the veth address too, for qemu-img compare from the primary's namespace.
         s = Daemon("secondary", s_dir, "--listen", f"{net.s_ip}:0", "--secret-file", secret,
-                   "--nbd", f"{net.s_ip}:0", *FAST, prefix=net.exec(net.s))
+                   "--nbd", f"{net.s_ip}:0", *FAST_LINK, prefix=net.exec(net.s))
         port = s.listen[1]
         p = Daemon("primary", p_dir, *primary_args(secret, (net.s_ip, port), "--reconnect-max", "0.5"),
                    prefix=net.exec(net.p))
 
-        def qemu_io(*commands: str) -> None:
-            cmd = [*net.exec(net.p), "qemu-io", "-f", "raw"]
-            for c in commands:
-                cmd += ["-c", c]
-            run(cmd + [p.uri("vol0")])
+        def write(*commands: str) -> None:
+            qemu_io(p.uri("vol0"), *commands, prefix=net.exec(net.p))
 
         p.wait_for(converged, what="initial sync across the veth pair")
-        qemu_io("write -P 0x10 0 12M")
+        write("write -P 0x10 0 12M")
         p.wait_for(converged, what="mirroring of 12 MiB")
         dport = ["-p", "tcp", "--dport", str(port)]
         sport = ["-p", "tcp", "--sport", str(port)]
@@ -122,7 +107,7 @@ def test_kernel_link_faults_between_network_namespaces(tmp_path):
         ]
         for i, (name, breaks, heals, why) in enumerate(scenarios):
             log_mark = len(p.log())
-            qemu_io(f"write -P {0x20 + i} {i}M 64k")
+            write(f"write -P {0x20 + i} {i}M 64k")
             p.wait_for(converged, what=f"mirroring before {name}")
             t0 = time.monotonic()
             breaks()
@@ -132,7 +117,7 @@ def test_kernel_link_faults_between_network_namespaces(tmp_path):
                 st = p.status()
                 assert len(st["snapshots"]) == 1, f"{name}: the link failure takes one snapshot"
                 # The host keeps writing while the link is down: 3 chunks.
-                qemu_io(f"write -P {0x30 + i} 4M 64k", f"write -P {0x40 + i} 8M 128k")
+                write(f"write -P {0x30 + i} 4M 64k", f"write -P {0x40 + i} 8M 128k")
                 s.wait_for(lambda st: st["state"] == "disconnected", timeout_s=10,
                            what=f"{name}: the secondary noticing")
             finally:
@@ -150,13 +135,14 @@ def test_kernel_link_faults_between_network_namespaces(tmp_path):
             assert 0 < last["bytes"] <= 6 * 65536 and last["bytes"] < VOLUME_BYTES / 50, (name, last)
             assert st["snapshots"] == [], f"{name}: the resync snapshot is deleted"
             assert s.wait_for(lambda st: st["state"] == "mirroring", timeout_s=10)["consistent"]
-            compare(net, p, s)
+            # qemu-img compare inside the primary's namespace (its loopback NBD, the secondary's on the veth)
+            assert_identical(p, s, prefix=net.exec(net.p))
     finally:
         for d in (p, s):
             if d is not None and d.proc.poll() is None:
                 try:
                     d.stop(timeout_s=15)
-                except AssertionError:
+                except HarnessError:
                     pass
         net.close()
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout

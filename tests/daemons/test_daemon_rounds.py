@@ -1,7 +1,6 @@
 """Faults during initial sync and during resync, on a slow link (the fault
 proxy limits the rate so a round lasts long enough to be hit)."""
 
-import hashlib
 import re
 import subprocess
 import sys
@@ -9,36 +8,18 @@ import time
 
 import pytest
 
-from daemon_helpers import VOLUMES, HostWriter, assert_identical, converged, qemu_io, secondary_args
-
-from blockmirror.storage import Node
+from blockmirror.testing.daemon import converged, in_round
+from blockmirror.testing.host import HotAreaWriter
+from blockmirror.testing.nodes import VOLUMES, write_pattern
+from blockmirror.testing.tools import assert_identical, qemu_io, read_export
 
 RATE_BPS = 12 << 20  # a 16 MiB sync takes over a second
-
-
-def prefill(node_dir: str, tag: bytes, nbytes: int = 12 << 20) -> None:
-    block = hashlib.sha256(tag).digest() * 2048  # 64 KiB
-    with Node.open(node_dir) as node:
-        node.write("vol0", 0, (block * (nbytes // len(block) + 1))[:nbytes])
-        node.flush()
-
-
-def read_export(uri: str) -> bytes:
-    proc = subprocess.run(["nbdcopy", uri, "-"], capture_output=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout
-
-
-def in_round(st: dict) -> bool:
-    """A round with data is open (its commit not yet confirmed)."""
-    prog = st.get("resync_progress")
-    return bool(prog) and prog["chunks_total"] > 0 and prog["chunks_done"] > 0
 
 
 def fault_while_writing(pair, p, fault: str, uri: str, seed: int, what: str) -> None:
     """A host writes to `uri` while `fault` ('cut' or 'blackhole') breaks the
     link; the primary notices, writes go on, the link heals at full speed."""
-    writer = HostWriter(uri, area_bytes=1 << 20, seed=seed)
+    writer = HotAreaWriter(uri, area_bytes=1 << 20, seed=seed)
     try:
         getattr(pair.proxy, fault)()
         p.wait_for(lambda st: not st["peer_connected"], timeout_s=10, what=what)
@@ -63,14 +44,14 @@ def outage_then_slow_resync(pair, p, qemu_write: str) -> None:
 
 def test_link_cut_during_initial_sync(new_pair):
     pair = new_pair()
-    prefill(pair.p_dir, b"initial")
+    write_pattern(pair.p_dir, b"initial")
     pair.start_secondary()
     pair.proxy.rate(RATE_BPS)
     pair.start_primary()
     p, s = pair.primary, pair.secondary
     st = p.wait_for(in_round, timeout_s=10, what="an initial sync under way")
     assert st["state"] == "initial-sync"
-    writer = HostWriter(p.uri("vol0"), area_bytes=1 << 20, seed=11)
+    writer = HotAreaWriter(p.uri("vol0"), area_bytes=1 << 20, seed=11)
     try:
         pair.proxy.cut()
         p.wait_for(lambda st: not st["peer_connected"], timeout_s=10, what="link-down detection")
@@ -112,10 +93,9 @@ def test_kill9_of_the_secondary_during_resync_keeps_a_consistent_image(new_pair)
     # While the round is applied the read-only export shows the pre-round image, whole.
     assert read_export(s.uri("vol0")) == before
     s.kill9()
-    port = s.listen[1]
     pair.proxy.cut()  # keep the primary away while the restarted secondary is read whole
     pair.proxy.rate(0)
-    s.restart(*secondary_args(pair.secret, listen=f"127.0.0.1:{port}"))
+    s.restart()  # on its port
     # The interrupted round was rolled back: still the old image, never a mix.
     assert read_export(s.uri("vol0")) == before
     pair.proxy.heal()
@@ -142,7 +122,7 @@ def test_black_hole_during_resync(new_pair):
 
 def test_progress_line_shows_rate_and_eta(new_pair):
     pair = new_pair(primary_extra=["--progress", "always"])
-    prefill(pair.p_dir, b"progress")
+    write_pattern(pair.p_dir, b"progress")
     pair.start_secondary()
     pair.proxy.rate(RATE_BPS)
     pair.start_primary()
@@ -213,7 +193,7 @@ def test_sigterm_during_resync_resumes_after_restart(new_pair, stopped):
     else:
         pair.proxy.cut()  # keep the primary away while the restarted secondary is read
         pair.proxy.rate(0)
-        s.restart(*secondary_args(pair.secret, listen=f"127.0.0.1:{s.listen[1]}"))
+        s.restart()  # on its port
         assert s.status()["consistent"] and read_export(s.uri("vol0")) == before, "the open round was rolled back"
         pair.proxy.heal()
     st = p.wait_for(converged, timeout_s=30, what=f"convergence after SIGTERM of the {stopped} during resync")
@@ -225,7 +205,7 @@ def test_sigterm_during_resync_resumes_after_restart(new_pair, stopped):
 
 def test_black_hole_during_initial_sync(new_pair):
     pair = new_pair()
-    prefill(pair.p_dir, b"initial-bh")
+    write_pattern(pair.p_dir, b"initial-bh")
     pair.start_secondary()
     pair.proxy.rate(RATE_BPS)
     pair.start_primary()

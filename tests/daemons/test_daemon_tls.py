@@ -8,8 +8,11 @@ import subprocess
 import sys
 
 import pytest
-from daemon_helpers import Daemon, assert_identical, converged, make_nodes, primary_args, qemu_io, secondary_args
 from tls_certs import CertAuthority
+
+from blockmirror.testing.daemon import Daemon, converged
+from blockmirror.testing.nodes import make_nodes, primary_args, secondary_args
+from blockmirror.testing.tools import assert_identical, qemu_io
 
 
 @pytest.fixture(scope="module")

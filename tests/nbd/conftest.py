@@ -1,13 +1,8 @@
-import os
-import sys
-
 import pytest
+from nbd_helpers import VOL0_BYTES, VOL1_BYTES
 
-sys.path.insert(0, os.path.dirname(__file__))
-
-from nbd_helpers import VOL0_BYTES, VOL1_BYTES, PrimaryProcess  # noqa: E402
-
-from blockmirror.storage import Node  # noqa: E402
+from blockmirror.storage import Node
+from blockmirror.testing.daemon import Daemon
 
 
 @pytest.fixture
@@ -21,9 +16,7 @@ def node_dir(tmp_path):
 @pytest.fixture
 def primary(node_dir):
     """A running standalone `blockmirror primary`; must stop cleanly with exit 0."""
-    proc = PrimaryProcess(node_dir)
-    try:
-        yield proc
-    finally:
-        code = proc.stop()
-    assert code == 0, f"primary exited {code}; log:\n{proc.log()}"
+    daemon = Daemon("primary", node_dir, "--nbd", "127.0.0.1:0")
+    yield daemon
+    code = daemon.stop()
+    assert code == 0, f"primary exited {code}; log:\n{daemon.log()}"

@@ -1,32 +1,28 @@
-"""Test doubles and process helpers for the NBD tests."""
+"""Test doubles for the NBD tests: an export in memory, the server on its
+own thread, a minimal raw NBD client, and waiting for libnbd requests."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import re
-import select
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
-import time
+
+import nbd
 
 from blockmirror.nbd.server import NbdServer, ServerLimits
-from blockmirror.storage import Node
 
 VOL0_BYTES = 64 << 20
 VOL1_BYTES = 16 << 20
 
 
-def read_volume(node_dir: str, name: str, offset: int = 0, length: int | None = None) -> bytes:
-    """Volume bytes as the storage sees them (the primary must be stopped)."""
-    with Node.open(node_dir) as node:
-        vol = node.volumes[name]
-        return vol.read(offset, vol.size - offset if length is None else length)
+def wait_all(h: nbd.NBD, cookies) -> None:
+    """Until nothing is in flight on `h`; each of `cookies` completed."""
+    while h.aio_in_flight() > 0:
+        h.poll(-1)
+    for cookie in cookies:
+        assert h.aio_command_completed(cookie)
 
 
 class MemoryExport:
@@ -131,63 +127,6 @@ class ServerThread:
     @property
     def uri(self):
         return f"nbd://127.0.0.1:{self.port}"
-
-
-def run(cmd: list[str], timeout: float = 60, **kw) -> subprocess.CompletedProcess:
-    """Run a tool; a missing tool is a failure, never a skip."""
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n"
-                             f"stdout: {proc.stdout}\nstderr: {proc.stderr}")
-    return proc
-
-
-class PrimaryProcess:
-    """`blockmirror primary DIR --nbd 127.0.0.1:0` as a real process."""
-
-    def __init__(self, node_dir: str, *extra: str, log_path: str | None = None):
-        self.node_dir = node_dir
-        self.log_path = log_path or os.path.join(os.path.dirname(node_dir.rstrip("/")), "primary.log")
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "blockmirror", "primary", node_dir, "--nbd", "127.0.0.1:0", *extra],
-            stdout=subprocess.PIPE, stderr=self._log, text=True)
-        self.ready_line = self._wait_ready()
-        m = re.fullmatch(r"serving (\d+) volumes? on nbd://127\.0\.0\.1:(\d+)", self.ready_line)
-        assert m, f"unexpected readiness line {self.ready_line!r}"
-        self.port = int(m.group(2))
-        self.uri = f"nbd://127.0.0.1:{self.port}"
-
-    def _wait_ready(self, timeout_s: float = 20) -> str:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.1)
-            if ready:
-                line = self.proc.stdout.readline()
-                if line:
-                    return line.strip()
-            if self.proc.poll() is not None:
-                break
-        self.proc.kill()
-        raise AssertionError(f"primary did not become ready; log:\n{self.log()}")
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        with open(self.log_path) as f:
-            return f.read()
-
-    def stop(self, sig=signal.SIGTERM, timeout_s: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            code = self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"primary did not stop on {sig!r}; log:\n{self.log()}")
-        self._log.close()
-        return code
 
 
 # -- a minimal raw NBD client for handshake and framing tests ---------------------

@@ -8,10 +8,10 @@ import sys
 
 import nbd
 import pytest
-from nbd_helpers import PrimaryProcess
 
 from blockmirror.cli.primary import parse_host_port
 from blockmirror.errors import ConfigError
+from blockmirror.testing.daemon import Daemon
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -82,10 +82,10 @@ def test_a_node_is_served_by_one_primary_at_a_time(primary, node_dir):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_shuts_down_in_order_and_data_survives_a_restart(node_dir, sig):
-    first = PrimaryProcess(node_dir)
-    assert first.ready_line == f"serving 2 volumes on nbd://127.0.0.1:{first.port}"
+    first = Daemon("primary", node_dir, "--nbd", "127.0.0.1:0")
+    assert first.lines == [f"serving 2 volumes on nbd://127.0.0.1:{first.nbd_port}"]
     h = nbd.NBD()
-    h.connect_uri(first.uri + "/vol1")
+    h.connect_uri(first.uri("vol1"))
     h.pwrite(b"persist!" * 512, 8192)  # no flush: shutdown must flush
     assert first.stop(sig) == 0
     log = first.log()
@@ -95,10 +95,10 @@ def test_signal_shuts_down_in_order_and_data_survives_a_restart(node_dir, sig):
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} INFO ", log)  # timestamps on every line
     with pytest.raises(nbd.Error):
         h.pread(8, 0)  # the server is gone
-    second = PrimaryProcess(node_dir)
+    second = Daemon("primary", node_dir, "--nbd", "127.0.0.1:0")
     try:
         h = nbd.NBD()
-        h.connect_uri(second.uri + "/vol1")
+        h.connect_uri(second.uri("vol1"))
         assert h.pread(4096, 8192) == b"persist!" * 512
         h.shutdown()
     finally:

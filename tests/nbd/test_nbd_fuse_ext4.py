@@ -7,7 +7,8 @@ import subprocess
 import time
 
 import pytest
-from nbd_helpers import read_volume, run
+from blockmirror.testing.nodes import read_volume
+from blockmirror.testing.tools import run_tool as run
 
 
 def wait_for(path: str, timeout_s: float = 15) -> None:
@@ -30,7 +31,7 @@ def test_ext4_on_a_volume_survives_unmount_and_remount(primary, node_dir, tmp_pa
     files = {f"dir/file{i}.txt": f"blockmirror file {i}\n".encode() * (i + 1) for i in range(50)}
     files["big.bin"] = os.urandom(3 << 20)
     try:
-        fuse = subprocess.Popen(["nbdfuse", "-P", str(pidfile), str(fuse_dir), primary.uri + "/vol0"],
+        fuse = subprocess.Popen(["nbdfuse", "-P", str(pidfile), str(fuse_dir), primary.uri("vol0")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wait_for(str(pidfile))
         loop = run(["losetup", "-f", "--show", str(fuse_dir / "nbd")]).stdout.strip()

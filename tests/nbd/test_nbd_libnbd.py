@@ -6,29 +6,18 @@ import random
 
 import nbd
 import pytest
-from nbd_helpers import VOL0_BYTES, PrimaryProcess, read_volume
+from nbd_helpers import VOL0_BYTES, wait_all
+
+from blockmirror.testing.daemon import Daemon
+from blockmirror.testing.host import connect
+from blockmirror.testing.nodes import read_volume
 
 MiB = 1 << 20
 
 
-def connect(uri: str, strict: bool = True) -> nbd.NBD:
-    h = nbd.NBD()
-    if not strict:
-        h.set_strict_mode(0)
-    h.connect_uri(uri)
-    return h
-
-
-def wait_all(h: nbd.NBD, cookies) -> None:
-    while h.aio_in_flight() > 0:
-        h.poll(-1)
-    for cookie in cookies:
-        assert h.aio_command_completed(cookie)
-
-
 def test_hundreds_of_async_requests_in_flight(primary, node_dir):
     rng = random.Random(11)
-    h = connect(primary.uri + "/vol0")
+    h = connect(primary.uri("vol0"))
     assert h.get_size() == VOL0_BYTES and h.can_flush() and h.can_fua() and h.can_trim() and h.can_zero()
     expected = bytearray(VOL0_BYTES)
     cookies = []
@@ -55,7 +44,7 @@ def test_hundreds_of_async_requests_in_flight(primary, node_dir):
 
 
 def test_fua_flush_trim_and_write_zeroes(primary, node_dir):
-    h = connect(primary.uri + "/vol1")
+    h = connect(primary.uri("vol1"))
     h.pwrite(b"\x77" * MiB, 0, nbd.CMD_FLAG_FUA)
     h.pwrite(b"\x88" * MiB, MiB)
     h.flush()
@@ -77,7 +66,7 @@ def test_fua_flush_trim_and_write_zeroes(primary, node_dir):
 
 def test_bad_requests_get_the_specs_errors_and_change_nothing(primary, node_dir):
     size = VOL0_BYTES
-    h = connect(primary.uri + "/vol0", strict=False)
+    h = connect(primary.uri("vol0"), strict=False)
     pattern = random.Random(3).randbytes(MiB)
     h.pwrite(pattern, size - MiB)
     bad = [
@@ -107,9 +96,9 @@ def test_bad_requests_get_the_specs_errors_and_change_nothing(primary, node_dir)
 
 
 def test_read_only_primary_refuses_writes_with_eperm(node_dir):
-    primary = PrimaryProcess(node_dir, "--read-only")
+    primary = Daemon("primary", node_dir, "--nbd", "127.0.0.1:0", "--read-only")
     try:
-        h = connect(primary.uri + "/vol0", strict=False)
+        h = connect(primary.uri("vol0"), strict=False)
         assert h.is_read_only()
         for attempt in (lambda: h.pwrite(b"x" * 512, 0), lambda: h.zero(512, 0), lambda: h.trim(512, 0)):
             with pytest.raises(nbd.Error) as info:
@@ -123,8 +112,8 @@ def test_read_only_primary_refuses_writes_with_eperm(node_dir):
 
 
 def test_multi_conn_flush_on_one_connection_covers_writes_of_another(primary, node_dir):
-    a = connect(primary.uri + "/vol0")
-    b = connect(primary.uri + "/vol0")
+    a = connect(primary.uri("vol0"))
+    b = connect(primary.uri("vol0"))
     assert a.can_multi_conn()
     a.pwrite(b"\x42" * 65536, 0)
     b.flush()

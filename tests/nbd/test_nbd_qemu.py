@@ -3,23 +3,16 @@
 import random
 import subprocess
 
-from nbd_helpers import VOL1_BYTES, read_volume, run
+from nbd_helpers import VOL1_BYTES
+
+from blockmirror.testing.nodes import read_volume
+from blockmirror.testing.tools import qemu_io, run_tool as run
 
 MiB = 1 << 20
 
 
-def qemu_io(uri: str, *commands: str) -> str:
-    args = ["qemu-io", "-f", "raw"]
-    for command in commands:
-        args += ["-c", command]
-    out = run(args + [uri]).stdout
-    # qemu-io reports failed commands on stdout and still exits 0.
-    assert "fail" not in out.lower() and "error" not in out.lower(), out
-    return out
-
-
 def test_qemu_io_patterns_read_back_verified_and_land_in_the_volume(primary, node_dir):
-    uri = primary.uri + "/vol0"
+    uri = primary.uri("vol0")
     qemu_io(uri,
             "write -P 0xa5 0 1M",
             "write -P 0x5a 4M 64k",
@@ -53,7 +46,7 @@ def test_qemu_img_convert_in_compare_and_convert_out(primary, tmp_path, node_dir
         if rng.random() < 0.7:
             data[i:i + (1 << 20)] = rng.randbytes(1 << 20)
     source.write_bytes(data)
-    uri = primary.uri + "/vol1"
+    uri = primary.uri("vol1")
     info = run(["qemu-img", "info", uri]).stdout
     assert f"({VOL1_BYTES} bytes)" in info
     run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(source), uri])

@@ -12,26 +12,12 @@ import time
 import nbd
 import pytest
 from nbd_helpers import (MemoryExport, ServerThread, is_closed, raw_connect, raw_go, read_simple_reply,
-                         recv_exactly, send_request)
+                         recv_exactly, send_request, wait_all)
 
 from blockmirror.nbd.server import ServerLimits
+from blockmirror.testing.host import connect
 
 MiB = 1 << 20
-
-
-def connect(uri: str, strict: bool = True) -> nbd.NBD:
-    h = nbd.NBD()
-    if not strict:
-        h.set_strict_mode(0)
-    h.connect_uri(uri)
-    return h
-
-
-def wait_all(h: nbd.NBD, cookies) -> None:
-    while h.aio_in_flight() > 0:
-        h.poll(-1)
-    for cookie in cookies:
-        assert h.aio_command_completed(cookie)
 
 
 def test_many_requests_in_flight_complete_out_of_order_and_match_their_cookies():

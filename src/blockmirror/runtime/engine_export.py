@@ -1,14 +1,14 @@
 """NBD exports over the engines.
 
 - `PrimaryExport`: a writable volume of the replicating primary. A write,
-  write-zeroes or trim is handed to the PrimaryEngine (through the daemon's
+  write-zeroes or trim is handed to the PrimaryNode (through the daemon's
   group commit) and returns when the engine completes it: async mode once
   local, sync mode once the secondary has it on stable storage too. During a
   link-failure pause it simply does not return yet. Reads go to the local
   volume on a small thread pool (`Volume.read` waits for first-write batches
   the node still has queued: a completed write is always seen).
 - `SecondaryExport`: a read-only volume of the secondary showing its last
-  consistent image (`SecondaryEngine.read_image`, on the engine thread so it
+  consistent image (`SecondaryNode.read_image`, on the engine thread so it
   never sees a half-applied batch). While the secondary holds no consistent
   image (its first full sync is under way) reads fail with EIO.
 """

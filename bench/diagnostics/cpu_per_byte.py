@@ -3,7 +3,7 @@
 benchmark of `make bench`, a working metric that the noise of other jobs
 on the machine barely moves (MB/s does).
 
-    .venv/bin/python bench/cpu_per_byte.py [--runs 5] [--size-mib 1024] [--cases async,sync,local] [--perf DIR]
+    .venv/bin/python bench/diagnostics/cpu_per_byte.py [--runs 5] [--size-mib 1024] [--cases async,sync,local] [--perf DIR]
 
 (--perf DIR: `perf record` of each daemon during the last run, for
 `perf report -i DIR/CASE-ROLE.data --sort dso,sym`.)
@@ -38,61 +38,13 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from blockmirror.testing.procstat import context_switches, cpu_split, thread_cpu_seconds, vm_hwm
 
-import harness as H  # noqa: E402
-from common import median  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # bench/
 
-GiB = 1 << 30
-
-
-def nbdcopy_rusage(source: str, uri: str) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of nbdcopy)."""
-    t0 = time.perf_counter()
-    p = subprocess.Popen(["nbdcopy", "--flush", source, uri], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode != 0:
-        raise H.BenchError(f"nbdcopy exited {p.returncode}: {p.stderr.read().decode(errors='replace')}")
-    p.stderr.close()
-    return wall, ru.ru_utime + ru.ru_stime
-
-
-def cpu_split(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of a process so far, all threads."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    tck = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tck, int(fields[12]) / tck
-
-
-def thread_cpu(pid: int) -> dict:
-    """CPU seconds of each thread of a process: {tid: seconds}."""
-    out = {}
-    tck = os.sysconf("SC_CLK_TCK")
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / tck
-    return out
-
-
-def ctx_switches(pid: int) -> int:
-    """Context switches (voluntary + not) of all threads of a process so far."""
-    n = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                for line in f:
-                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                        n += int(line.split()[1])
-        except OSError:
-            pass
-    return n
+import setups  # noqa: E402
+from common import GiB, median  # noqa: E402
+from workload import nbdcopy, random_file  # noqa: E402
 
 
 def steps(daemon) -> int:
@@ -116,9 +68,7 @@ def main() -> int:
     closers = []
     try:
         source = os.path.join(root, "source.img")
-        with open(source, "wb") as f:
-            for _ in range(size >> 20):
-                f.write(os.urandom(1 << 20))
+        random_file(source, size)
         vols = {"vol0": size}
         pairs, targets = {}, {}
         env_path = os.environ.get("PYTHONPATH")
@@ -130,14 +80,12 @@ def main() -> int:
                 os.environ["PYTHONPATH"] = os.path.abspath(src)
             d = os.path.join(root, f"case{i}")
             if kind in ("async", "sync"):
-                pairs[c] = H.Pair(d, vols, mode=kind, primary_extra=extra)
-                closers.append(pairs[c])
+                pairs[c] = setups.pair(d, vols, mode=kind, primary_extra=extra)
+                closers.append(pairs[c].close)
                 targets[c] = (pairs[c].primary, pairs[c].secondary)
             elif kind == "local":
-                p, _, secret = H.make_pair(d, vols)
-                daemon = H.Daemon("primary", p, "--nbd", "127.0.0.1:0", "--peer", f"127.0.0.1:{H.free_port()}",
-                                  "--secret-file", secret, "--reconnect-max", "10", *H.LINK)
-                closers.append(daemon)
+                daemon = setups.local_primary(d, vols)
+                closers.append(daemon.stop)
                 targets[c] = (daemon, None)
             else:
                 raise SystemExit(f"unknown case {c}")
@@ -148,7 +96,7 @@ def main() -> int:
         for c in cases:
             if c in pairs:
                 pairs[c].wait_converged()
-            nbdcopy_rusage(source, targets[c][0].uri("vol0"))  # allocate
+            nbdcopy(source, targets[c][0].uri("vol0"))  # allocate
             if c in pairs:
                 pairs[c].wait_converged(poll_s=0.1)
         os.sync()
@@ -158,8 +106,8 @@ def main() -> int:
             for c in order:
                 prim, sec = targets[c]
                 st0 = (steps(prim), steps(sec))
-                cs0 = (ctx_switches(prim.pid), ctx_switches(sec.pid) if sec else 0)
-                th0 = {r: thread_cpu(d.pid) for r, d in (("p", prim), ("s", sec)) if d is not None}
+                cs0 = (context_switches(prim.pid), context_switches(sec.pid) if sec else 0)
+                th0 = {r: thread_cpu_seconds(d.pid) for r, d in (("p", prim), ("s", sec)) if d is not None}
                 p0 = cpu_split(prim.pid)
                 s0 = cpu_split(sec.pid) if sec else (0.0, 0.0)
                 perfs = []
@@ -172,7 +120,7 @@ def main() -> int:
                                                            "-o", out], stdout=subprocess.DEVNULL,
                                                           stderr=subprocess.DEVNULL))
                     time.sleep(0.3)
-                wall, ncpu = nbdcopy_rusage(source, prim.uri("vol0"))
+                wall, ncpu = nbdcopy(source, prim.uri("vol0"))
                 if c in pairs:
                     pairs[c].wait_converged(poll_s=0.1)
                 for pp in perfs:
@@ -181,12 +129,12 @@ def main() -> int:
                 p1 = cpu_split(prim.pid)
                 s1 = cpu_split(sec.pid) if sec else (0.0, 0.0)
                 st1 = (steps(prim), steps(sec))
-                cs1 = (ctx_switches(prim.pid), ctx_switches(sec.pid) if sec else 0)
+                cs1 = (context_switches(prim.pid), context_switches(sec.pid) if sec else 0)
                 if args.threads:
                     for r, d in (("p", prim), ("s", sec)):
                         if d is None:
                             continue
-                        th1 = thread_cpu(d.pid)
+                        th1 = thread_cpu_seconds(d.pid)
                         busy = sorted(((th1[t] - th0[r].get(t, 0.0), t) for t in th1), reverse=True)[:4]
                         print(f"  {c} {r} threads: " + ", ".join(
                             f"{'main' if t == d.pid else t} {v * GiB / size:.2f}" for v, t in busy),
@@ -217,7 +165,7 @@ def main() -> int:
                   f"{median(x['s_sys'] for x in r):6.2f} {median(x['p_cs'] for x in r):8.0f} "
                   f"{median(x['s_cs'] for x in r):8.0f}")
         print("peak RSS (VmHWM) after all runs, MiB: " + ", ".join(
-            f"{c} " + "/".join(f"{H.vm_hwm(d.pid) >> 20}" for d in targets[c] if d is not None) for c in cases))
+            f"{c} " + "/".join(f"{vm_hwm(d.pid) >> 20}" for d in targets[c] if d is not None) for c in cases))
         for c in cases:
             kind, at, src = c.partition("@")
             kind = kind.partition("#")[0]
@@ -226,10 +174,10 @@ def main() -> int:
                 ratio = median(a["mb_s"] / b["mb_s"] for a, b in zip(rows[c], rows[lo]))
                 print(f"{c} / {lo} MB/s ratio (median of per-run ratios): {ratio:.1%}")
     finally:
-        for c in closers:
+        for close in closers:
             try:
-                c.close() if isinstance(c, H.Pair) else c.stop()
-            except Exception as exc:  # noqa: BLE001
+                close()
+            except Exception as exc:  # noqa: BLE001 - the other daemons still stop
                 print(f"teardown: {exc!r}", file=sys.stderr)
         shutil.rmtree(root, ignore_errors=True)
     return 0

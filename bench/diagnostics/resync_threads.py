@@ -2,8 +2,8 @@
 """Where the CPU and the wall time of an incremental resync go, per process
 and per thread (not a benchmark of `make bench`; a diagnostic).
 
-    .venv/bin/python bench/resync_threads.py [--size-gib 2] [--frac 0.10] [--runs 3]
-                                             [--sample-hz 0] [--perf DIR [--perf-primary N]] [--dir DIR]
+    .venv/bin/python bench/diagnostics/resync_threads.py [--size-gib 2] [--frac 0.10] [--runs 3]
+                                                         [--sample-hz 0] [--perf DIR [--perf-primary N]] [--dir DIR]
 
 Sets up a pair as benchmark 3 of bench/run.py does (prefilled volume,
 initial sync), then per run: an outage, `frac` of the chunks rewritten on the
@@ -53,7 +53,6 @@ import argparse
 import collections
 import os
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -62,14 +61,20 @@ import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from blockmirror.testing import procstat
+from blockmirror.testing.host import aio_write
+from blockmirror.testing.nodes import CHUNK
+from blockmirror.testing.pair import Pair
+from blockmirror.testing.procstat import TICK_S
 
+from perf_report import PERF, perf_report
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # bench/
+
+import setups  # noqa: E402
 from common import GiB, median, note  # noqa: E402
-import harness as H  # noqa: E402
-from run import CHUNK, QD, fresh_writes, prefill_volume, settle  # noqa: E402
+from workload import QD, fresh_writes, prefill_volume, settle  # noqa: E402
 
-PERF = "/usr/bin/perf"
-TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 # Installed in the daemons through PYTHONPATH: kernel thread names from Python's.
@@ -112,46 +117,33 @@ SYSCALLS = {0: "read", 1: "write", 7: "poll", 17: "pread64", 18: "pwrite64", 19:
 
 
 # -- /proc ------------------------------------------------------------------------------------
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-
-
 def thread_name(pid: int, tid: int) -> str | None:
-    if tid == pid:
-        return "MainThread"
-    comm = _read(f"/proc/{pid}/task/{tid}/comm")
-    return None if comm is None else comm.strip()
+    return "MainThread" if tid == pid else procstat.thread_comm(pid, tid)
 
 
 def threads(pid: int) -> dict:
     """tid -> dict(name, user, sys [CPU-s from ticks], run, wait [s from schedstat]);
     plus key 0: the whole process (every thread, dead ones included)."""
     out = {}
-    for t in os.listdir(f"/proc/{pid}/task"):
-        tid = int(t)
-        stat = _read(f"/proc/{pid}/task/{tid}/stat")
-        sched = _read(f"/proc/{pid}/task/{tid}/schedstat")
+    for tid in procstat.thread_ids(pid):
+        f = procstat.stat_fields(pid, tid)
+        sched = procstat.schedstat(pid, tid)
         name = thread_name(pid, tid)
-        if stat is None or sched is None or name is None:
+        if f is None or sched is None or name is None:
             continue  # exited meanwhile
-        f = stat.rsplit(")", 1)[1].split()
-        run_ns, wait_ns, slices = (int(x) for x in sched.split())
-        out[tid] = {"name": name, "user": int(f[11]) / TICK, "sys": int(f[12]) / TICK,
-                    "run": run_ns / 1e9, "wait": wait_ns / 1e9, "slices": slices, "minflt": int(f[7])}
-    f = _read(f"/proc/{pid}/stat").rsplit(")", 1)[1].split()
-    out[0] = {"name": "(process)", "user": int(f[11]) / TICK, "sys": int(f[12]) / TICK, "run": 0.0, "wait": 0.0,
-              "slices": 0, "minflt": int(f[7])}
+        run_s, wait_s, slices = sched
+        out[tid] = {"name": name, "user": int(f[11]) * TICK_S, "sys": int(f[12]) * TICK_S,
+                    "run": run_s, "wait": wait_s, "slices": slices, "minflt": int(f[7])}
+    f = procstat.stat_fields(pid)
+    out[0] = {"name": "(process)", "user": int(f[11]) * TICK_S, "sys": int(f[12]) * TICK_S, "run": 0.0,
+              "wait": 0.0, "slices": 0, "minflt": int(f[7])}
     return out
 
 
 def machine_cpu() -> dict:
     """Seconds of all cores so far: busy (user+nice+system+irq+softirq+steal), idle, iowait."""
     with open("/proc/stat") as f:
-        v = [int(x) / TICK for x in f.readline().split()[1:9]]
+        v = [int(x) * TICK_S for x in f.readline().split()[1:9]]
     user, nice, system, idle, iowait, irq, softirq, steal = v
     return {"user": user + nice, "sys": system + irq + softirq, "steal": steal, "idle": idle, "iowait": iowait}
 
@@ -176,7 +168,7 @@ def delta(before: dict, after: dict, proc: str) -> dict:
     # threads that exited, or the rounding of tick-based times (a process's utime/stime are not the sum
     # of its threads' rounded values): shown only when larger than a few ticks
     other = {k: total[k] - live[k] for k in ("user", "sys")}
-    if other["user"] + other["sys"] > max(3.5 / TICK, 0.1 * (total["user"] + total["sys"])):
+    if other["user"] + other["sys"] > max(3.5 * TICK_S, 0.1 * (total["user"] + total["sys"])):
         out[(proc, "(unattributed)")] = dict(ZERO, **other)
     out[(proc, "(process)")] = {"user": total["user"], "sys": total["sys"],
                                 "run": sum(r["run"] for r in out.values()),
@@ -232,20 +224,19 @@ class StateSampler(threading.Thread):
             now = time.monotonic()
             for proc, pid in self.pids.items():
                 try:
-                    tids = os.listdir(f"/proc/{pid}/task")
+                    tids = procstat.thread_ids(pid)
                 except FileNotFoundError:
                     continue
-                for t in tids:
-                    tid = int(t)
-                    stat = _read(f"/proc/{pid}/task/{tid}/stat")
+                for tid in tids:
+                    fields = procstat.stat_fields(pid, tid)
                     name = thread_name(pid, tid)
-                    if stat is None or name is None:
+                    if fields is None or name is None:
                         continue
-                    state = stat.rsplit(")", 1)[1].split()[0]
+                    state = fields[0]
                     if state == "R":
                         label = "R (on CPU/runnable)"
                     else:
-                        sc = (_read(f"/proc/{pid}/task/{tid}/syscall") or "").split()
+                        sc = procstat.thread_syscall(pid, tid).split()
                         nr = int(sc[0]) if sc and sc[0].lstrip("-").isdigit() else -1
                         label = f"{state} {SYSCALLS.get(nr, f'syscall {nr}')}"
                         if nr == 202 and len(sc) > 1:
@@ -268,10 +259,10 @@ class StateSampler(threading.Thread):
 
 
 # -- one resync ---------------------------------------------------------------------------------
-def one_resync(pair: H.Pair, chunks: list[int], seed: int, sample_hz: float = 0,
+def one_resync(pair: Pair, chunks: list[int], seed: int, sample_hz: float = 0,
                perf_dir: str | None = None) -> dict:
     pair.outage()
-    H.aio_write(pair.primary.uri("vol0"), fresh_writes(chunks, seed), qd=QD)
+    aio_write(pair.primary.uri("vol0"), fresh_writes(chunks, seed), qd=QD)
     settle()
     perf = sampler = machine = None
     perf_data = os.path.join(perf_dir, "perf.data") if perf_dir else ""
@@ -383,7 +374,7 @@ def print_table(runs: list[dict]) -> None:
                   for r in runs)
     print(f"  both daemons' threads on a core per resync second: {both:.2f}; runnable but waiting for a core: "
           f"{median(sum(r['rows'][(p, '(process)')]['wait'] for p in ('primary', 'secondary')) / r['seconds'] for r in runs):.2f}")
-    print(f"  (u/s: ticks of {1 / TICK * 1000:.0f} ms; on-CPU, rq-wait (runnable, not on a core) and slices "
+    print(f"  (u/s: ticks of {TICK_S * 1000:.0f} ms; on-CPU, rq-wait (runnable, not on a core) and slices "
           f"(times put on a core): schedstat; busy% = on-CPU / resync seconds or / wall; faults B/B: minor page "
           f"faults x {PAGE} B per changed byte, i.e. fresh memory touched)")
 
@@ -417,147 +408,6 @@ def print_states(runs: list[dict]) -> None:
         print(f"  {proc:9} {name:17} {top}")
 
 
-# What a sampled kernel stack was doing, outermost match first (frames from the root down).
-OPS = [("tcp_recvmsg", "TCP receive"), ("tcp_sendmsg", "TCP send"), ("ext4_sync_file", "fdatasync/fsync"),
-       ("file_write_and_wait_range", "fdatasync/fsync"), ("ksys_sync_file_range", "sync_file_range"),
-       ("sync_file_range", "sync_file_range"), ("filemap_read", "read from page cache"),
-       ("generic_perform_write", "write to page cache"), ("ext4_buffered_write_iter", "write to page cache"),
-       ("futex", "futex (GIL, locks, conditions)"), ("ep_poll", "epoll"), ("do_epoll", "epoll"),
-       ("fallocate", "fallocate/punch"), ("asm_exc_page_fault", "page fault (user code)"),
-       ("handle_softirqs", "interrupt/softirq"), ("asm_sysvec", "interrupt/softirq"),
-       ("asm_common_interrupt", "interrupt/softirq")]
-
-
-def _leaf_kind(frames: list[tuple[str, str]]) -> str:
-    leaf = frames[0][0]
-    names = [f for f, _ in frames]
-    if "asm_exc_page_fault" in names:
-        return "page fault"
-    if "copy" in leaf or "memcpy" in leaf or "memmove" in leaf:
-        return "copy"
-    if any(k in leaf for k in ("clear_page", "alloc_pages", "get_page_from_freelist", "rmqueue", "free_pages",
-                               "folio_alloc", "free_unref")):
-        return "page alloc/free"
-    if any(any(k in f for k in ("mpage_", "ext4_bio_write", "ext4_do_writepages", "submit_bio", "blk_", "bio_"))
-           for f in names):
-        return "writeback/block"
-    return "other"
-
-
-def perf_categories(data: str, window: str, pid: int) -> tuple[collections.Counter, collections.Counter]:
-    """Per sample of process `pid` in the window: (op, leaf kind) for kernel
-    samples, ("user: DSO", "") for user ones."""
-    proc = subprocess.run([PERF, "script", "-i", data, "-F", "tid,ip,sym,dso", "--time", window, "--pid", str(pid)],
-                          capture_output=True, text=True)
-    ops: collections.Counter = collections.Counter()
-    kinds: collections.Counter = collections.Counter()
-    for block in proc.stdout.split("\n\n"):
-        frames = []
-        for line in block.splitlines()[1:]:
-            m = re.match(r"^\s*[0-9a-f]+\s+(.*?)\s+\((.*)\)$", line)
-            if m:
-                frames.append((m.group(1), m.group(2)))
-        if not frames:
-            continue
-        if frames[0][1] != "[kernel.kallsyms]":
-            dso = os.path.basename(frames[0][1])
-            for key, label in (("python3", "Python interpreter"), ("xxhash", "xxhash"), ("sqlite", "SQLite"),
-                               ("libc.so", "libc (memcpy, malloc, ...)"), ("pyroaring", "pyroaring")):
-                if key in dso:
-                    dso = label
-                    break
-            ops[f"user: {dso}"] += 1
-            continue
-        op = None
-        for name, _ in reversed(frames):  # from the root down
-            for key, label in OPS:
-                if key in name:
-                    op = label
-                    break
-            if op:
-                break
-        if op is None:
-            below = [n for n, _ in frames]
-            op = "other kernel"
-            if "do_syscall_64" in below:
-                i = below.index("do_syscall_64")
-                op = f"syscall {below[i - 1]}" if i > 0 else op
-        op = f"kernel: {op}"
-        ops[op] += 1
-        kinds[(op, _leaf_kind(frames))] += 1
-    return ops, kinds
-
-
-def perf_report(data: str, t0: float, t1: float, pids: dict[str, int], top: int, primary_top: int) -> None:
-    """Sample counts in the window. Every report is sorted by thread (`pid`
-    sort key) first and summed up here: perf's --pid filter with a sort that
-    merges threads (comm, dso, sym) judges a merged entry by whichever
-    thread made it first, so it drops or keeps whole entries wrongly."""
-    window = f"{t0:.6f},{t1:.6f}"
-
-    def report(*args: str) -> list[tuple[int, int, str, str]]:
-        """(samples, tid, comm, rest of the line)"""
-        proc = subprocess.run([PERF, "report", "-i", data, "--no-children", "--stdio", "-g", "none", "-n",
-                               "--time", window, *args], capture_output=True, text=True)
-        rows = []
-        for line in proc.stdout.splitlines():
-            parts = line.split(None, 3)
-            if len(parts) < 3 or line.lstrip().startswith("#") or not parts[0].endswith("%"):
-                continue
-            tid, _, comm = parts[2].partition(":")
-            try:
-                rows.append((int(parts[1]), int(tid), comm, parts[3].strip() if len(parts) > 3 else ""))
-            except ValueError:
-                pass
-        return rows
-
-    hz = 999
-    by_thread = report("--sort", "pid")
-    total = sum(n for n, *_ in by_thread)
-    tids = {role: {tid for _, tid, _, _ in report("--pid", str(pid), "--sort", "pid")} for role, pid in pids.items()}
-    role_of = {tid: role for role, ts in tids.items() for tid in ts}
-    print(f"\nperf record -a -g -F {hz}, {data}: window {t1 - t0:.3f} s (the resync), "
-          f"{total} samples on {os.cpu_count()} cores (samples / {hz} = CPU-s)")
-    print("  by thread (python = MainThread, the event loop; swapper = idle):")
-    for n, tid, comm, _ in by_thread[:16]:
-        print(f"    {n / total:6.1%}  {n / hz:6.3f} CPU-s  {tid}:{comm:16} {role_of.get(tid, '')}")
-    sym_rows = report("--sort", "pid,sym")
-    dso_rows = report("--sort", "pid,dso")
-    for role, n_top in (("secondary", top), ("primary", primary_top)):
-        if not n_top:
-            continue
-        mine = tids[role]
-        threads_n = collections.Counter()
-        for n, tid, comm, _ in by_thread:
-            if tid in mine:
-                threads_n["MainThread" if tid == pids[role] else comm] += n
-        rtotal = sum(threads_n.values())
-        if not rtotal:
-            print(f"  {role}: no samples")
-            continue
-        print(f"  {role} (pid {pids[role]}): {rtotal} samples = {rtotal / hz:.3f} CPU-s; by thread: "
-              + ", ".join(f"{name} {n / rtotal:.0%}" for name, n in threads_n.most_common(6)))
-        dsos = collections.Counter()
-        for n, tid, _, rest in dso_rows:
-            if tid in mine:
-                dsos[rest] += n
-        print("    by object: " + ", ".join(f"{name} {n / rtotal:.0%}" for name, n in dsos.most_common(6)))
-        syms = collections.Counter()
-        for n, tid, _, rest in sym_rows:
-            if tid in mine:
-                syms[rest] += n
-        ops, kinds = perf_categories(data, window, pids[role])
-        ototal = sum(ops.values()) or 1
-        print("    by operation (outermost kernel frame; leaf kinds: copy / page fault / page alloc / writeback):")
-        for op, n in ops.most_common(12):
-            split = ", ".join(f"{kind} {m / n:.0%}" for (o, kind), m in
-                              sorted(kinds.items(), key=lambda kv: -kv[1]) if o == op and m / n >= 0.05)
-            print(f"      {n / ototal:6.1%}  {op}{'  (' + split + ')' if split else ''}")
-        print(f"    top {n_top} symbols (--no-children --sort sym; % of the {role}'s samples; [k] kernel, [.] user):")
-        for name, n in syms.most_common(n_top):
-            print(f"      {n / rtotal:6.1%}  {name}")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-gib", type=float, default=2)
@@ -582,7 +432,7 @@ def main() -> int:
     try:
         note(f"{args.size_gib:g} GiB volume, {k} chunks ({k * CHUNK / GiB:.3f} GiB) changed per run; "
              "prefill + initial sync")
-        pair = H.Pair(os.path.join(root, "pair"), {"vol0": size}, prefill=prefill_volume(size))
+        pair = setups.pair(os.path.join(root, "pair"), {"vol0": size}, prefill=prefill_volume(size))
         pair.wait_converged(timeout_s=1800)
         settle()
         rng = random.Random(11)

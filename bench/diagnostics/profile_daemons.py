@@ -3,9 +3,8 @@
 by `make bench`; needs `pip install py-spy` in the venv, and root or
 ptrace permission).
 
-    .venv/bin/python bench/profile_daemons.py resync [--size-mib 1024] [--changed-mib 512]
-    .venv/bin/python bench/profile_daemons.py nbdcopy [--mode async|sync|local] [--size-mib 1024]
-    .venv/bin/python bench/profile_daemons.py pause [--volumes 8] [--size-mib 65536] [--cuts 20]
+    .venv/bin/python bench/diagnostics/profile_daemons.py resync [--size-mib 1024] [--changed-mib 512]
+    .venv/bin/python bench/diagnostics/profile_daemons.py nbdcopy [--mode async|sync|local] [--size-mib 1024]
 
 Records both daemons with `py-spy record --format raw` (collapsed stacks,
 all threads, GIL-idle samples dropped) while the path runs, then prints per
@@ -25,21 +24,22 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from blockmirror.testing.host import aio_write
+from blockmirror.testing.nodes import CHUNK
 
-import harness as H  # noqa: E402
-from run import CHUNK, QD, fresh_writes, nbdcopy, prefill_volume, settle  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # bench/
+
+import setups  # noqa: E402
+from workload import QD, fresh_writes, nbdcopy, prefill_volume, random_file, settle  # noqa: E402
 
 PY_SPY = os.path.join(os.path.dirname(sys.executable), "py-spy")
 
 
-GIL_ONLY = False  # --gil: sample only the thread holding the GIL (where the Python CPU goes)
-RATE = 250
-
-
-def spy(pid: int, out: str) -> subprocess.Popen:
-    return subprocess.Popen([PY_SPY, "record", "--pid", str(pid), "--rate", str(RATE), "--format", "raw",
-                             "--output", out, "--threads", "--nonblocking", *(["--gil"] if GIL_ONLY else [])],
+def spy(pid: int, out: str, args) -> subprocess.Popen:
+    """py-spy on `pid` at args.rate samples a second; with args.gil only the
+    thread holding the GIL (where the Python CPU goes)."""
+    return subprocess.Popen([PY_SPY, "record", "--pid", str(pid), "--rate", str(args.rate), "--format", "raw",
+                             "--output", out, "--threads", "--nonblocking", *(["--gil"] if args.gil else [])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -88,18 +88,17 @@ def summarise(path: str, title: str, top: int = 25) -> None:
 
 def profile_resync(args, root: str) -> None:
     size, changed = args.size_mib << 20, args.changed_mib << 20
-    pair = H.Pair(os.path.join(root, "pair"), {"vol0": size}, prefill=prefill_volume(size))
+    pair = setups.pair(os.path.join(root, "pair"), {"vol0": size}, prefill=prefill_volume(size))
     try:
         pair.wait_converged(timeout_s=1800)
         chunks = random.Random(1).sample(range(size // CHUNK), changed // CHUNK)
         pair.outage()
-        H.aio_write(pair.primary.uri("vol0"), fresh_writes(chunks, 5), qd=QD)
+        aio_write(pair.primary.uri("vol0"), fresh_writes(chunks, 5), qd=QD)
         settle()
-        pair.secondary.args[pair.secondary.args.index("--listen") + 1] = "%s:%d" % pair.secondary.listen
-        sp = spy(pair.primary.pid, os.path.join(root, "primary.raw"))
+        sp = spy(pair.primary.pid, os.path.join(root, "primary.raw"), args)
         time.sleep(0.5)
-        pair.secondary.start()
-        ss = spy(pair.secondary.pid, os.path.join(root, "secondary.raw"))
+        pair.restore()
+        ss = spy(pair.secondary.pid, os.path.join(root, "secondary.raw"), args)
         st = pair.wait_converged()
         stop_spy(sp)
         stop_spy(ss)
@@ -114,16 +113,12 @@ def profile_resync(args, root: str) -> None:
 def profile_nbdcopy(args, root: str) -> None:
     size = args.size_mib << 20
     source = os.path.join(root, "source.img")
-    with open(source, "wb") as f:
-        for _ in range(size >> 20):
-            f.write(os.urandom(1 << 20))
+    random_file(source, size)
     if args.mode == "local":
-        p, _, secret = H.make_pair(os.path.join(root, "local"), {"vol0": size})
-        prim = H.Daemon("primary", p, "--nbd", "127.0.0.1:0", "--peer", f"127.0.0.1:{H.free_port()}",
-                        "--secret-file", secret, *H.LINK)
+        prim = setups.local_primary(os.path.join(root, "local"), {"vol0": size})
         pair = None
     else:
-        pair = H.Pair(os.path.join(root, "pair"), {"vol0": size}, mode=args.mode)
+        pair = setups.pair(os.path.join(root, "pair"), {"vol0": size}, mode=args.mode)
         pair.wait_converged()
         prim = pair.primary
     try:
@@ -131,10 +126,10 @@ def profile_nbdcopy(args, root: str) -> None:
         if pair:
             pair.wait_converged()
         settle()
-        sp = spy(prim.pid, os.path.join(root, "primary.raw"))
-        ss = spy(pair.secondary.pid, os.path.join(root, "secondary.raw")) if pair else None
+        sp = spy(prim.pid, os.path.join(root, "primary.raw"), args)
+        ss = spy(pair.secondary.pid, os.path.join(root, "secondary.raw"), args) if pair else None
         time.sleep(0.5)
-        secs = nbdcopy(source, prim.uri("vol0"))
+        secs, _ = nbdcopy(source, prim.uri("vol0"))
         if pair:
             pair.wait_converged()
         stop_spy(sp)
@@ -162,9 +157,6 @@ def main() -> int:
     ap.add_argument("--gil", action="store_true",
                     help="sample only the thread holding the GIL (py-spy --gil): Python CPU, no waits")
     args = ap.parse_args()
-    global GIL_ONLY, RATE
-    GIL_ONLY = args.gil
-    RATE = args.rate
     if not os.path.exists(PY_SPY):
         raise SystemExit(f"{PY_SPY} missing: .venv/bin/pip install py-spy")
     root = tempfile.mkdtemp(prefix="blockmirror-prof-", dir="/var/tmp")
