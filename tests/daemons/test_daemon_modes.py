@@ -2,6 +2,7 @@
 
 import json
 import signal
+import uuid
 import urllib.request
 
 from blockmirror.engine import SecondaryConfig, SecondaryNode
@@ -27,7 +28,7 @@ def test_sync_mode_write_is_on_the_secondary_when_acknowledged(tmp_path):
             if d.proc.poll() is None:
                 d.kill9()
     with Node.open(s_dir) as node:
-        eng = SecondaryNode(node, SecondaryConfig(), 0.0)  # recovery: journal replay
+        eng = SecondaryNode(node, SecondaryConfig(), 0.0, uuid.UUID(int=1), "default")  # recovery: journal replay
         assert eng.read_image("vol0", 4096, 8192) == b"\xd7" * 8192
         assert eng.read_image("vol0", 1 << 20, 65536) == b"\xd8" * 65536
 

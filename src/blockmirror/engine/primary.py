@@ -27,28 +27,28 @@ import uuid
 from collections import deque
 
 from blockmirror.engine.activity import ActivityLog
+from blockmirror.engine.bases import ResyncBases
 from blockmirror.engine.config import PrimaryConfig
 from blockmirror.engine.events import (
-    Dial, HostFlush, HostRequests, HostWrite, LinkClosed, LinkUp, Output, Received, Stop, CloseLink,
+    CloseLink, Dial, HostFlush, HostRequests, HostWrite, LinkClosed, LinkUp, Output, Received, Stop,
 )
 from blockmirror.engine.linkclock import Backoff, LinkClock
 from blockmirror.engine.phases import (
     PRIMARY_IN_ROUND, PRIMARY_LINKED, PRIMARY_LIVE, PRIMARY_SENDING_ROUND, PRIMARY_TRANSITIONS, PhaseMachine,
-    PrimaryPhase as P,
 )
+from blockmirror.engine.phases import PrimaryPhase as P
 from blockmirror.engine.records import ActivityRecord, PrimaryPoint, RecordStore, ResyncBase
+from blockmirror.engine.report import primary_status
 from blockmirror.engine.rounds import (
     MESSAGE_OVERHEAD_BYTES, Geometry, ResyncRound, RoundSender, full_round_chunks, incremental_round_chunks,
 )
 from blockmirror.engine.window import InflightWindow
 from blockmirror.errors import BlockmirrorError
 from blockmirror.protocol import (
-    NIL_UUID, WRITE_DATA_MAX_BYTES, Ack, Goodbye, Heartbeat, HeartbeatAck, LocalNode, ResyncCommitted, Role,
+    WRITE_DATA_MAX_BYTES, Ack, Goodbye, Heartbeat, HeartbeatAck, LocalNode, ResyncCommitted, Role,
     VolumeInfo, Write, WriteZeroes,
 )
-from blockmirror.status import (
-    FULL, PRIMARY, PrimaryStatus, ResyncProgress, ResyncSummary, snapshot_list, State, Status, VolumeStatus,
-)
+from blockmirror.status import FULL, PRIMARY, ResyncSummary, State, Status
 from blockmirror.storage import Node
 
 UNLIMITED = 1 << 62
@@ -57,14 +57,15 @@ UNLIMITED = 1 << 62
 class PrimaryNode:
     role = PRIMARY
 
-    def __init__(self, node: Node, config: PrimaryConfig, rng: random.Random, now: float,
-                 pair_uuid: uuid.UUID = NIL_UUID, pair_name: str = "", observer=None):
+    def __init__(self, node: Node, config: PrimaryConfig, rng: random.Random, now: float, pair_uuid: uuid.UUID,
+                 pair_name: str, observer=None):
         self.node = node
         self.config = config
         self.rng = rng
         self.observer = observer  # the simulator's checker; None in the daemons
         self.geo = Geometry(list(node.volumes), [v.size for v in node.volumes.values()], node.chunk_size)
         self.records = RecordStore(node)
+        self.bases = ResyncBases(node, self.records)
         self.activity = ActivityLog(node, config.activity_region_bytes, self.records)
         self.rounds = RoundSender(node, self.geo, config.resync_extent_bytes_max)
         self.window = InflightWindow(config.window_bytes_max, config.window_writes_max)
@@ -152,17 +153,12 @@ class PrimaryNode:
     def _restore(self, now: float) -> None:
         point = self.records.primary_point()
         self.generation = point.generation
-        bases = self.records.resync_bases()
-        for snap in self.node.snapshots():
-            if snap.id not in bases:  # the target of a round that never committed its base
-                self.node.delete_snapshot(snap.id)
         hot = [] if point.clean else self.activity.hot_extents(self.geo.sizes)
         self.recovered_hot = hot
         if not point.clean:
             self._out.warning(f"unclean stop: {len(hot)} hot regions join the resync")
-        rows = RecordStore.rows(PrimaryPoint(self.generation, clean=False), delete=(ActivityRecord.KEY,))
-        stale = [k for k in self.records.base_keys() if int(k[len(ResyncBase.PREFIX):]) not in bases]
-        rows.update(RecordStore.rows(*(b.with_unacked(hot) for b in bases.values() if hot), delete=tuple(stale)))
+        rows, bases = self.bases.restore(hot)
+        rows.update(RecordStore.rows(PrimaryPoint(self.generation, clean=False), delete=(ActivityRecord.KEY,)))
         self.node.set_state(rows)
         if self.generation is not None and not bases:
             self._snapshot("restart", lambda sid: ResyncBase(sid, self.generation, 0, tuple(hot)))
@@ -298,33 +294,9 @@ class PrimaryNode:
         self.rounds_this_link = 0
         self._episode = ResyncSummary()
         self._episode_started = now
-        base, why = self._choose_base(est.committed_generation, est.committed_seq)
+        base, why = self.bases.choose(self.generation, est.committed_generation, est.committed_seq)
+        self._out.log(logging.INFO if base is not None else logging.WARNING, why)
         self._start_round(now, base, why)
-
-    def _choose_base(self, peer_gen: uuid.UUID, peer_seq: int) -> tuple[ResyncBase | None, str]:
-        """The newest snapshot whose record names the secondary's generation;
-        every other base snapshot is deleted."""
-        bases = self.records.resync_bases()
-        fits = [b for b in bases.values() if peer_gen != NIL_UUID and b.generation == peer_gen
-                and b.acked_seq <= peer_seq]
-        base = max(fits, key=lambda b: b.snapshot) if fits else None
-        for sid in bases:
-            if base is None or sid != base.snapshot:
-                self.node.delete_snapshot(sid)
-        self.records.save(delete=tuple(f"{ResyncBase.PREFIX}{sid}" for sid in bases
-                                       if base is None or sid != base.snapshot))
-        if base is not None:
-            why = f"incremental resync from snapshot {base.snapshot} (generation {peer_gen})"
-            self._out.info(why)
-            return base, why
-        if self.generation is None:
-            why = "full sync: no common base: first sync"
-        elif peer_gen == NIL_UUID:
-            why = "full sync: the secondary holds no consistent image"
-        else:
-            why = f"full sync: the secondary is at generation {peer_gen}, which no snapshot here matches"
-        self._out.warning(why)
-        return None, why
 
     def _start_round(self, now: float, base: ResyncBase | None, why: str) -> None:
         self._round_ids += 1
@@ -380,7 +352,7 @@ class PrimaryNode:
             why = f"round {rnd.id}: every extent sent, commit sent"
         # Before the commit leaves: if it lands and we crash, T must still be
         # known as the base of the secondary's new generation.
-        self.records.save(rnd.as_base())
+        self.bases.keep(rnd.as_base())
         out.append(rnd.commit())
         self._move(new, why)
         self.outbox.extend(self.live_queue)
@@ -413,10 +385,9 @@ class PrimaryNode:
         assert self.phase in (P.COMMITTING, P.FINAL_COMMITTING) and rnd is not None and msg.round_id == rnd.id, \
             "commit confirmation of another round"
         self.generation = rnd.target_generation
-        old = () if rnd.base is None else (f"{ResyncBase.PREFIX}{rnd.base}",)
-        self.records.save(PrimaryPoint(self.generation, clean=False), rnd.as_base(), delete=old)
+        self.records.save(PrimaryPoint(self.generation, clean=False), rnd.as_base())
         if rnd.base is not None:
-            self.node.delete_snapshot(rnd.base)
+            self.bases.drop(rnd.base)
         self._episode.add_round(rnd.kind, rnd.chunks_sent, rnd.data_bytes_sent)
         self.resync_chunks_total += rnd.chunks_sent
         self._out.info(f"round {rnd.id} committed: {rnd.chunks_sent} chunks, {rnd.data_bytes_sent} bytes in "
@@ -425,8 +396,7 @@ class PrimaryNode:
         if self.phase is P.COMMITTING:
             self._start_round(now, rnd.as_base(), f"round {rnd.id} committed; another round")
             return
-        self.records.save(delete=(rnd.as_base().key,))
-        self.node.delete_snapshot(rnd.target)
+        self.bases.drop(rnd.target)
         self._episode.seconds = now - self._episode_started
         self.last_resync = self._episode
         self._move(P.MIRRORING, f"round {rnd.id} committed")
@@ -458,7 +428,7 @@ class PrimaryNode:
             self.node.delete_snapshot(rnd.target)
         else:
             # The commit may or may not have landed: T is the base if it did.
-            self.records.save(rnd.as_base())
+            self.bases.keep(rnd.as_base())
         _, tokens = self.window.clear()
         self._out.completions.extend((t, None) for t in tokens)
         self.activity.release(unacked)
@@ -508,25 +478,7 @@ class PrimaryNode:
 
     # -- status --------------------------------------------------------------------------------
     def status(self, now: float) -> Status:
-        rnd = self.round
-        progress = None
-        if rnd is not None:
-            handed = rnd.total_bytes * rnd.chunks_sent // rnd.total_chunks if rnd.total_chunks else 0
-            progress = ResyncProgress(rnd.id, rnd.kind, rnd.chunks_sent, bytes_done=handed,
-                                      bytes_total=rnd.total_bytes, chunks_total=rnd.total_chunks)
-        own = PrimaryStatus(
-            mode=self.config.mode, acked_seq=self.acked, inflight_writes=len(self.window),
-            inflight_bytes=self.window.nbytes, waiting_writes=len(self.waiting), lag_writes=self.seq - self.acked,
-            write_pause_ms=self.last_pause_ns / 1e6, link_failures=self.link_failures,
-            # After an unclean stop: the regions that joined the resync because
-            # the primary could not know what the secondary had.
-            unclean_restart_hot_bytes=sum(e[2] for e in self.recovered_hot))
-        return Status(
-            role=PRIMARY, state=self.state, phase=self.phase.value, peer_connected=self.linked,
-            generation=None if self.generation is None else str(self.generation), seq=self.seq,
-            last_resync=ResyncSummary(**vars(self.last_resync)), resync_progress=progress,
-            snapshots=snapshot_list(self.node),
-            volumes=[VolumeStatus(n, s, str(u)) for n, u, s in self.volume_infos()], primary=own)
+        return primary_status(self, now)
 
     def round_started_at(self) -> float | None:
         return None if self.round is None else self.round.started

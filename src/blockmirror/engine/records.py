@@ -197,6 +197,26 @@ class VolumePairing:
         return cls(dict(raw["primary_uuids"]))
 
 
+# -- the daemon --------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class PairBinding:
+    """The pair and role a node joined at its first daemon start."""
+    KEY: ClassVar[str] = "daemon.pair"
+    VERSION: ClassVar[int] = 1
+    name: str
+    uuid: uuid.UUID
+    role: str
+
+    def encode(self) -> dict:
+        return {"v": self.VERSION, "name": self.name, "uuid": str(self.uuid), "role": self.role}
+
+    @classmethod
+    def decode(cls, raw: dict) -> PairBinding:
+        _version(raw, cls)
+        return cls(raw["name"], uuid.UUID(raw["uuid"]), raw["role"])
+
+
 # -- the store ---------------------------------------------------------------------------
 
 class RecordStore:
@@ -253,6 +273,10 @@ class RecordStore:
     def open_round(self) -> OpenRound | None:
         raw = self.node.get_state(OpenRound.KEY)
         return None if raw is None else OpenRound.decode(raw)
+
+    def pair_binding(self) -> PairBinding | None:
+        raw = self.node.get_state(PairBinding.KEY)
+        return None if raw is None else PairBinding.decode(raw)
 
     def volume_pairing(self) -> VolumePairing:
         raw = self.node.get_state(VolumePairing.KEY)

@@ -19,8 +19,14 @@ from typing import Iterator
 
 from pyroaring import BitMap
 
-from blockmirror.engine.records import FULL, INCREMENTAL, Extent, ResyncBase
-from blockmirror.protocol import NIL_UUID, ResyncBegin, ResyncCommit, ResyncData, ResyncZeroes
+from blockmirror.engine.records import FULL, INCREMENTAL, ResyncBase
+from blockmirror.protocol import (
+    NIL_UUID,
+    ResyncBegin,
+    ResyncCommit,
+    ResyncData,
+    ResyncZeroes,
+)
 
 ZERO_EXTENT_BYTES_MAX = 1 << 30
 MESSAGE_OVERHEAD_BYTES = 64  # what a message costs the send budget besides its data
@@ -205,5 +211,3 @@ def _zeros(length: int) -> bytes:
     return bytes(length)
 
 
-def unacked_chunks(geo: Geometry, extents: list[Extent]) -> list[BitMap]:
-    return geo.chunks_of(extents)

@@ -27,8 +27,12 @@ from blockmirror.engine.events import (
 )
 from blockmirror.engine.journal import KIND_WRITE, KIND_ZERO
 from blockmirror.engine.linkclock import LinkClock
-from blockmirror.engine.phases import SECONDARY_LINKED, SECONDARY_TRANSITIONS, PhaseMachine, SecondaryPhase as S
+from blockmirror.engine.phases import (
+    SECONDARY_LINKED, SECONDARY_TRANSITIONS, PhaseMachine,
+)
+from blockmirror.engine.phases import SecondaryPhase as S
 from blockmirror.engine.records import FULL, INCREMENTAL, OpenRound
+from blockmirror.engine.report import secondary_status
 from blockmirror.engine.secondary_store import SecondaryStore
 from blockmirror.errors import BlockmirrorError
 from blockmirror.protocol import (
@@ -37,8 +41,7 @@ from blockmirror.protocol import (
 )
 from blockmirror.protocol.errors import ErrorCode, ProtocolError, RemoteProtocolError
 from blockmirror.status import (
-    SECONDARY, ResyncProgress, ResyncSummary, RoundStatus, SecondaryStatus, snapshot_list, State, Status,
-    VolumeStatus,
+    SECONDARY, ResyncProgress, ResyncSummary, State, Status,
 )
 from blockmirror.storage import Node, WriteOp
 
@@ -50,8 +53,8 @@ class NoConsistentImage(BlockmirrorError):
 class SecondaryNode:
     role = SECONDARY
 
-    def __init__(self, node: Node, config: SecondaryConfig, now: float, pair_uuid: uuid.UUID = NIL_UUID,
-                 pair_name: str = "", observer=None):
+    def __init__(self, node: Node, config: SecondaryConfig, now: float, pair_uuid: uuid.UUID, pair_name: str,
+                 observer=None):
         self.node = node
         self.config = config
         self.observer = observer
@@ -69,7 +72,7 @@ class SecondaryNode:
         self.last_resync = ResyncSummary()
         self._episode = ResyncSummary()
         self._episode_started: float | None = None
-        self._progress: tuple[ResyncProgress, float] | None = None  # the round arriving, and its start
+        self.round_progress: tuple[ResyncProgress, float] | None = None  # the round arriving, and its start
         self._out = Output()
         self.store = SecondaryStore(node, config, self._out)
         self._shown_state = self.state
@@ -194,7 +197,7 @@ class SecondaryNode:
         self.outbox.clear()
         self._round_ops.clear()
         self._got = False
-        self._progress = None
+        self.round_progress = None
         self.store.link_down()
         self._move(S.DISCONNECTED, f"link down: {reason}")
 
@@ -280,14 +283,14 @@ class SecondaryNode:
         self.store.begin_round(msg.round_id, FULL if full else INCREMENTAL, msg.target_generation,
                                in_place="round-in-place" in self.config.mutations)
         kind = FULL if full else INCREMENTAL
-        self._progress = (ResyncProgress(msg.round_id, kind, 0, bytes_total=msg.data_bytes_max), now)
+        self.round_progress = (ResyncProgress(msg.round_id, kind, 0, bytes_total=msg.data_bytes_max), now)
         if self._episode_started is None:
             self._episode_started = now
         self._move(S.FULL_ROUND if full else S.INCREMENTAL_ROUND, f"resync round {msg.round_id} begins")
 
     def _count(self, nbytes: int, data: bool) -> None:
-        if self._progress is not None and data:  # like the primary: zero extents (holes) are not counted
-            prog = self._progress[0]
+        if self.round_progress is not None and data:  # like the primary: zero extents (holes) are not counted
+            prog = self.round_progress[0]
             prog.chunks_done += -(-nbytes // self.node.chunk_size)
             prog.bytes_done += nbytes
 
@@ -298,12 +301,12 @@ class SecondaryNode:
             self.observer.secondary_committed(msg.generation, msg.seq)
         self._out.info(f"round {msg.round_id} committed: generation {msg.generation} at seq {msg.seq}")
         self.outbox.append(ResyncCommitted(msg.round_id, msg.generation, msg.seq))
-        if self._progress is not None:
-            prog = self._progress[0]
+        if self.round_progress is not None:
+            prog = self.round_progress[0]
             self._episode.add_round(rnd.kind if rnd else INCREMENTAL, prog.chunks_done, prog.bytes_done)
             self._episode.seconds = round(now - self._episode_started, 6)
             self.last_resync = ResyncSummary(**vars(self._episode))
-        self._progress = None
+        self.round_progress = None
         self._move(S.LINKED, f"resync round {msg.round_id} committed")
 
     # -- timers and stop -----------------------------------------------------------------------
@@ -329,20 +332,7 @@ class SecondaryNode:
 
     # -- status --------------------------------------------------------------------------------
     def status(self, now: float) -> Status:
-        point, rnd = self.store.point, self.store.round
-        progress = None
-        if self._progress is not None:
-            prog, started = self._progress
-            progress = ResyncProgress(**vars(prog)).timed(started, now)
-        own = SecondaryStatus(consistent=point.holds_image,
-                              round_open=None if rnd is None else RoundStatus(rnd.id, rnd.kind),
-                              journal_bytes=self.store.journal.tail)
-        return Status(
-            role=SECONDARY, state=self.state, phase=self.phase.value, peer_connected=self.linked,
-            generation=None if point.generation == NIL_UUID else str(point.generation), seq=point.seq,
-            last_resync=ResyncSummary(**vars(self.last_resync)), resync_progress=progress,
-            snapshots=snapshot_list(self.node),
-            volumes=[VolumeStatus(n, s, str(u)) for n, u, s in self.volume_infos()], secondary=own)
+        return secondary_status(self, now)
 
     _handlers = {
         Accepted: _on_accepted,

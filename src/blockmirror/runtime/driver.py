@@ -25,7 +25,14 @@ import logging
 import time
 from collections import deque
 
-from blockmirror.engine import Accepted, HostRequests, LinkClosed, LinkUp, Output, Received
+from blockmirror.engine import (
+    Accepted,
+    HostRequests,
+    LinkClosed,
+    LinkUp,
+    Output,
+    Received,
+)
 from blockmirror.runtime.enginethread import EngineThread
 from blockmirror.runtime.transport import LinkProtocol
 
@@ -154,9 +161,6 @@ class NodeDriver:
     # -- the loop ----------------------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"{self.role}-driver")
-
-    def wake(self) -> None:
-        self._wake.set()
 
     async def stop(self) -> None:
         """Finish the step under way, then stop stepping."""

@@ -14,10 +14,8 @@ import functools
 class EngineThread:
     def __init__(self, name: str = "engine"):
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
-        self.calls = 0
 
     async def call(self, fn, *args, **kwargs):
-        self.calls += 1
         if kwargs:
             fn = functools.partial(fn, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

@@ -23,13 +23,13 @@ import stat
 import uuid
 from dataclasses import dataclass
 
+from blockmirror.engine.records import PairBinding, RecordStore
 from blockmirror.errors import ConfigError, NodeError
 from blockmirror.protocol.auth import SECRET_BYTES_MIN
 
 log = logging.getLogger("blockmirror.pairing")
 
 PAIR_NAMESPACE = uuid.UUID("5b1e3c52-5f0c-4f4b-9a43-6d1a0f6b1c7e")
-K_PAIR = "daemon.pair"  # {"name", "uuid", "role"}
 PAIR_NAME_DEFAULT = "default"
 SECRET_FILE_BYTES_MAX = 64 << 10
 
@@ -89,17 +89,17 @@ def check_pair_name(name: str) -> str:
 def bind_pair(node, role: str, name: str, secret: bytes) -> PairIdentity:
     """The node's pair identity, stored at its first daemon start (blocking:
     a metadata commit the first time)."""
-    stored = node.get_state(K_PAIR)
+    records = RecordStore(node)
+    stored = records.pair_binding()
     if stored is None:
         ident = PairIdentity(name, derive_pair_uuid(name, secret))
-        node.set_state({K_PAIR: {"name": name, "uuid": str(ident.uuid), "role": role}})
+        records.save(PairBinding(name, ident.uuid, role))
         log.info("node %s joins pair %r (%s) as the %s", node.path, name, ident.uuid, role)
         return ident
-    if stored["role"] != role:
-        raise NodeError(f"{node.path} is the {stored['role']} of pair {stored['name']!r}; "
-                        f"it cannot run as the {role}",
-                        hint=f"run `blockmirror {stored['role']} {node.path} ...`, or init a new node for the {role}")
-    if stored["name"] != name:
-        raise NodeError(f"{node.path} belongs to pair {stored['name']!r}, not {name!r}",
-                        hint=f"start it with --pair {stored['name']}")
-    return PairIdentity(stored["name"], uuid.UUID(stored["uuid"]))
+    if stored.role != role:
+        raise NodeError(f"{node.path} is the {stored.role} of pair {stored.name!r}; it cannot run as the {role}",
+                        hint=f"run `blockmirror {stored.role} {node.path} ...`, or init a new node for the {role}")
+    if stored.name != name:
+        raise NodeError(f"{node.path} belongs to pair {stored.name!r}, not {name!r}",
+                        hint=f"start it with --pair {stored.name}")
+    return PairIdentity(stored.name, stored.uuid)

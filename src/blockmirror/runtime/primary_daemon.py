@@ -19,7 +19,14 @@ import random
 import ssl
 import time
 
-from blockmirror.engine import Dial, HostFlush, HostWrite, PrimaryConfig, PrimaryNode, Stop
+from blockmirror.engine import (
+    Dial,
+    HostFlush,
+    HostWrite,
+    PrimaryConfig,
+    PrimaryNode,
+    Stop,
+)
 from blockmirror.errors import BlockmirrorError
 from blockmirror.nbd.export import ExportError
 from blockmirror.nbd.wire import Err

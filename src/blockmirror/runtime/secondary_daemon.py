@@ -20,7 +20,13 @@ import ssl
 import time
 from collections import deque
 
-from blockmirror.engine import Answer, NoConsistentImage, SecondaryConfig, SecondaryNode, Stop
+from blockmirror.engine import (
+    Answer,
+    NoConsistentImage,
+    SecondaryConfig,
+    SecondaryNode,
+    Stop,
+)
 from blockmirror.errors import BlockmirrorError
 from blockmirror.nbd.export import ExportError
 from blockmirror.nbd.wire import Err

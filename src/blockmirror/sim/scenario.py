@@ -328,7 +328,7 @@ class Scenario:
         try:
             clone.crash(random.Random(self.rng.random()))
             node = Node.open(side.path, fs=clone, meta_synchronous="OFF")
-            eng = SecondaryNode(node, self.sconfig, self.now)
+            eng = SecondaryNode(node, self.sconfig, self.now, self.pair_uuid, "simpair")
             gen, seq = str(eng.generation), eng.seq
             if gen == self.claimed[0] and seq < self.claimed[1]:
                 raise Violation(f"the secondary acknowledged seq {self.claimed[1]} but a crash now "
