@@ -35,6 +35,7 @@ from blockmirror.engine import (
 )
 from blockmirror.runtime.enginethread import EngineThread
 from blockmirror.runtime.transport import LinkProtocol
+from blockmirror.status import LinkStatus, PairStatus, Status
 
 RECV_QUEUE_BYTES_MAX = 32 << 20
 # glibc malloc: keep freed memory up to this much instead of handing it back
@@ -270,7 +271,28 @@ class NodeDriver:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_at(max(at, loop.time()) + 0.0005, self._wake.set)
 
+    # -- status ------------------------------------------------------------------------------
+    async def status(self) -> Status:
+        """The node's status with what only the daemon knows."""
+        st: Status = await self.engine_thread.call(self.node.status, time.monotonic())
+        st.pair = PairStatus(self.pair.name, str(self.pair.uuid))
+        st.node = self.storage.path
+        link = self.current_link()
+        st.link = None if link is None else LinkStatus(link.peer, link.established, link.tls, link.bytes_sent,
+                                                       link.bytes_received)
+        await self.add_status(st, link)
+        st.state_seconds = round(time.monotonic() - self.state_since, 3)
+        st.engine_steps = self.steps
+        return st
+
     # -- per role ----------------------------------------------------------------------------
+    def current_link(self) -> LinkProtocol | None:
+        """The link status shows: the active one, or the newest attempt."""
+        return None
+
+    async def add_status(self, st: Status, link: LinkProtocol | None) -> None:
+        """The role's own status fields."""
+
     def start_link(self, start) -> None:
         """A Dial (primary) or Answer (secondary) from the node."""
         raise NotImplementedError

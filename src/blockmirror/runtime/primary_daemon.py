@@ -37,7 +37,7 @@ from blockmirror.runtime.engine_export import PrimaryExport
 from blockmirror.runtime.enginethread import EngineThread
 from blockmirror.runtime.pairing import PairIdentity
 from blockmirror.runtime.transport import LinkProtocol
-from blockmirror.status import LinkStatus, PairStatus, Status
+from blockmirror.status import Status
 from blockmirror.storage import Node, WriteOp
 
 log = logging.getLogger("blockmirror.primary")
@@ -163,13 +163,10 @@ class PrimaryDaemon(NodeDriver):
         log.debug("connected to %s, handshake under way", self.peer_text)  # the node times the handshake
 
     # -- status -------------------------------------------------------------------------------
-    async def status(self) -> Status:
-        st: Status = await self.engine_thread.call(self.node.status, time.monotonic())
-        st.pair = PairStatus(self.pair.name, str(self.pair.uuid))
-        st.node = self.storage.path
-        link = self.link
-        st.link = None if link is None else LinkStatus(link.peer, link.established, link.tls, link.bytes_sent,
-                                                       link.bytes_received)
+    def current_link(self) -> LinkProtocol | None:
+        return self.link
+
+    async def add_status(self, st: Status, link: LinkProtocol | None) -> None:
         prog = st.resync_progress
         if prog is not None:
             # Chunks "done" are handed to the socket; what still sits in our
@@ -183,9 +180,6 @@ class PrimaryDaemon(NodeDriver):
         own.peer = self.peer_text
         own.last_link_error = self.last_link_error
         own.connect_attempts = self.connects
-        st.state_seconds = round(time.monotonic() - self.state_since, 3)
-        st.engine_steps = self.steps
-        return st
 
     async def drain(self, timeout_s: float = DRAIN_S) -> bool:
         """Wait (bounded) until the secondary has acknowledged every write."""

@@ -36,7 +36,7 @@ from blockmirror.runtime.engine_export import SecondaryExport
 from blockmirror.runtime.enginethread import EngineThread
 from blockmirror.runtime.pairing import PairIdentity
 from blockmirror.runtime.transport import LinkProtocol
-from blockmirror.status import LinkStatus, PairStatus, Status
+from blockmirror.status import Status
 from blockmirror.storage import Node
 
 log = logging.getLogger("blockmirror.secondary")
@@ -194,22 +194,16 @@ class SecondaryDaemon(NodeDriver):
         return data
 
     # -- status ---------------------------------------------------------------------------------------
-    async def status(self) -> Status:
-        st: Status = await self.engine_thread.call(self.node.status, time.monotonic())
-        st.pair = PairStatus(self.pair.name, str(self.pair.uuid))
-        st.node = self.storage.path
-        link = self.active
-        st.link = None if link is None else LinkStatus(link.peer, link.established, link.tls, link.bytes_sent,
-                                                       link.bytes_received)
+    def current_link(self) -> LinkProtocol | None:
+        return self.active
+
+    async def add_status(self, st: Status, link: LinkProtocol | None) -> None:
         own = st.secondary
         own.listen = self.listen_text
         own.tls = self.tls_context is not None
         own.tls_failures = self.tls_failures
         own.connections_accepted = self.accepted_count
         own.busy_refusals = self.busy_refusals
-        st.state_seconds = round(time.monotonic() - self.state_since, 3)
-        st.engine_steps = self.steps
-        return st
 
     # -- shutdown ------------------------------------------------------------------------------------
     async def close(self) -> None:
