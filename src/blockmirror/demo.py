@@ -11,196 +11,189 @@ resync sent only the changes.
 from __future__ import annotations
 
 import os
-import queue
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 from blockmirror.faultproxy import FaultProxyThread
-from blockmirror.runtime.control import request
+from blockmirror.testing.daemon import Daemon, HarnessError, converged
+from blockmirror.testing.tools import qemu_io, run_tool
 from blockmirror.units import format_size
 
 VOLUMES = {"db": 64 << 20, "logs": 16 << 20}
 LINK_TIMEOUT = "1"
 
 
-def blockmirror(*args: str, show: bool = True) -> str:
-    if show:
-        print(f"\n$ blockmirror {' '.join(shlex.quote(a) for a in args)}")
+def show_command(cmd: list[str], background: bool = False) -> None:
+    print(f"$ {' '.join(shlex.quote(c) for c in cmd)}{' &' if background else ''}")
+
+
+def show_output(out: str) -> None:
+    out = out.strip()
+    if out:
+        print("  " + out.replace("\n", "\n  "))
+
+
+def blockmirror(*args: str) -> None:
+    print()
+    show_command(["blockmirror", *args])
     proc = subprocess.run([sys.executable, "-m", "blockmirror", *args], capture_output=True, text=True, timeout=60)
-    if show:
-        print(proc.stdout.rstrip())
+    print(proc.stdout.rstrip())
     if proc.returncode != 0:
         print(proc.stderr.rstrip())
         raise SystemExit(f"demo failed: blockmirror {args[0]} exited {proc.returncode}")
-    return proc.stdout
 
 
-def tool(*cmd: str) -> subprocess.CompletedProcess:
-    print(f"$ {' '.join(shlex.quote(c) for c in cmd)}")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    out = (proc.stdout + proc.stderr).strip()
-    if out:
-        print("  " + out.replace("\n", "\n  "))
-    return proc
+def host_writes(uri: str, *commands: str) -> None:
+    """qemu-io writes through NBD, shown as a user would type them."""
+    show_command(["qemu-io", "-f", "raw", *(arg for c in commands for arg in ("-c", c)), uri])
+    show_output(qemu_io(uri, *commands))
 
 
-def qemu_io(uri: str, *commands: str) -> None:
-    args = ["qemu-io", "-f", "raw"]
-    for c in commands:
-        args += ["-c", c]
-    proc = tool(*args, uri)
-    if proc.returncode != 0:
-        raise SystemExit(f"demo failed: qemu-io exited {proc.returncode}")
+def identical(primary_uri: str, secondary_uri: str) -> bool:
+    cmd = ["qemu-img", "compare", "-f", "raw", "-F", "raw", primary_uri, secondary_uri]
+    show_command(cmd)
+    try:
+        out = run_tool(cmd).stdout
+    except HarnessError as exc:  # exit 1: the images differ
+        show_output(str(exc))
+        return False
+    show_output(out)
+    return "Images are identical" in out
 
 
-class Daemon:
-    def __init__(self, role: str, *args: str, log_path: str):
-        print(f"\n$ blockmirror {role} {' '.join(shlex.quote(a) for a in args)} &")
-        self.role = role
-        self.log_path = log_path
-        self._log = open(log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "blockmirror", role, *args], stdout=subprocess.PIPE,
-                                     stderr=self._log, text=True)
-        lines: queue.Queue = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(ln.strip()) for ln in self.proc.stdout] + [lines.put(None)],
-                         daemon=True).start()
-        self.lines = []
-        deadline = time.monotonic() + 20
-        while True:
+def start_daemon(role: str, node_dir: str, *args: str) -> Daemon:
+    print()
+    show_command(["blockmirror", role, node_dir, *args], background=True)
+    daemon = Daemon(role, node_dir, *args)
+    for line in daemon.lines:
+        print(f"  {line}")
+    return daemon
+
+
+class Demo:
+    """The pair in a temporary directory, and the steps of the story."""
+
+    def __init__(self, tmp: str):
+        self.p_dir, self.s_dir = os.path.join(tmp, "primary"), os.path.join(tmp, "secondary")
+        self.secret = os.path.join(tmp, "secret")
+        self.daemons: list[Daemon] = []
+        self.proxy: FaultProxyThread | None = None
+
+    def init_nodes(self) -> None:
+        with open(self.secret, "w") as f:
+            f.write(os.urandom(32).hex() + "\n")
+        os.chmod(self.secret, 0o600)
+        vols = [a for name, size in VOLUMES.items() for a in ("--volume", f"{name}={size >> 20}MiB")]
+        blockmirror("init", self.p_dir, *vols)
+        blockmirror("init", self.s_dir, *vols)
+
+    def start_pair(self) -> None:
+        self.secondary = start_daemon("secondary", self.s_dir, "--listen", "127.0.0.1:0", "--secret-file",
+                                      self.secret, "--nbd", "127.0.0.1:0", "--link-timeout", LINK_TIMEOUT)
+        self.daemons.append(self.secondary)
+        self.proxy = FaultProxyThread(self.secondary.listen)
+        print(f"\n# a fault proxy on 127.0.0.1:{self.proxy.port} stands for the network between the nodes")
+        self.primary = start_daemon("primary", self.p_dir, "--nbd", "127.0.0.1:0", "--peer",
+                                    f"127.0.0.1:{self.proxy.port}", "--secret-file", self.secret, "--mode", "sync",
+                                    "--link-timeout", LINK_TIMEOUT)
+        self.daemons.append(self.primary)
+        self.primary.wait_for(converged, what="initial sync")
+
+    def write_while_mirroring(self) -> None:
+        print("\n# a host writes 8 MiB to db and 1 MiB to logs through NBD (sync mode: each write is")
+        print("# acknowledged once it is durable on both nodes)")
+        host_writes(self.primary.uri("db"), "write -P 0xa1 0 8M")
+        host_writes(self.primary.uri("logs"), "write -P 0xb2 0 1M")
+        self.primary.wait_for(converged, what="mirroring")
+        blockmirror("status", self.p_dir)
+
+    def write_during_outage(self) -> None:
+        print("\n# the link fails (the proxy resets both sides and refuses new connections)")
+        self.proxy.cut()
+        self.primary.wait_for(lambda st: st["state"] == "disconnected", what="link-failure detection")
+        print("\n# the host keeps writing while the link is down: 3 small writes to db, 1 to logs")
+        host_writes(self.primary.uri("db"), "write -P 0xc3 100k 4k", "write -P 0xc4 40M 200k", "write -P 0xc5 60M 20")
+        host_writes(self.primary.uri("logs"), "write -P 0xd6 1M 4k")
+        print("\n# the primary is disconnected; its snapshot remembers the changed chunks")
+        blockmirror("status", self.p_dir)
+        blockmirror("status", self.s_dir)
+
+    def heal(self) -> tuple[dict, float]:
+        """The status once mirroring again, and the seconds it took."""
+        print("\n# the link returns: the primary reconnects and sends only what changed")
+        t0 = time.monotonic()
+        self.proxy.heal()
+        st = self.primary.wait_for(converged, what="resync")
+        healed_s = time.monotonic() - t0
+        blockmirror("status", self.p_dir)
+        return st, healed_s
+
+    def checks(self, st: dict) -> list[tuple[str, bool]]:
+        print("\n# both sides hold the same bytes")
+        same = all([identical(self.primary.uri(name), self.secondary.uri(name)) for name in VOLUMES])
+        last = st["last_resync"]
+        # Changed: chunk 1 and chunks 640-643 and 960 of db (64 KiB chunks), chunk 16 of logs.
+        return [
+            ("qemu-img compare: primary and secondary identical", same),
+            ("the resync was incremental", last["kind"] == "incremental"),
+            ("the resync sent only the changed chunks (<= 8 of 1280)", 0 < last["chunks"] <= 8),
+            ("the resync snapshot was deleted after the commit", st["snapshots"] == []),
+        ]
+
+    def stop(self) -> list[tuple[str, int | None]]:
+        """Each daemon's exit code after SIGTERM (None: it had to be killed)."""
+        codes: list[tuple[str, int | None]] = []
+        for daemon in reversed(self.daemons):
             try:
-                line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                line = None
-            if line is None:
-                self.proc.kill()
-                raise SystemExit(f"demo failed: {role} did not start; log:\n{open(log_path).read()}")
-            if line.startswith("ready"):
-                break
-            print(f"  {line}")
-            self.lines.append(line)
-
-    def address(self, prefix: str) -> str:
-        return next(ln for ln in self.lines if ln.startswith(prefix)).split()[-1]
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-        finally:
-            self._log.close()
+                codes.append((daemon.role, daemon.stop()))
+            except HarnessError:
+                codes.append((daemon.role, None))
+        if self.proxy is not None:
+            self.proxy.close()
+        return codes
 
 
-def wait_for(node_dir: str, predicate, what: str, timeout_s: float = 30) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        st = request(node_dir)
-        if predicate(st):
-            return st
-        if time.monotonic() > deadline:
-            raise SystemExit(f"demo failed: no {what} within {timeout_s:.0f}s (state {st.get('state')})")
-        time.sleep(0.05)
+def summary(checks: list[tuple[str, bool]], st: dict, healed_s: float) -> bool:
+    print("\nsummary:")
+    for what, passed in checks:
+        print(f"  [{'ok' if passed else 'FAIL'}] {what}")
+    total = sum(VOLUMES.values())
+    last = st["last_resync"]
+    print(f"  resync: {last['chunks']} chunks, {format_size(last['bytes'])} of {format_size(total)} "
+          f"({100 * last['bytes'] / total:.2f}%) in {last['seconds'] * 1000:.0f} ms; "
+          f"mirroring again {healed_s:.2f}s after the link returned")
+    return all(passed for _, passed in checks)
 
 
-def mirroring(st: dict) -> bool:
-    return st["state"] == "mirroring" and st["peer_connected"] and st.get("lag_writes", 0) == 0
+def run(demo: Demo) -> bool:
+    print("blockmirror demo: a primary mirrors to a secondary over TCP and survives a link failure")
+    demo.init_nodes()
+    demo.start_pair()
+    demo.write_while_mirroring()
+    demo.write_during_outage()
+    st, healed_s = demo.heal()
+    return summary(demo.checks(st), st, healed_s)
 
 
 def main() -> int:
     started = time.monotonic()
-    daemons: list[Daemon] = []
-    proxy = None
     with tempfile.TemporaryDirectory(prefix="blockmirror-demo-") as tmp:
-        p_dir, s_dir = os.path.join(tmp, "primary"), os.path.join(tmp, "secondary")
-        secret = os.path.join(tmp, "secret")
-        with open(secret, "w") as f:
-            f.write(os.urandom(32).hex() + "\n")
-        os.chmod(secret, 0o600)
+        demo = Demo(tmp)
         try:
-            print("blockmirror demo: a primary mirrors to a secondary over TCP and survives a link failure")
-            vols = [a for name, size in VOLUMES.items() for a in ("--volume", f"{name}={size >> 20}MiB")]
-            blockmirror("init", p_dir, *vols)
-            blockmirror("init", s_dir, *vols)
-
-            secondary = Daemon("secondary", s_dir, "--listen", "127.0.0.1:0", "--secret-file", secret,
-                               "--nbd", "127.0.0.1:0", "--link-timeout", LINK_TIMEOUT,
-                               log_path=os.path.join(tmp, "secondary.log"))
-            daemons.append(secondary)
-            host, port = secondary.address("listening").rsplit(":", 1)
-            proxy = FaultProxyThread((host, int(port)))
-            print(f"\n# a fault proxy on 127.0.0.1:{proxy.port} stands for the network between the nodes")
-            primary = Daemon("primary", p_dir, "--nbd", "127.0.0.1:0", "--peer", f"127.0.0.1:{proxy.port}",
-                             "--secret-file", secret, "--mode", "sync", "--link-timeout", LINK_TIMEOUT,
-                             log_path=os.path.join(tmp, "primary.log"))
-            daemons.append(primary)
-            p_nbd = primary.address("serving")
-            s_nbd = secondary.address("serving")
-            wait_for(p_dir, mirroring, "initial sync")
-
-            print("\n# a host writes 8 MiB to db and 1 MiB to logs through NBD (sync mode: each write is")
-            print("# acknowledged once it is durable on both nodes)")
-            qemu_io(f"{p_nbd}/db", "write -P 0xa1 0 8M")
-            qemu_io(f"{p_nbd}/logs", "write -P 0xb2 0 1M")
-            wait_for(p_dir, mirroring, "mirroring")
-            blockmirror("status", p_dir)
-
-            print("\n# the link fails (the proxy resets both sides and refuses new connections)")
-            proxy.cut()
-            wait_for(p_dir, lambda st: st["state"] == "disconnected", "link-failure detection")
-            print("\n# the host keeps writing while the link is down: 3 small writes to db, 1 to logs")
-            qemu_io(f"{p_nbd}/db", "write -P 0xc3 100k 4k", "write -P 0xc4 40M 200k", "write -P 0xc5 60M 20")
-            qemu_io(f"{p_nbd}/logs", "write -P 0xd6 1M 4k")
-            print("\n# the primary is disconnected; its snapshot remembers the changed chunks")
-            blockmirror("status", p_dir)
-            blockmirror("status", s_dir)
-
-            print("\n# the link returns: the primary reconnects and sends only what changed")
-            t0 = time.monotonic()
-            proxy.heal()
-            st = wait_for(p_dir, mirroring, "resync")
-            healed_s = time.monotonic() - t0
-            blockmirror("status", p_dir)
-
-            print("\n# both sides hold the same bytes")
-            identical = True
-            for name in VOLUMES:
-                proc = tool("qemu-img", "compare", "-f", "raw", "-F", "raw", f"{p_nbd}/{name}", f"{s_nbd}/{name}")
-                identical &= proc.returncode == 0 and "Images are identical" in proc.stdout
-
-            total = sum(VOLUMES.values())
-            last = st["last_resync"]
-            # Changed: chunk 1 and chunks 640-643 and 960 of db (64 KiB chunks), chunk 16 of logs.
-            checks = [
-                ("qemu-img compare: primary and secondary identical", identical),
-                ("the resync was incremental", last["kind"] == "incremental"),
-                ("the resync sent only the changed chunks (<= 8 of 1280)", 0 < last["chunks"] <= 8),
-                ("the resync snapshot was deleted after the commit", st["snapshots"] == []),
-            ]
-            print("\nsummary:")
-            ok = True
-            for what, passed in checks:
-                print(f"  [{'ok' if passed else 'FAIL'}] {what}")
-                ok &= passed
-            print(f"  resync: {last['chunks']} chunks, {format_size(last['bytes'])} of {format_size(total)} "
-                  f"({100 * last['bytes'] / total:.2f}%) in {last['seconds'] * 1000:.0f} ms; "
-                  f"mirroring again {healed_s:.2f}s after the link returned")
+            ok = run(demo)
+        except HarnessError as exc:
+            raise SystemExit(f"demo failed: {exc}") from None
         finally:
-            codes = [(d.role, d.stop()) for d in reversed(daemons)]
-            if proxy is not None:
-                proxy.close()
+            codes = demo.stop()
         for role, code in codes:
             if code != 0:
-                print(f"  [FAIL] {role} exited {code}")
+                print(f"  [FAIL] {role} " + ("did not stop on SIGTERM" if code is None else f"exited {code}"))
                 ok = False
-        print(f"  daemons stopped cleanly; demo took {time.monotonic() - started:.1f}s")
+        if ok:
+            print(f"  daemons stopped cleanly; demo took {time.monotonic() - started:.1f}s")
         return 0 if ok else 1
 
 

@@ -17,8 +17,9 @@ from blockmirror.protocol import (
     Role,
     VolumeInfo,
 )
+from blockmirror.protocol.codec import Message
 from blockmirror.protocol.frames import FrameDecoder
-from blockmirror.protocol.messages import MESSAGE_CLASSES, Message, decode_message, encode_message
+from blockmirror.protocol.messages import MESSAGE_CLASSES, decode_message, encode_message
 
 SECRET = b"correct horse battery staple!!"
 PAIR_UUID = uuid.UUID("0c0ffee0-0000-4000-8000-000000000001")

@@ -103,6 +103,12 @@ def test_unknown_type_is_refused_from_its_header_alone():
     assert "0x55" in str(err)
 
 
+def test_retired_flush_type_is_refused_as_unknown():
+    p, s = established_pair()
+    s.receive_data(raw_frame(0x12, bytes(8)))  # 0x12 was Flush; its code is never reused
+    assert_refused(s, ErrorCode.UNKNOWN_MESSAGE_TYPE)
+
+
 def test_oversized_length_is_refused_before_the_payload_arrives():
     p, s = established_pair()
     s.receive_data(raw_frame(MessageType.WRITE, b"", length=FRAME_PAYLOAD_MAX_BYTES + 1))

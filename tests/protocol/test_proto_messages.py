@@ -15,7 +15,6 @@ from blockmirror.protocol import (
     AuthProof,
     Error,
     ErrorCode,
-    Flush,
     Goodbye,
     Heartbeat,
     HeartbeatAck,
@@ -33,15 +32,10 @@ from blockmirror.protocol import (
     Write,
     WriteZeroes,
 )
-from blockmirror.protocol.messages import (
-    ERROR_TEXT_BYTES_MAX,
-    MESSAGE_CLASSES,
-    NIL_UUID,
-    VOLUMES_MAX,
-    decode_message,
-    encode_message,
-)
+from blockmirror.protocol.codec import NIL_UUID
 from blockmirror.protocol.frames import WRITE_DATA_MAX_BYTES
+from blockmirror.protocol.handshake import VOLUMES_MAX
+from blockmirror.protocol.messages import ERROR_TEXT_BYTES_MAX, MESSAGE_CLASSES, decode_message, encode_message
 
 from proto_helpers import decode_all, frame_bytes
 
@@ -78,7 +72,6 @@ TABLE = [
     (WriteZeroes(2, 1, 8192, 65536),
      "424d 01 11 0000001a a1ad4f17f70e8f47",
      "0000000000000002 0001 0000000000002000 0000000000010000"),
-    (Flush(2), "424d 01 12 00000008 28638801562d4903", "0000000000000002"),
     (Ack(2), "424d 01 13 00000008 63cf34949148ea9a", "0000000000000002"),
     (Heartbeat(0x0102030405060708), "424d 01 20 00000008 f12abaf883048e8f", "0102030405060708"),
     (HeartbeatAck(0x0102030405060708), "424d 01 21 00000008 3e4e3e4af895fa7d", "0102030405060708"),

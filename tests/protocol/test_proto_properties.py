@@ -14,7 +14,6 @@ from blockmirror.protocol import (
     AuthProof,
     Error,
     ErrorCode,
-    Flush,
     Goodbye,
     Heartbeat,
     HeartbeatAck,
@@ -31,8 +30,9 @@ from blockmirror.protocol import (
     Write,
     WriteZeroes,
 )
+from blockmirror.protocol.codec import MessageType
 from blockmirror.protocol.frames import FrameDecoder
-from blockmirror.protocol.messages import ERROR_TEXT_BYTES_MAX, MESSAGE_CLASSES, MessageType, decode_message
+from blockmirror.protocol.messages import ERROR_TEXT_BYTES_MAX, MESSAGE_CLASSES, decode_message
 
 from proto_helpers import decode_all, frame_bytes
 
@@ -65,7 +65,6 @@ STRATEGIES = {
     MessageType.READY: st.builds(Ready, UUIDS, U64, volume_lists()),
     MessageType.WRITE: st.builds(Write, U64, U16, OFFSETS, DATA),
     MessageType.WRITE_ZEROES: st.builds(WriteZeroes, U64, U16, OFFSETS, st.integers(1, 1 << 61)),
-    MessageType.FLUSH: st.builds(Flush, U64),
     MessageType.ACK: st.builds(Ack, U64),
     MessageType.HEARTBEAT: st.builds(Heartbeat, U64),
     MessageType.HEARTBEAT_ACK: st.builds(HeartbeatAck, U64),

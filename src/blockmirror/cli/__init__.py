@@ -30,13 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"blockmirror.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"blockmirror.cli.{name}":
-                continue  # subcommand not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"blockmirror.cli.{name}").register(sub)
     return parser
 
 

@@ -1,6 +1,7 @@
 """What the daemon subcommands (primary, secondary) share: addresses,
 logging, the TOML config file, listen errors, and the serve loop around a
-daemon (signals, readiness lines, ordered shutdown)."""
+daemon (signals, HTTP and control servers, readiness lines, ordered
+shutdown)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import re
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 
 from blockmirror.errors import ConfigError
+from blockmirror.runtime.pairing import PAIR_NAME_DEFAULT
 
 _PORT_RE = re.compile(r"^[0-9]{1,5}$")
 LOG_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s"
@@ -124,7 +127,7 @@ def positive_seconds(text: str) -> float:
 
 def add_link_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pair", metavar="NAME",
-                        help="pair name; both nodes must use the same one (default: default)")
+                        help=f"pair name; both nodes must use the same one (default: {PAIR_NAME_DEFAULT})")
     parser.add_argument("--link-timeout", type=positive_seconds, metavar="SECONDS",
                         help="the link counts as down after this long without a message from the peer "
                              "(detects black holes; default 5)")
@@ -146,7 +149,7 @@ def add_link_flags(parser: argparse.ArgumentParser) -> None:
                              "(auto: when stderr is a terminal)")
 
 
-LINK_DEFAULTS = {"pair": "default", "link_timeout": 5.0, "heartbeat_interval": None, "log_level": "info",
+LINK_DEFAULTS = {"pair": PAIR_NAME_DEFAULT, "link_timeout": 5.0, "heartbeat_interval": None, "log_level": "info",
                  "progress": "auto"}
 
 
@@ -169,3 +172,61 @@ def ready(lines: list[str]) -> None:
     for line in lines:
         print(line, flush=True)
     print(f"ready (pid {os.getpid()})", flush=True)
+
+
+async def bind(start, address: tuple[str, int], what: str, flag: str,
+               undo: Callable[[], Awaitable[None]]) -> tuple[str, int]:
+    """`await start(host, port)`, the bound address; a listen error runs
+    `undo()` (closing what was started before) and becomes the ConfigError
+    that names `flag`."""
+    try:
+        return await start(*address)
+    except (OSError, socket.gaierror) as exc:
+        await undo()
+        raise listen_error(what, flag, address[0], address[1], exc) from None
+
+
+async def start_http(status, address: tuple[str, int] | None,
+                     undo: Callable[[], Awaitable[None]]) -> tuple[object | None, list[str]]:
+    """The /status and /metrics server on `address` (None: no server) and its readiness lines."""
+    if address is None:
+        return None, []
+    from blockmirror.runtime.http import HttpServer
+    server = HttpServer(status)
+    h, p = await bind(server.start, address, "serve HTTP", "--http", undo)
+    return server, [f"http on http://{format_address(h, p)}"]
+
+
+async def serve(daemon, node_dir: str, progress_mode: str, http_server, announce: Callable[[str], None],
+                stop_serving: Callable[[], Awaitable[None]]) -> int:
+    """Run a started-up daemon until SIGTERM/SIGINT or a fatal error: the
+    control socket, the daemon's loops, the progress line, then
+    `announce(control_socket_path)` (log and readiness lines). Shutdown is
+    ordered: `stop_serving()` (no new host connections, in-flight requests
+    finish), the daemon, HTTP, the control socket. Exit code 1 after a fatal
+    error."""
+    from blockmirror.runtime.control import ControlServer
+    from blockmirror.runtime.progress import Progress
+
+    async def handle(command: str) -> dict:
+        if command != "status":
+            raise KeyError(command)
+        return (await daemon.status()).as_dict()
+
+    control = ControlServer(node_dir, handle)
+    await control.start()
+    stop = await wait_for_signal()
+    daemon.on_fatal = stop.set
+    daemon.start()
+    progress = Progress.maybe(progress_mode, daemon.status)
+    announce(control.path)
+
+    await stop.wait()
+    if progress is not None:
+        progress.stop()
+    await stop_serving()
+    await daemon.close()
+    if http_server is not None:
+        await http_server.close()
+    await control.close()
+    return 1 if daemon.fatal is not None else 0

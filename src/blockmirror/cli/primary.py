@@ -11,19 +11,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import socket
 
 from blockmirror.cli._daemon import (
-    nbd_uri,
     LINK_DEFAULTS,
     add_config_flag,
     add_link_flags,
     apply_config,
+    bind,
     heartbeat_for,
-    listen_error,
+    nbd_uri,
     parse_address,
+    positive_seconds,
     ready,
+    serve,
     setup_logging,
+    start_http,
     wait_for_signal,
 )
 from blockmirror.errors import ConfigError
@@ -62,16 +64,11 @@ def register(subparsers) -> None:
                              "durable locally, with the secondary at most --window behind")
     parser.add_argument("--window", metavar="SIZE",
                         help="async mode: most bytes the secondary may lag behind (default 32MiB)")
-    parser.add_argument("--reconnect-max", type=_seconds, metavar="SECONDS",
+    parser.add_argument("--reconnect-max", type=positive_seconds, metavar="SECONDS",
                         help="longest wait between reconnect attempts (default 10)")
     add_link_flags(parser)
     add_config_flag(parser)
     parser.set_defaults(func=run, _parser=parser)
-
-
-def _seconds(text: str) -> float:
-    from blockmirror.cli._daemon import positive_seconds
-    return positive_seconds(text)
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
@@ -118,11 +115,7 @@ async def _serve(local, host: str, port: int) -> int:
 
     local.start()
     server = NbdServer(local.exports)
-    try:
-        bound_host, bound_port = await server.start(host, port)
-    except (OSError, socket.gaierror) as exc:
-        await local.close()
-        raise listen_error("serve NBD", "--nbd", host, port, exc) from None
+    bound_host, bound_port = await bind(server.start, (host, port), "serve NBD", "--nbd", local.close)
 
     node = local.node
 
@@ -192,62 +185,36 @@ def _run_mirrored(args, host: str, port: int) -> int:
 
 async def _serve_mirrored(args, node, config, peer, secret, pair, host, port, http, tls_context) -> int:
     from blockmirror.nbd.server import NbdServer
-    from blockmirror.runtime.control import ControlServer
     from blockmirror.runtime.primary_daemon import PrimaryDaemon
-    from blockmirror.runtime.progress import Progress
 
     daemon = PrimaryDaemon(node, config, peer, secret, pair, tls_context)
     await daemon.open()
     server = NbdServer(daemon.exports)
-    try:
-        bound_host, bound_port = await server.start(host, port)
-    except (OSError, socket.gaierror) as exc:
+    bound_host, bound_port = await bind(server.start, (host, port), "serve NBD", "--nbd", daemon.close)
+
+    async def stop_nbd_and_daemon() -> None:
+        await server.shutdown(1)
         await daemon.close()
-        raise listen_error("serve NBD", "--nbd", host, port, exc) from None
-    http_server = None
-    lines = []
-    if http is not None:
-        from blockmirror.runtime.http import HttpServer
-        http_server = HttpServer(daemon.status)
-        try:
-            h, p = await http_server.start(*http)
-        except (OSError, socket.gaierror) as exc:
-            await server.shutdown(1)
-            await daemon.close()
-            raise listen_error("serve HTTP", "--http", http[0], http[1], exc) from None
-        lines.append(f"http on http://{h}:{p}" if ":" not in h else f"http on http://[{h}]:{p}")
 
-    async def handle(command: str) -> dict:
-        if command != "status":
-            raise KeyError(command)
-        return (await daemon.status()).as_dict()
-
-    control = ControlServer(node.path, handle)
-    await control.start()
-    stop = await wait_for_signal()
-    daemon.on_fatal = stop.set
-    daemon.start()
-    progress = Progress.maybe(args.progress, daemon.status)
+    http_server, http_lines = await start_http(daemon.status, http, stop_nbd_and_daemon)
     uri = nbd_uri(bound_host, bound_port)
     count = len(daemon.exports)
     over = "" if tls_context is None else (", TLS, peer verified" if args.tls_ca else ", TLS, peer not verified")
-    log.info("node %s: serving volumes %s on %s; mirroring to %s (%s mode, pair %r%s)", node.path,
-             ", ".join(e.name for e in daemon.exports), uri, daemon.peer_text, config.mode, pair.name, over)
-    ready([f"serving {count} volume{'s' if count != 1 else ''} on {uri}",
-           f"mirroring to {daemon.peer_text} ({config.mode} mode, pair {pair.name}{over})", *lines,
-           f"control socket {control.path}"])
 
-    await stop.wait()
-    if progress is not None:
-        progress.stop()
-    log.info("shutting down: no new NBD connections; finishing in-flight requests")
-    await server.shutdown(SHUTDOWN_GRACE_S)
-    if daemon.fatal is None and not await daemon.drain():
-        log.warning("shutting down with writes the secondary has not acknowledged; they are recorded for resync")
-    log.info("recording the stop, flushing and closing the node")
-    await daemon.close()
-    if http_server is not None:
-        await http_server.close()
-    await control.close()
+    def announce(control_path: str) -> None:
+        log.info("node %s: serving volumes %s on %s; mirroring to %s (%s mode, pair %r%s)", node.path,
+                 ", ".join(e.name for e in daemon.exports), uri, daemon.peer_text, config.mode, pair.name, over)
+        ready([f"serving {count} volume{'s' if count != 1 else ''} on {uri}",
+               f"mirroring to {daemon.peer_text} ({config.mode} mode, pair {pair.name}{over})", *http_lines,
+               f"control socket {control_path}"])
+
+    async def stop_serving() -> None:
+        log.info("shutting down: no new NBD connections; finishing in-flight requests")
+        await server.shutdown(SHUTDOWN_GRACE_S)
+        if daemon.fatal is None and not await daemon.drain():
+            log.warning("shutting down with writes the secondary has not acknowledged; they are recorded for resync")
+        log.info("recording the stop, flushing and closing the node")
+
+    code = await serve(daemon, node.path, args.progress, http_server, announce, stop_serving)
     log.info("stopped")
-    return 1 if daemon.fatal is not None else 0
+    return code

@@ -7,21 +7,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import socket
 
 from blockmirror.cli._daemon import (
     LINK_DEFAULTS,
     add_config_flag,
     add_link_flags,
     apply_config,
+    bind,
     format_address,
     heartbeat_for,
-    listen_error,
     nbd_uri,
     parse_address,
     ready,
+    serve,
     setup_logging,
-    wait_for_signal,
+    start_http,
 )
 from blockmirror.errors import ConfigError
 
@@ -89,67 +89,38 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(args, node, config, secret, pair, listen, nbd, http, tls_context) -> int:
     from blockmirror.nbd.server import NbdServer
-    from blockmirror.runtime.control import ControlServer
-    from blockmirror.runtime.progress import Progress
     from blockmirror.runtime.secondary_daemon import SecondaryDaemon
 
     daemon = SecondaryDaemon(node, config, secret, pair, tls_context)
     await daemon.open()
-    lines = []
-    try:
-        h, p = await daemon.listen(*listen)
-    except (OSError, socket.gaierror) as exc:
-        await daemon.close()
-        raise listen_error("listen for the primary", "--listen", listen[0], listen[1], exc) from None
+    h, p = await bind(daemon.listen, listen, "listen for the primary", "--listen", daemon.close)
     over = "" if tls_context is None else (" (TLS, primary verified)" if args.tls_ca else " (TLS)")
-    lines.append(f"listening for the primary on {format_address(h, p)}{over}")
-    server = None
-    if nbd is not None:
-        server = NbdServer(daemon.exports)
-        try:
-            h, p = await server.start(*nbd)
-        except (OSError, socket.gaierror) as exc:
-            await daemon.close()
-            raise listen_error("serve NBD", "--nbd", nbd[0], nbd[1], exc) from None
+    lines = [f"listening for the primary on {format_address(h, p)}{over}"]
+    server = None if nbd is None else NbdServer(daemon.exports)
+    if server is not None:
+        h, p = await bind(server.start, nbd, "serve NBD", "--nbd", daemon.close)
         count = len(daemon.exports)
         lines.append(f"serving {count} volume{'s' if count != 1 else ''} read-only on {nbd_uri(h, p)}")
-    http_server = None
-    if http is not None:
-        from blockmirror.runtime.http import HttpServer
-        http_server = HttpServer(daemon.status)
-        try:
-            h, p = await http_server.start(*http)
-        except (OSError, socket.gaierror) as exc:
-            if server is not None:
-                await server.shutdown(1)
-            await daemon.close()
-            raise listen_error("serve HTTP", "--http", http[0], http[1], exc) from None
-        lines.append(f"http on http://{format_address(h, p)}")
 
-    async def handle(command: str) -> dict:
-        if command != "status":
-            raise KeyError(command)
-        return (await daemon.status()).as_dict()
+    async def stop_nbd(grace_s: float) -> None:
+        if server is not None:
+            await server.shutdown(grace_s)
 
-    control = ControlServer(node.path, handle)
-    await control.start()
-    stop = await wait_for_signal()
-    daemon.on_fatal = stop.set
-    daemon.start()
-    progress = Progress.maybe(args.progress, daemon.status)
-    log.info("node %s: secondary of pair %r, listening on %s%s%s", node.path, pair.name, daemon.listen_text, over,
-             "" if server is None else ", volumes read-only over NBD")
-    ready([*lines, f"control socket {control.path}"])
+    async def stop_nbd_and_daemon() -> None:
+        await stop_nbd(1)
+        await daemon.close()
 
-    await stop.wait()
-    if progress is not None:
-        progress.stop()
-    log.info("shutting down: no new connections")
-    if server is not None:
-        await server.shutdown(SHUTDOWN_GRACE_S)
-    await daemon.close()
-    if http_server is not None:
-        await http_server.close()
-    await control.close()
+    http_server, http_lines = await start_http(daemon.status, http, stop_nbd_and_daemon)
+
+    def announce(control_path: str) -> None:
+        log.info("node %s: secondary of pair %r, listening on %s%s%s", node.path, pair.name, daemon.listen_text,
+                 over, "" if server is None else ", volumes read-only over NBD")
+        ready([*lines, *http_lines, f"control socket {control_path}"])
+
+    async def stop_serving() -> None:
+        log.info("shutting down: no new connections")
+        await stop_nbd(SHUTDOWN_GRACE_S)
+
+    code = await serve(daemon, node.path, args.progress, http_server, announce, stop_serving)
     log.info("stopped")
-    return 1 if daemon.fatal is not None else 0
+    return code

@@ -36,7 +36,7 @@ from blockmirror.engine.report import secondary_status
 from blockmirror.engine.secondary_store import SecondaryStore
 from blockmirror.errors import BlockmirrorError
 from blockmirror.protocol import (
-    NIL_UUID, Ack, Error, Established, Flush, Goodbye, Heartbeat, HeartbeatAck, LocalNode, ResyncBegin,
+    NIL_UUID, Ack, Error, Established, Goodbye, Heartbeat, HeartbeatAck, LocalNode, ResyncBegin,
     ResyncCommit, ResyncCommitted, ResyncData, ResyncZeroes, Role, VolumeInfo, Write, WriteZeroes,
 )
 from blockmirror.protocol.errors import ErrorCode, ProtocolError, RemoteProtocolError
@@ -67,7 +67,6 @@ class SecondaryNode:
         self._last_checkpoint = now
         self._round_ops: list[WriteOp] = []
         self._got = False  # messages received since the last end of batch
-        self._ack_due = False
         self._primary_uuids: dict[str, str] = {}
         self.last_resync = ResyncSummary()
         self._episode = ResyncSummary()
@@ -234,8 +233,6 @@ class SecondaryNode:
         elif isinstance(msg, ResyncZeroes):
             self._round_ops.append(WriteOp(store.names[msg.volume], msg.offset, None, msg.length_bytes, "zero"))
             self._count(msg.length_bytes, data=False)
-        elif isinstance(msg, Flush):
-            self._ack_due = True
         elif isinstance(msg, Heartbeat):
             self.outbox.append(HeartbeatAck(msg.token))
         elif isinstance(msg, ResyncBegin):
@@ -263,11 +260,10 @@ class SecondaryNode:
             if self._round_ops:
                 ops, self._round_ops = self._round_ops, []
                 self.store.apply(ops)
-            ack = self.store.end_of_batch(self._ack_due)
+            ack = self.store.end_of_batch(ack_due=False)
         except BlockmirrorError as exc:
             self._fail_link(now, f"cannot store the primary's data: {exc}")
             return
-        self._ack_due = False
         if ack is not None and self.link is not None:
             self.outbox.append(Ack(ack))
 

@@ -5,6 +5,7 @@ Nothing here touches sockets, clocks or global randomness; see connection.py
 for how a runtime drives a Connection, and docs/PROTOCOL.md for the format.
 """
 
+from blockmirror.protocol.codec import NIL_UUID, Message, MessageType
 from blockmirror.protocol.connection import Connection
 from blockmirror.protocol.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
 from blockmirror.protocol.events import ConnectionClosed, Established, Event
@@ -14,27 +15,18 @@ from blockmirror.protocol.frames import (
     PROTOCOL_VERSION,
     WRITE_DATA_MAX_BYTES,
 )
+from blockmirror.protocol.handshake import Attach, AuthProof, Hello, Ready, Role, VolumeInfo
 from blockmirror.protocol.messages import (
-    NIL_UUID,
     Ack,
-    Attach,
-    AuthProof,
     Error,
-    Flush,
     Goodbye,
     Heartbeat,
     HeartbeatAck,
-    Hello,
-    Message,
-    MessageType,
-    Ready,
     ResyncBegin,
     ResyncCommit,
     ResyncCommitted,
     ResyncData,
     ResyncZeroes,
-    Role,
-    VolumeInfo,
     Write,
     WriteZeroes,
 )
@@ -44,7 +36,7 @@ from blockmirror.protocol.state import State
 __all__ = [
     "FRAME_HEADER_BYTES", "FRAME_PAYLOAD_MAX_BYTES", "NIL_UUID", "PROTOCOL_VERSION", "WRITE_DATA_MAX_BYTES",
     "Ack", "Attach", "AuthProof", "Connection", "ConnectionClosed", "Error", "ErrorCode", "Established",
-    "Event", "Flush", "Goodbye", "Heartbeat", "HeartbeatAck", "Hello", "LocalNode", "LocalProtocolError",
+    "Event", "Goodbye", "Heartbeat", "HeartbeatAck", "Hello", "LocalNode", "LocalProtocolError",
     "Message", "MessageType", "ProtocolError", "Ready", "RemoteProtocolError", "ResyncBegin", "ResyncCommit",
     "ResyncCommitted", "ResyncData", "ResyncZeroes", "Role", "State", "VolumeInfo", "Write", "WriteZeroes",
 ]

@@ -17,7 +17,8 @@ import struct
 from collections.abc import Callable
 
 from blockmirror.errors import ConfigError
-from blockmirror.protocol.messages import AUTH_MAC_BYTES, NONCE_BYTES, Hello, Role, encode_payload
+from blockmirror.protocol.handshake import AUTH_MAC_BYTES, NONCE_BYTES, Hello, Role
+from blockmirror.protocol.messages import encode_payload
 
 AUTH_LABEL = b"blockmirror-auth-v1\x00"
 SECRET_BYTES_MIN = 16

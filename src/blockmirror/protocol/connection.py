@@ -27,6 +27,7 @@ from blockmirror.protocol import auth, pairing
 from blockmirror.protocol.errors import ErrorCode, LocalProtocolError, ProtocolError, RemoteProtocolError
 from blockmirror.protocol.events import ConnectionClosed, Established, Event
 from blockmirror.protocol.frames import Buffer, FrameDecoder
+from blockmirror.protocol.handshake import Role, VolumeInfo
 from blockmirror.protocol.messages import (
     MESSAGE_CLASSES,
     Attach,
@@ -36,8 +37,6 @@ from blockmirror.protocol.messages import (
     Message,
     MessageType,
     Ready,
-    Role,
-    VolumeInfo,
     decode_message,
     encode_message,
 )

@@ -16,8 +16,9 @@ from blockmirror.errors import BlockmirrorError
 class ErrorCode(enum.IntEnum):
     """Reason codes carried by the Error message (u16 on the wire).
 
-    Codes are append-only: a peer that receives a code it does not know still
-    logs the number and the text.
+    Codes are append-only and a retired code is never reused: a peer that
+    receives a code it does not know still logs the number and the text.
+    Retired: 18 (NO_SPACE) and 19 (SHUTTING_DOWN), which nothing sent.
     """
 
     MALFORMED_FRAME = 1  # bad magic: not a blockmirror peer, or the stream lost sync
@@ -37,8 +38,6 @@ class ErrorCode(enum.IntEnum):
     TRUNCATED_FRAME = 15  # connection ended in the middle of a frame
     REFUSED = 16  # engine-level refusal, e.g. diverged generations
     BUSY = 17  # the secondary already serves a primary for this pair
-    NO_SPACE = 18
-    SHUTTING_DOWN = 19
     INTERNAL = 20
 
 

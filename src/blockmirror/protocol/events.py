@@ -6,7 +6,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from blockmirror.protocol.messages import Message, Role, VolumeInfo
+from blockmirror.protocol.codec import Message
+from blockmirror.protocol.handshake import Role, VolumeInfo
 
 
 @dataclass(frozen=True)

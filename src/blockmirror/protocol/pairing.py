@@ -13,17 +13,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from blockmirror.protocol.codec import NIL_UUID, check_name, check_uint, check_uuid
 from blockmirror.protocol.errors import ErrorCode, RemoteProtocolError
-from blockmirror.protocol.messages import (
-    NIL_UUID,
-    Hello,
-    Role,
-    VolumeInfo,
-    _name,
-    _u,
-    _uuid,
-    _volumes,
-)
+from blockmirror.protocol.handshake import Hello, Role, VolumeInfo, check_volumes
 from blockmirror.units import format_size
 
 
@@ -43,12 +35,12 @@ class LocalNode:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "role", Role(self.role))
-        _uuid("node_uuid", self.node_uuid)
-        _uuid("pair_uuid", self.pair_uuid)
-        _name("pair name", self.pair_name)
-        _volumes(self.volumes)
-        _uuid("committed_generation", self.committed_generation)
-        _u("committed_seq", self.committed_seq, 64)
+        check_uuid("node_uuid", self.node_uuid)
+        check_uuid("pair_uuid", self.pair_uuid)
+        check_name("pair name", self.pair_name)
+        check_volumes(self.volumes)
+        check_uuid("committed_generation", self.committed_generation)
+        check_uint("committed_seq", self.committed_seq, 64)
         if self.role is Role.PRIMARY:
             for v in self.volumes:
                 if v.uuid == NIL_UUID:

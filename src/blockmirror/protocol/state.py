@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import enum
 
-from blockmirror.protocol.messages import MessageType as T
-from blockmirror.protocol.messages import Role
+from blockmirror.protocol.codec import MessageType as T
+from blockmirror.protocol.handshake import Role
 
 
 class State(enum.Enum):
@@ -86,14 +86,14 @@ HANDSHAKE_TRANSITIONS: dict[Role, dict[tuple[State, Direction, T], State]] = {
 
 # Which streaming messages each role originates.
 SENT_BY: dict[Role, frozenset[T]] = {
-    Role.PRIMARY: frozenset({T.WRITE, T.WRITE_ZEROES, T.FLUSH, T.HEARTBEAT, T.HEARTBEAT_ACK,
+    Role.PRIMARY: frozenset({T.WRITE, T.WRITE_ZEROES, T.HEARTBEAT, T.HEARTBEAT_ACK,
                              T.RESYNC_BEGIN, T.RESYNC_DATA, T.RESYNC_ZEROES, T.RESYNC_COMMIT, T.GOODBYE}),
     Role.SECONDARY: frozenset({T.ACK, T.RESYNC_COMMITTED, T.HEARTBEAT, T.HEARTBEAT_ACK, T.GOODBYE}),
 }
 
 # Which streaming messages each streaming state allows (either direction).
 ALLOWED_IN: dict[State, frozenset[T]] = {
-    State.READY: frozenset({T.WRITE, T.WRITE_ZEROES, T.FLUSH, T.ACK, T.HEARTBEAT, T.HEARTBEAT_ACK,
+    State.READY: frozenset({T.WRITE, T.WRITE_ZEROES, T.ACK, T.HEARTBEAT, T.HEARTBEAT_ACK,
                             T.RESYNC_BEGIN, T.RESYNC_COMMITTED, T.GOODBYE}),
     State.RESYNC: frozenset({T.RESYNC_DATA, T.RESYNC_ZEROES, T.RESYNC_COMMIT, T.ACK, T.HEARTBEAT,
                              T.HEARTBEAT_ACK, T.RESYNC_COMMITTED, T.GOODBYE}),

@@ -16,18 +16,16 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 
+from blockmirror.protocol.codec import NIL_UUID, Message
 from blockmirror.protocol.errors import ErrorCode
+from blockmirror.protocol.handshake import VolumeInfo
 from blockmirror.protocol.messages import (
-    NIL_UUID,
     Ack,
-    Flush,
-    Message,
     ResyncBegin,
     ResyncCommit,
     ResyncCommitted,
     ResyncData,
     ResyncZeroes,
-    VolumeInfo,
     Write,
     WriteZeroes,
 )
@@ -60,10 +58,6 @@ class StreamOrder:
         self._round: _OpenRound | None = None
         self._unconfirmed: deque[ResyncCommit] = deque()  # committed rounds awaiting ResyncCommitted
 
-    @property
-    def open_round_id(self) -> int | None:
-        return None if self._round is None else self._round.begin.round_id
-
     def check(self, msg: Message) -> None:
         """Apply `msg` to the position, or raise StreamViolation."""
         handler = _HANDLERS.get(type(msg))
@@ -86,11 +80,6 @@ class StreamOrder:
                                   f"write seq {msg.seq} does not follow seq {self.last_seq}")
         self._extent(msg.volume, msg.offset, msg.length_bytes)
         self.last_seq = msg.seq
-
-    def _flush(self, msg: Flush) -> None:
-        if msg.seq > self.last_seq:
-            raise StreamViolation(ErrorCode.SEQUENCE_ERROR,
-                                  f"flush up to seq {msg.seq} but the stream only reached {self.last_seq}")
 
     def _ack(self, msg: Ack) -> None:
         if not self.acked_seq <= msg.seq <= self.last_seq:
@@ -158,7 +147,6 @@ class StreamOrder:
 _HANDLERS = {
     Write: StreamOrder._write,
     WriteZeroes: StreamOrder._write,
-    Flush: StreamOrder._flush,
     Ack: StreamOrder._ack,
     ResyncBegin: StreamOrder._begin,
     ResyncData: StreamOrder._round_extent,

@@ -1,0 +1,199 @@
+"""The handshake messages: who each side is (Hello), the proofs of the pair
+secret (AuthProof), and the volume lists that pair the two nodes (Attach,
+Ready). The order they travel in is in state.py; what makes two nodes a pair
+is in pairing.py.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import uuid
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from blockmirror.protocol.codec import (
+    U16,
+    U64,
+    Message,
+    MessageType,
+    Reader,
+    check_name,
+    check_uint,
+    check_uuid,
+    encode_text,
+)
+from blockmirror.protocol.frames import Buffer
+
+NONCE_BYTES = 32
+AUTH_MAC_BYTES = 32  # HMAC-SHA256
+VOLUMES_MAX = 256  # volume index is a u16 on the wire; this bounds the handshake
+
+
+class Role(enum.IntEnum):
+    PRIMARY = 1  # initiator: dials, proves first, sends data
+    SECONDARY = 2  # acceptor: checks the pairing, applies data, acknowledges
+
+    @property
+    def peer(self) -> Role:
+        return Role.SECONDARY if self is Role.PRIMARY else Role.PRIMARY
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeInfo:
+    """One volume of the pair as the handshake describes it.
+
+    On the secondary, a nil UUID means "not yet paired": the volume takes the
+    primary's UUID at its first full sync."""
+
+    name: str
+    uuid: uuid.UUID
+    size_bytes: int
+
+    def __post_init__(self) -> None:
+        check_name("volume name", self.name)
+        check_uuid("volume uuid", self.uuid)
+        check_uint("size_bytes", self.size_bytes, 64)
+        if self.size_bytes == 0:
+            raise ValueError(f"volume {self.name!r} has size 0")
+
+    def _encode(self) -> bytes:
+        return self.uuid.bytes + U64.pack(self.size_bytes) + encode_text(self.name)
+
+    @classmethod
+    def _read(cls, r: Reader) -> VolumeInfo:
+        volume_uuid = r.uuid()
+        size_bytes = r.u64()
+        return cls(r.text(), volume_uuid, size_bytes)
+
+
+def check_volumes(value: tuple[VolumeInfo, ...]) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(v, VolumeInfo) for v in value):
+        raise TypeError("volumes must be a tuple of VolumeInfo")
+    if not 1 <= len(value) <= VOLUMES_MAX:
+        raise ValueError(f"a pair has 1..{VOLUMES_MAX} volumes, got {len(value)}")
+    names = [v.name for v in value]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate volume names in {names}")
+
+
+def _encode_volumes(volumes: tuple[VolumeInfo, ...]) -> bytes:
+    return U16.pack(len(volumes)) + b"".join(v._encode() for v in volumes)
+
+
+def _read_volumes(r: Reader) -> tuple[VolumeInfo, ...]:
+    return tuple(VolumeInfo._read(r) for _ in range(r.u16()))
+
+
+_HELLO_FIXED = struct.Struct(">B16s16s32s")
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """First message of each side: who I am, which pair, my fresh nonce.
+
+    Both sides send one; the two encoded payloads together are the transcript
+    that both authentication proofs are computed over."""
+
+    TYPE: ClassVar[MessageType] = MessageType.HELLO
+    role: Role
+    node_uuid: uuid.UUID
+    pair_uuid: uuid.UUID
+    pair_name: str
+    nonce: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "role", Role(self.role))
+        check_uuid("node_uuid", self.node_uuid)
+        check_uuid("pair_uuid", self.pair_uuid)
+        check_name("pair name", self.pair_name)
+        if not isinstance(self.nonce, bytes) or len(self.nonce) != NONCE_BYTES:
+            raise ValueError(f"nonce must be {NONCE_BYTES} bytes")
+
+    def _parts(self) -> list[Buffer]:
+        return [_HELLO_FIXED.pack(self.role, self.node_uuid.bytes, self.pair_uuid.bytes, self.nonce)
+                + encode_text(self.pair_name)]
+
+    @classmethod
+    def _decode(cls, view: memoryview) -> Hello:
+        r = Reader(view)
+        role, node, pair, nonce = r.unpack(_HELLO_FIXED)
+        name = r.text()
+        r.end()
+        return cls(Role(role), uuid.UUID(bytes=node), uuid.UUID(bytes=pair), name, nonce)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthProof(Message):
+    """HMAC-SHA256 proof that the sender knows the pair secret (see auth.py)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.AUTH_PROOF
+    mac: bytes
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mac, bytes) or len(self.mac) != AUTH_MAC_BYTES:
+            raise ValueError(f"mac must be {AUTH_MAC_BYTES} bytes")
+
+    def _parts(self) -> list[Buffer]:
+        return [self.mac]
+
+    @classmethod
+    def _decode(cls, view: memoryview) -> AuthProof:
+        r = Reader(view)
+        mac = r.take(AUTH_MAC_BYTES)
+        r.end()
+        return cls(mac)
+
+
+@dataclass(frozen=True, slots=True)
+class Attach(Message):
+    """Primary -> secondary after mutual auth: the volumes it will mirror, in
+    index order (Write.volume is an index into this list)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.ATTACH
+    volumes: tuple[VolumeInfo, ...]
+
+    def __post_init__(self) -> None:
+        check_volumes(self.volumes)
+
+    def _parts(self) -> list[Buffer]:
+        return [_encode_volumes(self.volumes)]
+
+    @classmethod
+    def _decode(cls, view: memoryview) -> Attach:
+        r = Reader(view)
+        volumes = _read_volumes(r)
+        r.end()
+        return cls(volumes)
+
+
+_READY_FIXED = struct.Struct(">16sQ")
+
+
+@dataclass(frozen=True, slots=True)
+class Ready(Message):
+    """Secondary -> primary: pairing accepted. Carries the secondary's own
+    volumes and the last point it has durably committed, from which the
+    primary's engine chooses to continue, resync incrementally or fully."""
+
+    TYPE: ClassVar[MessageType] = MessageType.READY
+    committed_generation: uuid.UUID
+    committed_seq: int
+    volumes: tuple[VolumeInfo, ...]
+
+    def __post_init__(self) -> None:
+        check_uuid("committed_generation", self.committed_generation)
+        check_uint("committed_seq", self.committed_seq, 64)
+        check_volumes(self.volumes)
+
+    def _parts(self) -> list[Buffer]:
+        return [_READY_FIXED.pack(self.committed_generation.bytes, self.committed_seq)
+                + _encode_volumes(self.volumes)]
+
+    @classmethod
+    def _decode(cls, view: memoryview) -> Ready:
+        r = Reader(view)
+        generation, seq = r.unpack(_READY_FIXED)
+        volumes = _read_volumes(r)
+        r.end()
+        return cls(uuid.UUID(bytes=generation), seq, volumes)
