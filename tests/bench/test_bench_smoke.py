@@ -12,8 +12,8 @@ SCRIPT = os.path.join(ROOT, "bench", "storage_bench.py")
 
 NUM = r"-?[0-9]+(\.[0-9]+)?"
 EXPECTED = [
-    rf"machine\.cpu: .+",
-    rf"machine\.bench_fs: .+",
+    r"machine\.cpu: .+",
+    r"machine\.bench_fs: .+",
     rf"storage\.snapshot\.8x\w+\.(pause_ns|gate_closed|call)_(p50|p99|max): {NUM} ms",
     rf"storage\.snapshot\.8x\w+\.delete_p50: {NUM} ms",
     rf"storage\.snapshot\.ratio_\w+\.gate_closed_p99: {NUM} x",

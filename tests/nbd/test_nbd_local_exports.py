@@ -4,7 +4,6 @@ simulated power cut (the storage's CrashFileSystem), per-request failures."""
 import asyncio
 import random
 
-import pytest
 
 from blockmirror.errors import NoSpace
 from blockmirror.nbd.local import GroupCommitter, LocalNodeExports

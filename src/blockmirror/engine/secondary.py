@@ -260,7 +260,7 @@ class SecondaryNode:
             if self._round_ops:
                 ops, self._round_ops = self._round_ops, []
                 self.store.apply(ops)
-            ack = self.store.end_of_batch(ack_due=False)
+            ack = self.store.end_of_batch()
         except BlockmirrorError as exc:
             self._fail_link(now, f"cannot store the primary's data: {exc}")
             return

@@ -117,22 +117,23 @@ class SecondaryStore:
         self.node.write_many(ops)
         self.applied_batches += 1
 
-    def end_of_batch(self, ack_due: bool) -> int | None:
+    def end_of_batch(self) -> int | None:
         """One journal sync for every record since the last batch, then apply
         them; the seq to acknowledge (None: nothing new)."""
+        ack = None
         if self.journal.pending_bytes:
             if "ack-before-durable" in self.config.mutations:
                 self.journal.write()  # broken on purpose: acknowledged before it is on stable storage
             else:
                 self.journal.sync()
-            ack_due = True
+            ack = self.journaled_seq
         if self._pending_writes:
             ops, self._pending_writes = self._pending_writes, []
             self.apply(ops)
             self.point = dataclasses.replace(self.point, seq=self.journaled_seq)
             self.node.pace_writeback(sum(op.nbytes for op in ops), self.config.writeback_kick_bytes)
         self.checkpoint()
-        return self.journaled_seq if ack_due else None
+        return ack
 
     def link_down(self) -> None:
         """Records not yet synced were never acknowledged: drop them; an open

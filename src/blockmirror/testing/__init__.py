@@ -1,5 +1,6 @@
-"""Support for the test suite and the benchmarks: real `blockmirror`
-processes and what drives them. Nothing in here is used by the daemons.
+"""Support for the test suite, the benchmarks and `make demo`: real
+`blockmirror` processes and what drives them. Nothing in here is used by the
+daemons.
 
 - `daemon`: one `blockmirror primary|secondary` process (readiness lines,
   status over the control socket, signals, restarts, logs) and the status
