@@ -108,12 +108,13 @@ class PrimaryNode:
         self._timers(now)
         if self.phase is P.DISCONNECTED and now >= self._reconnect_at:
             self._dial(now)
-        out, self._out = self._out, Output()
+        out = self._out
         out.link = self.link
         if self.link is not None and send_budget > 0:
-            out.send = self._transmit(send_budget)
+            out.send = self._transmit(send_budget)  # may send a round's commit: a phase change of this step
         out.state = self.state
         out.next_timer = self.next_timer()
+        self._out = Output()
         return out
 
     @property

@@ -1,0 +1,103 @@
+"""The link rules that used to live in the daemons, now in the nodes: an
+attempt's handshake times out, a silent link goes down and is closed, an
+attempt given up on is ignored, a batch that arrived before a close is kept,
+and a disk that cannot take the data closes the link."""
+
+import random
+import uuid
+
+from blockmirror.engine import (
+    Dial, LinkClosed, LinkUp, PrimaryConfig, PrimaryNode, PrimaryPhase, Received, SecondaryConfig, SecondaryNode,
+    SecondaryPhase,
+)
+from blockmirror.engine.phases import PRIMARY_TRANSITIONS, IllegalPhaseChange, PhaseMachine
+from blockmirror.protocol import Write
+from blockmirror.status import State
+from blockmirror.storage import Node
+from blockmirror.storage.crashfs import CrashFileSystem
+from tests.engine.pair import Pair
+
+CHUNK = 4096
+PAIR = uuid.UUID(int=7, version=4)
+
+
+def test_a_handshake_that_never_ends_is_given_up_and_the_next_attempt_has_a_new_link(tmp_path):
+    node = Node.create(str(tmp_path / "p"), {"a": 64 * CHUNK}, chunk_size=CHUNK)
+    p = PrimaryNode(node, PrimaryConfig(link_timeout_s=2.0, reconnect_min_s=0.5, reconnect_max_s=0.5,
+                                        activity_checkpoint_s=60.0),
+                    random.Random(1), 0.0, PAIR, "t")
+    out = p.step(0.0)
+    dial = out.start[0]
+    assert isinstance(dial, Dial) and p.phase is PrimaryPhase.CONNECTING and out.next_timer == 2.0
+    out = p.step(2.0)
+    assert [(c.link, c.reset) for c in out.close] == [(dial.link, True)]
+    assert "no handshake" in out.close[0].reason and p.phase is PrimaryPhase.DISCONNECTED
+    out = p.step(3.0)  # past the backoff
+    assert [d.link for d in out.start] == [dial.link + 1]
+    # The handshake of the abandoned attempt completes late: nothing happens.
+    p.step(3.1, [LinkUp(dial.link, None)])
+    assert p.phase is PrimaryPhase.CONNECTING and p.link is None
+    node.close()
+
+
+def test_a_silent_link_goes_down_and_is_closed(tmp_path):
+    pair = Pair(tmp_path, {"a": 64 * CHUNK}, chunk_size=CHUNK, link_timeout_s=2.0, heartbeat_interval_s=0.5)
+    try:
+        pair.connect()
+        link = pair.primary.link
+        assert pair.primary.phase is PrimaryPhase.MIRRORING
+        pair.now += 0.6
+        out = pair.primary.step(pair.now)
+        assert [type(m).__name__ for m in out.send] == ["Heartbeat"] and not out.close
+        pair.now += 2.0  # nothing heard since the connect
+        out = pair.primary.step(pair.now)
+        assert [c.link for c in out.close] == [link] and "link silent" in out.close[0].reason
+        assert pair.primary.phase is PrimaryPhase.DISCONNECTED and out.state == State.DISCONNECTED
+        assert any("state mirroring -> disconnected" in line.text for line in out.logs)
+        assert [s.label for s in pair.pnode.snapshots()] == ["link-down"], "step 66 at a silent failure too"
+    finally:
+        pair.close()
+
+
+def test_writes_received_before_a_close_are_kept(tmp_path):
+    pair = Pair(tmp_path, {"a": 64 * CHUNK}, chunk_size=CHUNK)
+    try:
+        pair.connect()
+        s = pair.secondary
+        link, seq = s.link, s.seq
+        out = s.step(pair.now, [Received(link, [Write(seq + 1, 0, 0, b"k" * 100)]), LinkClosed(link, "cut")])
+        assert s.phase is SecondaryPhase.DISCONNECTED and s.seq == seq + 1
+        assert pair.snode.volumes["a"].read(0, 100) == b"k" * 100
+        assert not out.send, "nothing is sent on a link that is gone"
+    finally:
+        pair.close()
+
+
+def test_a_disk_that_cannot_take_the_data_closes_the_link(tmp_path):
+    fs = CrashFileSystem(1)
+    snode = Node.create("/s", {"a": 64 * CHUNK}, chunk_size=CHUNK, fs=fs, meta_synchronous="OFF")
+    s = SecondaryNode(snode, SecondaryConfig(), 0.0, PAIR, "t")
+    s.step(0.0, [LinkUp(1, _established())])
+    fs.disk_full = True
+    out = s.step(0.1, [Received(1, [Write(1, 0, 0, b"z" * 100)])])
+    assert [c.link for c in out.close] == [1] and "cannot store the primary's data" in out.close[0].reason
+    assert s.phase is SecondaryPhase.DISCONNECTED and s.seq == 0 and not out.send, "nothing acknowledged"
+    snode.close()
+    fs.close()
+
+
+def test_an_illegal_phase_move_is_refused():
+    m = PhaseMachine(PRIMARY_TRANSITIONS, PrimaryPhase.DISCONNECTED)
+    try:
+        m.move(PrimaryPhase.MIRRORING, "no round was ever sent")
+    except IllegalPhaseChange as exc:
+        assert "DISCONNECTED -> MIRRORING" in str(exc) and "no round" in str(exc)
+    else:
+        raise AssertionError("the table does not list DISCONNECTED -> MIRRORING")
+    assert m.phase is PrimaryPhase.DISCONNECTED
+
+
+def _established():
+    from blockmirror.protocol import Established, Role, VolumeInfo
+    vols = (VolumeInfo("a", uuid.UUID(int=3, version=4), 64 * CHUNK),)
+    return Established(Role.SECONDARY, uuid.UUID(int=4, version=4), PAIR, vols, vols, uuid.UUID(int=0), 0)
