@@ -201,7 +201,7 @@ class PrimaryNode:
                 self.waiting.popleft()
                 self._flush(item.token)
                 continue
-            if live and self.window.full(batch_bytes + item.op.nbytes):
+            if live and self.window.full(len(batch), batch_bytes + item.op.nbytes):
                 break
             batch.append(self.waiting.popleft())
             batch_bytes += item.op.nbytes
@@ -209,7 +209,8 @@ class PrimaryNode:
             self._apply(batch)
 
     def _flush(self, token) -> None:
-        self.node.flush()
+        if "flush-not-durable" not in self.config.mutations:  # broken on purpose: the flush promises nothing
+            self.node.flush()
         if self.config.mode == "sync" and self.window:
             self.window.add_flush(self.seq, token)
         else:
@@ -252,6 +253,8 @@ class PrimaryNode:
             for pos in range(0, max(op.nbytes, 1), step):
                 n = min(step, op.nbytes - pos)
                 self.seq += 1
+                if "reused-seq" in self.config.mutations and self.seq % 16 == 5:
+                    self.seq -= 1  # broken on purpose: the sender's own stream check refuses the repeat
                 if op.kind == "write":
                     data = memoryview(op.data)[pos:pos + n] if op.nbytes > step else op.data
                     queue.append(Write(self.seq, vol, op.offset + pos, data))
@@ -355,6 +358,9 @@ class PrimaryNode:
         # known as the base of the secondary's new generation.
         self.bases.keep(rnd.as_base())
         out.append(rnd.commit())
+        if "delete-base-early" in self.config.mutations and rnd.base is not None:
+            self.bases.drop(rnd.base)  # broken on purpose: before the secondary confirms the commit
+            rnd.base = None
         self._move(new, why)
         self.outbox.extend(self.live_queue)
         self.live_queue.clear()

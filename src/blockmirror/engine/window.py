@@ -37,11 +37,14 @@ class InflightWindow:
     def __bool__(self) -> bool:
         return bool(self._entries)
 
-    def full(self, more_bytes: int) -> bool:
-        """Would `more_bytes` of new writes go past the bound?"""
-        if not self._entries:
+    def full(self, batch_writes: int, more_bytes: int) -> bool:
+        """Would one more write, making `more_bytes` with the `batch_writes`
+        being admitted with it, go past the bound? A single write larger
+        than the window goes alone."""
+        if not self._entries and not batch_writes:
             return False
-        return self.nbytes + more_bytes > self.bytes_max or len(self._entries) >= self.writes_max
+        return (self.nbytes + more_bytes > self.bytes_max
+                or len(self._entries) + batch_writes >= self.writes_max)
 
     def add(self, seq: int, token: Any, extent: Extent) -> None:
         n = extent[2]
