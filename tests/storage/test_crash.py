@@ -55,7 +55,7 @@ class Run:
         self.pipeline = pipeline
         self.node = Node.create(self.path, dict(SIZES), chunk_size=CHUNK, fs=self.fs, meta_synchronous="OFF",
                                 spare_limit_bytes=spare_limit, pipeline=pipeline)
-        self.node.writeback_group_bytes = 2 * CHUNK  # records written in several pieces, header last
+        self.node.writes.cow.writeback_group_bytes = 2 * CHUNK  # records written in several pieces, header last
         self.base_steps = self.fs.steps
         self.model = {v: bytearray(s) for v, s in SIZES.items()}
         self.images: dict[str, dict[str, bytes]] = {}

@@ -10,6 +10,7 @@ synchronous=FULL, durable when `commit` returns.
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from dataclasses import dataclass
 
@@ -163,15 +164,20 @@ class MetaStore:
         return {r[0] for r in self._conn.execute(
             "SELECT DISTINCT file FROM exceptions WHERE snap=? AND vol=?", (snap, vol))}
 
-    # -- key/value for upper layers -----------------------------------------
-    def get(self, key: str, default=None):
+    # -- key/value state of the layers above: JSON values ----------------------
+    def get_state(self, key: str, default=None):
         row = self._conn.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
-        return default if row is None else row[0]
+        return default if row is None else json.loads(row[0])
 
-    def keys(self, prefix: str) -> list[str]:
+    def state_keys(self, prefix: str) -> list[str]:
         return [r[0] for r in self._conn.execute(
             "SELECT key FROM kv WHERE key >= ? AND key < ? ORDER BY key", (prefix, prefix + "\uffff"))]
 
     @staticmethod
-    def put(conn: sqlite3.Connection, key: str, value) -> None:
-        conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
+    def put_state(conn: sqlite3.Connection, rows: dict) -> None:
+        """In `conn`'s open transaction; a None value deletes its key."""
+        for key, value in rows.items():
+            if value is None:
+                conn.execute("DELETE FROM kv WHERE key=?", (key,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, json.dumps(value)))

@@ -9,6 +9,7 @@ from pyroaring import BitMap
 
 from blockmirror.errors import OutOfRange
 from blockmirror.storage.fileio import File
+from blockmirror.storage.layout import VOLUME_ALIGN_BYTES
 
 
 @dataclass(eq=False)
@@ -56,3 +57,45 @@ class Volume:
         if self.before_read is not None:
             self.before_read()
         return self.file.data_extents(0, self.size)
+
+    def reserve(self, offset: int, length: int, edges_only: bool = False) -> None:
+        """Reserve the 4 KiB blocks a write of [offset, offset+length) will
+        need (NoSpace now, with nothing changed, rather than when the write
+        runs); `edges_only`: a zeroing write, which punches whole blocks and
+        writes only its partial edge blocks. Blocks reserved once are
+        remembered (until punched), so a rewritten range costs no call."""
+        a = VOLUME_ALIGN_BYTES
+        if not length:
+            return
+        if self.reserved is None:  # once per process: what holds data needs no reservation
+            self.reserved = BitMap()
+            for off, n in self.allocated_extents():
+                self.reserved.add_range(-(-off // a), (off + n) // a)
+        first, end = offset // a, -(-(offset + length) // a)
+        if not edges_only:
+            spans = [(first, end)]
+        else:
+            spans = [(first, first + 1)] if offset % a else []
+            if (offset + length) % a:
+                spans.append((end - 1, end))
+        for lo, hi in spans:
+            if self.reserved.range_cardinality(lo, hi) != hi - lo:
+                self.file.allocate(lo * a, (hi - lo) * a)
+                self.reserved.add_range(lo, hi)
+
+    def zero(self, offset: int, length: int) -> None:
+        """Zero a range: punch its whole 4 KiB blocks (keeps the file
+        sparse), write its partial edges."""
+        a = VOLUME_ALIGN_BYTES
+        start = -(-offset // a) * a
+        end = (offset + length) // a * a
+        if end > start:
+            if start > offset:
+                self.file.pwrite(offset, bytes(start - offset))
+            self.file.punch(start, end - start)
+            if self.reserved is not None:
+                self.reserved.remove_range(start // a, end // a)
+            if offset + length > end:
+                self.file.pwrite(end, bytes(offset + length - end))
+        elif length:
+            self.file.pwrite(offset, bytes(length))
