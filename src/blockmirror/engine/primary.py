@@ -217,11 +217,10 @@ class PrimaryEngine:
 
     def _snapshot(self, label: str, generation: uuid.UUID | None, acked: int, unacked) -> Any:
         """Steps 64-70 in one call: pause, snapshot all, record, resume."""
-        state = None
+        record = None
         if generation is not None:
-            state = {K_BASE + "{snap}": {"generation": str(generation), "acked_seq": acked,
-                                         "unacked": [list(e) for e in unacked]}}
-        info = self.node.snapshot(label, state)
+            record = {"generation": str(generation), "acked_seq": acked, "unacked": [list(e) for e in unacked]}
+        info = self.node.snapshot(label, None if record is None else lambda snap: {K_BASE + str(snap): record})
         self.last_pause_ns = info.pause_ns
         return info
 

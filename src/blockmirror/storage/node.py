@@ -34,7 +34,7 @@ from blockmirror.storage.layout import (
 )
 from blockmirror.storage.metadata import DB_NAME, FORMAT_VERSION, MetaStore
 from blockmirror.storage.recovery import recover_records
-from blockmirror.storage.snapshots import SnapshotChain, SnapshotInfo, SnapshotSpace
+from blockmirror.storage.snapshots import SnapshotChain, SnapshotInfo, SnapshotRows, SnapshotSpace
 from blockmirror.storage.tables import ExceptionTables
 from blockmirror.storage.volume import Volume
 from blockmirror.storage.writepath import WriteOp, WritePath
@@ -209,9 +209,10 @@ class Node:
         self.writes.pace_writeback(nbytes, every)
 
     # -- snapshots -------------------------------------------------------------------
-    def snapshot(self, label: str = "", state: dict | None = None) -> SnapshotInfo:
-        """Steps 64-70; see `SnapshotChain.take`."""
-        return self.chain.take(label, state)
+    def snapshot(self, label: str = "", rows: SnapshotRows | None = None) -> SnapshotInfo:
+        """Steps 64-70: every volume at one instant, with `rows(snap_id)`
+        (key/value state) committed atomically; see `SnapshotChain.take`."""
+        return self.chain.take(label, rows)
 
     def delete_snapshot(self, snap: int) -> None:
         self.chain.delete(snap)

@@ -23,6 +23,9 @@ from blockmirror.storage.tables import ExceptionTables
 from blockmirror.storage.volume import Volume
 from blockmirror.storage.writepath import WritePath
 
+# Key/value rows a snapshot commits with it, given the new snapshot's id.
+SnapshotRows = Callable[[int], dict]
+
 
 @dataclass(frozen=True)
 class SnapshotInfo:
@@ -70,11 +73,12 @@ class SnapshotChain:
             raise SnapshotError(f"no snapshot {snap}",
                                 hint="list them with: blockmirror snapshot list DIR")
 
-    def take(self, label: str = "", state: dict | None = None) -> SnapshotInfo:
+    def take(self, label: str = "", rows: SnapshotRows | None = None) -> SnapshotInfo:
         """Steps 64-70: pause writes to every volume, snapshot them all at one
-        instant, resume. O(1) in volume size: no data is copied. `state`
-        (key/value pairs for the layers above, e.g. the unacknowledged writes
-        of step 68) commits atomically with the snapshot.
+        instant, resume. O(1) in volume size: no data is copied. `rows(id)`
+        gives key/value pairs for the layers above (JSON values, None
+        deletes; e.g. the unacknowledged writes of step 68, keyed by the new
+        snapshot's id), committed atomically with the snapshot.
 
         The pause holds only the drain of in-flight writes and one metadata
         commit: copy-on-write starts at that commit, and originals are read
@@ -98,8 +102,8 @@ class SnapshotChain:
                     cur = conn.execute(
                         "INSERT INTO snapshots (label, created_ns, sealed) VALUES (?, ?, 0)", (label, created))
                     snap_id = cur.lastrowid
-                    if state:
-                        MetaStore.put_state(conn, {k.format(snap=snap_id): v for k, v in state.items()})
+                    if rows is not None:
+                        MetaStore.put_state(conn, rows(snap_id))
                 self._tables.add_snapshot(snap_id)
                 pause_ns = self._monotonic_ns() - start
                 self.infos[snap_id] = SnapshotInfo(snap_id, label, created, pause_ns, False)
