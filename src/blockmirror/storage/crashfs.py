@@ -152,6 +152,8 @@ class CrashFileSystem:
     outlives the node's connection (as a file outlives a process): a crash
     loses its open transaction, never a committed one."""
 
+    pipeline_default = "inline"  # no thread: a run replays step for step
+
     def __init__(self, seed: int = 0):
         self._meta_name = f"crashfs{next(_instances)}"
         self._meta_keepers: dict[str, sqlite3.Connection] = {}
@@ -273,7 +275,13 @@ class CrashFileSystem:
         return f
 
     def exists(self, path: str) -> bool:
-        return path in self._visible or path in self._dirs
+        return path in self._visible or path in self._dirs or path in self._meta_keepers
+
+    def is_dir(self, path: str) -> bool:
+        return path.rstrip("/") in self._dirs
+
+    def lock_file(self, path: str) -> None:
+        return None  # one simulated process per disk: nobody to keep out
 
     def unlink(self, path: str) -> None:
         if path not in self._visible:
@@ -301,7 +309,8 @@ class CrashFileSystem:
 
     def listdir(self, path: str) -> list[str]:
         prefix = path.rstrip("/") + "/"
-        return sorted(p[len(prefix):] for p in self._visible if p.startswith(prefix) and "/" not in p[len(prefix):])
+        return sorted(p[len(prefix):] for p in self._visible | self._dirs | set(self._meta_keepers)
+                      if p.startswith(prefix) and "/" not in p[len(prefix):])
 
     def makedirs(self, path: str) -> None:
         self._dirs.add(path.rstrip("/"))

@@ -11,7 +11,6 @@ path (storage/writepath.py, storage/copyonwrite.py) and the snapshot chain
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
 import time
@@ -23,7 +22,7 @@ from pyroaring import BitMap
 from blockmirror.errors import NodeError
 from blockmirror.storage.copyonwrite import CopyOnWrite
 from blockmirror.storage.cowpool import SPARE_FRACTION, CowPool
-from blockmirror.storage.fileio import FileSystem, OsFileSystem
+from blockmirror.storage.fileio import FileLock, FileSystem, OsFileSystem
 from blockmirror.storage.gate import WriteGate
 from blockmirror.storage.layout import (
     CHUNK_SIZE_DEFAULT,
@@ -42,13 +41,13 @@ from blockmirror.storage.writepath import WriteOp, WritePath
 class Node:
     """Not re-entrant: never call `snapshot` from inside a write."""
 
-    def __init__(self, path: str, fs: FileSystem, meta: MetaStore, lock_fd: int | None,
+    def __init__(self, path: str, fs: FileSystem, meta: MetaStore, dir_lock: FileLock | None,
                  clock_ns: Callable[[], int], monotonic_ns: Callable[[], int],
                  spare_limit_bytes: int | None = None, pipeline: str | None = None):
         self.path = path
         self.fs = fs
         self.meta = meta
-        self._lock_fd = lock_fd
+        self._dir_lock = dir_lock  # one process per node directory
         self._lock = threading.RLock()  # metadata, tables, COW files
         info = meta.node_info()
         self.node_uuid: str = info["node_uuid"]
@@ -68,8 +67,7 @@ class Node:
         epoch = recover_records(meta, self.pool, self.tables, set(snapshots), set(by_id),
                                 int(info.get("cow_epoch", 0)), self.chunk_size)
         self.pool.tidy()
-        if pipeline is None:  # a thread only over the real filesystem: the test ones stay deterministic
-            pipeline = "thread" if isinstance(fs, OsFileSystem) else "inline"
+        pipeline = pipeline or fs.pipeline_default
         cow = CopyOnWrite(meta, self.pool, self.tables, by_id, epoch, self.chunk_size)
         self.writes = WritePath(self.volumes, self._lock, WriteGate(), cow, self.tables, self.pool,
                                 lambda: self.chain.newest, pipeline)
@@ -87,10 +85,9 @@ class Node:
         validate_volume_spec(volumes, chunk_size)
         fs = fs or OsFileSystem()
         new_uuid = new_uuid or (lambda: str(uuid_mod.uuid4()))
-        if isinstance(fs, OsFileSystem):
-            if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
-                raise NodeError(f"{path} exists and is not an empty directory",
-                                hint="choose a new directory for the node")
+        if fs.exists(path) and (not fs.is_dir(path) or fs.listdir(path)):
+            raise NodeError(f"{path} exists and is not an empty directory",
+                            hint="choose a new directory for the node")
         fs.makedirs(path)
         db_uri = fs.meta_uri(os.path.join(path, DB_NAME), create=True)
         meta = MetaStore.connect(db_uri, fs.step, create=True, synchronous=meta_synchronous)
@@ -125,27 +122,23 @@ class Node:
         """`spare_limit_bytes`: how much space spare COW files may keep
         (default: 1/4 of the volumes' total size; 0 keeps none). `pipeline`:
         how first writes' overwrites follow their record's sync (see
-        storage/pipeline.py; default "thread" on the real filesystem)."""
+        storage/pipeline.py; default: the filesystem's `pipeline_default`)."""
         fs = fs or OsFileSystem()
         db_path = os.path.join(path, DB_NAME)
-        lock_fd = None
-        if isinstance(fs, OsFileSystem):
-            if not os.path.exists(db_path):
-                raise NodeError(f"{path} is not an initialised blockmirror node",
-                                hint=f"blockmirror init {path} --volume NAME=SIZE")
-            lock_fd = os.open(os.path.join(path, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(lock_fd)
-                raise NodeError(f"{path} is in use by another blockmirror process",
-                                hint=f"blockmirror status {path}") from None
+        if not fs.exists(db_path):
+            raise NodeError(f"{path} is not an initialised blockmirror node",
+                            hint=f"blockmirror init {path} --volume NAME=SIZE")
+        try:
+            dir_lock = fs.lock_file(os.path.join(path, LOCK_NAME))
+        except BlockingIOError:
+            raise NodeError(f"{path} is in use by another blockmirror process",
+                            hint=f"blockmirror status {path}") from None
         try:
             meta = MetaStore.connect(fs.meta_uri(db_path, create=False), fs.step, synchronous=meta_synchronous)
-            return cls(path, fs, meta, lock_fd, clock_ns, monotonic_ns, spare_limit_bytes, pipeline)
+            return cls(path, fs, meta, dir_lock, clock_ns, monotonic_ns, spare_limit_bytes, pipeline)
         except BaseException:
-            if lock_fd is not None:
-                os.close(lock_fd)
+            if dir_lock is not None:
+                dir_lock.release()
             raise
 
     def close(self) -> None:
@@ -160,9 +153,9 @@ class Node:
                 vol.file.close()
             self.pool.close()
             self.meta.close()
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            if self._dir_lock is not None:
+                self._dir_lock.release()
+                self._dir_lock = None
             if failure is not None:
                 raise failure
 

@@ -162,6 +162,10 @@ class WritePath:
                 self._pipeline.wait()
                 self.reap()
 
+    @property
+    def pipeline_mode(self) -> str:
+        return self._pipeline.mode
+
     def queued(self) -> int:
         """Batches queued behind the callers (not yet reaped)."""
         return len(self._jobs)
