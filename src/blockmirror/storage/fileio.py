@@ -12,6 +12,7 @@ import ctypes.util
 import errno
 import fcntl
 import os
+import sqlite3
 from typing import Protocol
 
 from blockmirror.errors import NoSpace
@@ -99,9 +100,10 @@ class FileSystem(Protocol):
         """Make creations and removals of entries in `path` durable."""
     def meta_uri(self, path: str, create: bool) -> str:
         """The SQLite URI of the metadata store at `path`."""
-    def step(self, what: str) -> None:
-        """Marks an I/O step that is not a file call (a metadata commit), so a
-        crash can be injected before it."""
+    def meta_commit(self, conn: sqlite3.Connection, what: str) -> None:
+        """COMMIT the metadata store's open transaction: an I/O step like a
+        file call (a crash can be injected before it), which can fail as
+        the disk does (SQLITE_FULL)."""
 
 
 def _raise_os_error(exc: OSError, what: str):
@@ -278,5 +280,5 @@ class OsFileSystem:
     def meta_uri(self, path: str, create: bool) -> str:
         return f"file:{path}?mode={'rwc' if create else 'rw'}"
 
-    def step(self, what: str) -> None:
-        pass
+    def meta_commit(self, conn: sqlite3.Connection, what: str) -> None:
+        conn.execute("COMMIT")

@@ -2,9 +2,10 @@
 
 Holds the node's identity, its volumes, the snapshot chain, the exception
 tables (chunk -> where its preserved data lives) and a small key/value space
-for the layers above (pairing, generations). Each commit is one I/O step for
-crash tests (`FileSystem.step`); SQLite itself makes a commit atomic and, with
-synchronous=FULL, durable when `commit` returns.
+for the layers above (pairing, generations). Each commit goes through the
+filesystem (`FileSystem.meta_commit`: one I/O step for crash tests); SQLite
+itself makes a commit atomic and, with synchronous=FULL, durable when it
+returns.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import json
 import sqlite3
 from dataclasses import dataclass
+from typing import Callable
 
 from pyroaring import BitMap
 
@@ -80,15 +82,17 @@ class SnapshotRecord:
 
 
 class MetaStore:
-    def __init__(self, conn: sqlite3.Connection, step):
+    def __init__(self, conn: sqlite3.Connection, commit: Callable[[sqlite3.Connection, str], None]):
         self._conn = conn
-        self._step = step
+        self._commit = commit
         self._in_txn = False
 
     @classmethod
-    def connect(cls, uri: str, step, create: bool = False, synchronous: str = "FULL") -> MetaStore:
+    def connect(cls, uri: str, commit: Callable[[sqlite3.Connection, str], None], create: bool = False,
+                synchronous: str = "FULL") -> MetaStore:
         """`uri` is an SQLite URI from `FileSystem.meta_uri` (a file, or a
-        shared in-memory database for the simulator)."""
+        shared in-memory database for the simulator); `commit` is the
+        filesystem's `meta_commit`."""
         path = uri
         try:
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
@@ -98,7 +102,7 @@ class MetaStore:
                 conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise NodeError(f"cannot open metadata store {path}: {exc}") from exc
-        return cls(conn, step)
+        return cls(conn, commit)
 
     def close(self) -> None:
         self._conn.close()
@@ -112,8 +116,7 @@ class MetaStore:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield self._conn
-            self._step(f"meta-commit {what}")
-            self._conn.execute("COMMIT")
+            self._commit(self._conn, what)
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise

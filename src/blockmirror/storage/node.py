@@ -90,7 +90,7 @@ class Node:
                             hint="choose a new directory for the node")
         fs.makedirs(path)
         db_uri = fs.meta_uri(os.path.join(path, DB_NAME), create=True)
-        meta = MetaStore.connect(db_uri, fs.step, create=True, synchronous=meta_synchronous)
+        meta = MetaStore.connect(db_uri, fs.meta_commit, create=True, synchronous=meta_synchronous)
         fs.makedirs(os.path.join(path, VOLUME_DIR))
         fs.makedirs(os.path.join(path, COW_DIR))
         try:
@@ -134,7 +134,7 @@ class Node:
             raise NodeError(f"{path} is in use by another blockmirror process",
                             hint=f"blockmirror status {path}") from None
         try:
-            meta = MetaStore.connect(fs.meta_uri(db_path, create=False), fs.step, synchronous=meta_synchronous)
+            meta = MetaStore.connect(fs.meta_uri(db_path, create=False), fs.meta_commit, synchronous=meta_synchronous)
             return cls(path, fs, meta, dir_lock, clock_ns, monotonic_ns, spare_limit_bytes, pipeline)
         except BaseException:
             if dir_lock is not None:

@@ -16,6 +16,8 @@ import threading
 from collections import deque
 from typing import Callable, Iterable, NamedTuple
 
+from pyroaring import BitMap
+
 from blockmirror.errors import NodeError, NoSpace, OutOfRange
 from blockmirror.storage.copyonwrite import CopyOnWrite
 from blockmirror.storage.cowpool import CowPool
@@ -94,11 +96,12 @@ class WritePath:
         need = self.cow.fresh_chunks(snap, ops, self._volumes) if snap is not None else None
         if any(j.punches for j in self._jobs):
             self.drain()  # a queued punch would undo a reservation made now
-        if need or self._jobs:
-            # Its overwrites will run behind the caller, after it was told
-            # they completed: they must not fail for lack of space then.
-            for op in ops:
-                self._volumes[op.volume].reserve(op.offset, op.nbytes, edges_only=op.kind != "write")
+        # The blocks the ops will write are reserved first: a full disk then
+        # refuses the whole batch with nothing changed, rather than after some
+        # of its ops were applied or, for queued overwrites, after the caller
+        # was told they completed.
+        for op in ops:
+            self._volumes[op.volume].reserve(op.offset, op.nbytes, edges_only=op.kind != "write")
         job = None
         if need:
             if self._jobs and self._jobs[0].snap != snap:
@@ -117,16 +120,30 @@ class WritePath:
 
     def _apply(self, ops: list[WriteOp], fua: bool) -> None:
         touched = {}
-        for op in ops:
+        for i, op in enumerate(ops):
             vol = self._volumes[op.volume]
             touched[vol.id] = vol
             if op.kind == "write":
                 vol.file.pwrite(op.offset, op.data)
             else:
-                vol.zero(op.offset, op.length)
+                vol.zero(op.offset, op.length, self._needed_later(ops, i))
         if fua:
             for vol in touched.values():
                 vol.file.sync()
+
+    def _needed_later(self, ops: list[WriteOp], i: int) -> BitMap | None:
+        """Blocks of op i's volume that the ops after it write: reserved
+        before the batch, so op i must not punch them (the later write would
+        need new space, and a full disk would refuse half a batch)."""
+        vol = self._volumes[ops[i].volume]
+        later = [op for op in ops[i + 1:] if op.volume == ops[i].volume and op.nbytes]
+        if not later:
+            return None
+        needed = BitMap()
+        for op in later:
+            for lo, hi in vol.blocks_written(op.offset, op.nbytes, edges_only=op.kind != "write"):
+                needed.add_range(lo, hi)
+        return needed
 
     def _run_job(self, job: Job) -> None:
         """On the pipeline: the records durable, then the overwrites."""
