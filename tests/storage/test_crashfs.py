@@ -99,3 +99,20 @@ def test_a_clone_copies_the_allocation():
     assert f.pread(B, 1) == b"\x01"
     fs.close()
     c.close()
+
+
+def test_a_file_renamed_twice_before_a_directory_sync_keeps_one_name_at_a_crash():
+    seen = set()
+    for seed in range(20):
+        fs, f = _file()
+        f.pwrite(0, b"\x01" * B)
+        f.sync()
+        fs.rename("/d/f", "/d/g")
+        fs.rename("/d/g", "/d/h")  # e.g. a spare taken by a refused write, then retired again
+        fs.crash(random.Random(seed))
+        names = fs.listdir("/d")
+        assert names in (["f"], ["h"]), f"seed {seed}: {names}"
+        assert fs.open("/d/" + names[0]).pread(0, B) == b"\x01" * B
+        seen.add(names[0])
+        fs.close()
+    assert seen == {"f", "h"}

@@ -62,3 +62,54 @@ def test_first_writes_after_a_snapshot_on_a_full_disk(full_node):
     node.write_many([WriteOp("v", 0, b"\x05" * CHUNK)])
     assert node.read_snapshot(snap, "v", 0, 2 * CHUNK) == b"\x01" * 2 * CHUNK
     assert set(node.diff(snap)["v"]) == {0}
+
+
+def test_a_full_metadata_store_refuses_cleanly_and_keeps_the_pending_rows(full_node, monkeypatch):
+    """Commits fail as SQLite's do on a full disk (the transaction already
+    rolled back): a typed NoSpace, never "cannot rollback"; the exception
+    rows being committed stay in memory (their COW records are durable) and
+    a later commit, once there is room, commits them."""
+    from blockmirror.storage import tables
+
+    monkeypatch.setattr(tables, "PENDING_ROWS_MAX", 2)  # writes try to commit their rows too
+    fs, node = full_node
+    s1 = node.snapshot("s1").id
+    node.write("v", 7 * CHUNK, b"\x09" * CHUNK)  # this process's first record stores its epoch first
+    fs.meta_full = True
+    for c in range(6):  # first writes: their rows stay pending, the writes go on
+        node.write("v", c * CHUNK, bytes([10 + c]) * CHUNK)
+    for call in (lambda: node.snapshot("s2"), lambda: node.delete_snapshot(s1),
+                 lambda: node.set_state({"k": 1})):
+        with pytest.raises(NoSpace, match="metadata store") as err:
+            call()
+        assert "rollback" not in str(err.value) + "".join(getattr(err.value, "__notes__", []))
+    assert [s.id for s in node.snapshots()] == [s1] and node.get_state("k") is None
+    assert node.read_snapshot(s1, "v", 0, 8 * CHUNK) == b"\x01" * 8 * CHUNK
+    assert set(node.diff(s1)["v"]) == {0, 1, 2, 3, 4, 5, 7}
+    assert [(s.exceptions, s.data_bytes) for s in node.snapshot_space()] == [(7, 7 * CHUNK)]
+    fs.meta_full = False  # room again: no restart needed
+    s2 = node.snapshot("s2").id  # commits the rows kept
+    node.write("v", 0, b"\x20" * CHUNK, fua=True)
+    node.meta.close()  # the process dies: what was committed is all there is
+    fs.crash()
+    with Node.open("/n", fs=fs) as after:
+        assert [s.id for s in after.snapshots()] == [s1, s2]
+        assert after.read_snapshot(s1, "v", 0, 8 * CHUNK) == b"\x01" * 8 * CHUNK
+        assert after.read_snapshot(s2, "v", 0, 6 * CHUNK) == b"".join(bytes([10 + c]) * CHUNK for c in range(6))
+        assert after.volumes["v"].read(0, CHUNK) == b"\x20" * CHUNK
+    node.close = lambda: None  # already gone
+
+
+def test_a_full_metadata_store_at_close_loses_nothing(full_node):
+    fs, node = full_node
+    s1 = node.snapshot("s1").id
+    node.write_many([WriteOp("v", c * CHUNK, b"\x07" * CHUNK) for c in range(4)])
+    fs.meta_full = True
+    node.close()  # its rows cannot be committed: recovered at the next open
+    with pytest.raises(NoSpace):
+        Node.open("/n", fs=fs)  # recovery must commit them: refused cleanly while full
+    fs.meta_full = False
+    with Node.open("/n", fs=fs) as after:
+        assert set(after.diff(s1)["v"]) == {0, 1, 2, 3}
+        assert after.read_snapshot(s1, "v", 0, 8 * CHUNK) == b"\x01" * 8 * CHUNK
+    node.close = lambda: None

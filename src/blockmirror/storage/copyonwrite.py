@@ -13,6 +13,7 @@ from __future__ import annotations
 from pyroaring import BitMap
 
 from blockmirror.buffers import uninitialized
+from blockmirror.errors import NoSpace
 from blockmirror.storage import cowlog
 from blockmirror.storage.cowpool import CowPool
 from blockmirror.storage.metadata import MetaStore
@@ -69,7 +70,11 @@ class CopyOnWrite:
             self._read_buf = memoryview(uninitialized(max(total, 2 * len(self._read_buf))))
         pos = 0
         for vid, chunks in need.items():
-            pos = self._write_record(job, snap, self._by_id[vid], list(chunks), pos)
+            try:
+                pos = self._write_record(job, snap, self._by_id[vid], list(chunks), pos)
+            except (NoSpace, OSError):
+                self._void(job)
+                raise
         # The next records go after these (set only now: a failure above
         # leaves the tails where they were, and the next record overwrites
         # what it wrote); the rows and these tails are published once the
@@ -120,6 +125,17 @@ class CopyOnWrite:
         job.cows.append(cow)
         job.tails[key] = slot
         return pos
+
+    def _void(self, job: Job) -> None:
+        """The batch is refused (a full disk) after some of its records were
+        written: their headers are zeroed, so that no recovery takes their
+        rows (the overwrites never happen). Best effort: a record left whole
+        only makes a diff name chunks that did not change."""
+        for (snap, vid), cow in zip(job.tails, job.cows):
+            try:
+                cow.pwrite(self._pool.tail((snap, vid)) * cowlog.BLOCK, bytes(cowlog.BLOCK))
+            except (NoSpace, OSError):
+                pass
 
     def _read_original(self, vol: Volume, chunk: int, original: memoryview) -> bool:
         """Read a chunk's original into `original`; True if it is all zeroes."""

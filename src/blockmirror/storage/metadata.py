@@ -18,7 +18,7 @@ from typing import Callable
 
 from pyroaring import BitMap
 
-from blockmirror.errors import NodeError
+from blockmirror.errors import NodeError, NoSpace
 
 FORMAT_VERSION = 2  # 2: COW slots in 4 KiB blocks, records with headers
 DB_NAME = "blockmirror.db"
@@ -62,6 +62,22 @@ CREATE TABLE cow_files (
 ) WITHOUT ROWID;
 CREATE TABLE kv (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 """
+
+
+def _typed_error(exc: sqlite3.Error, what: str) -> BaseException:
+    """The storage's error for an SQLite failure a user can fix."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+    if code == sqlite3.SQLITE_FULL:
+        error = NoSpace(f"disk full while committing {what} to the metadata store",
+                        hint="free space on the node's filesystem; the node goes on once there is room")
+    elif code == sqlite3.SQLITE_IOERR:
+        error = NodeError(f"the metadata store failed while committing {what}: {exc}",
+                          hint="check the disk, then restart the daemon")
+    else:
+        return exc  # a programming error: as SQLite raised it
+    for note in getattr(exc, "__notes__", ()):
+        error.add_note(note)
+    return error
 
 
 @dataclass(frozen=True)
@@ -110,18 +126,33 @@ class MetaStore:
     @contextlib.contextmanager
     def transaction(self, what: str):
         """One atomic, durable change; a crash injected at the commit step
-        leaves none of it."""
+        leaves none of it. A full disk raises NoSpace (SQLITE_FULL) and a
+        failing one NodeError (SQLITE_IOERR); nothing of the change is kept."""
         assert not self._in_txn, "nested metadata transaction"
         self._in_txn = True
-        self._conn.execute("BEGIN IMMEDIATE")
         try:
+            self._conn.execute("BEGIN IMMEDIATE")
             yield self._conn
             self._commit(self._conn, what)
-        except BaseException:
-            self._conn.execute("ROLLBACK")
+        except BaseException as exc:
+            self._roll_back(exc)
+            typed = _typed_error(exc, what) if isinstance(exc, sqlite3.Error) else exc
+            if typed is not exc:
+                raise typed from exc
             raise
         finally:
             self._in_txn = False
+
+    def _roll_back(self, exc: BaseException) -> None:
+        # SQLite rolls the transaction back itself on some errors (a full
+        # disk, an I/O error): a ROLLBACK then fails with "no transaction is
+        # active", which must not hide the error that mattered.
+        if not self._conn.in_transaction:
+            return
+        try:
+            self._conn.execute("ROLLBACK")
+        except sqlite3.Error as failed:
+            exc.add_note(f"and the rollback failed: {failed}")
 
     # -- node ----------------------------------------------------------------
     def node_info(self) -> dict:

@@ -11,6 +11,7 @@ path (storage/writepath.py, storage/copyonwrite.py) and the snapshot chain
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -19,7 +20,7 @@ from typing import Callable, Iterable
 
 from pyroaring import BitMap
 
-from blockmirror.errors import NodeError
+from blockmirror.errors import NodeError, NoSpace
 from blockmirror.storage.copyonwrite import CopyOnWrite
 from blockmirror.storage.cowpool import SPARE_FRACTION, CowPool
 from blockmirror.storage.fileio import FileLock, FileSystem, OsFileSystem
@@ -37,6 +38,8 @@ from blockmirror.storage.snapshots import SnapshotChain, SnapshotInfo, SnapshotR
 from blockmirror.storage.tables import ExceptionTables
 from blockmirror.storage.volume import Volume
 from blockmirror.storage.writepath import WriteOp, WritePath
+log = logging.getLogger(__name__)
+
 
 class Node:
     """Not re-entrant: never call `snapshot` from inside a write."""
@@ -142,20 +145,26 @@ class Node:
             raise
 
     def close(self) -> None:
+        """Finish the queued writes, commit the pending rows, let go of the
+        node whatever fails (then raised)."""
         with self._lock:
             failure = None
             try:
                 self.writes.close()
             except BaseException as exc:  # the rows of the jobs before it are still committed
                 failure = exc
-            self.tables.commit()
-            for vol in self.volumes.values():
-                vol.file.close()
-            self.pool.close()
-            self.meta.close()
-            if self._dir_lock is not None:
-                self._dir_lock.release()
-                self._dir_lock = None
+            try:
+                self.tables.commit()
+            except NoSpace as exc:  # nothing is lost: the next open recovers them from their records
+                log.warning("%s: the exception rows not committed are recovered at the next open", exc)
+            finally:
+                for vol in self.volumes.values():
+                    vol.file.close()
+                self.pool.close()
+                self.meta.close()
+                if self._dir_lock is not None:
+                    self._dir_lock.release()
+                    self._dir_lock = None
             if failure is not None:
                 raise failure
 

@@ -9,19 +9,22 @@ looks at S's exception table, then the newer ones', then the volume.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Callable
 
 from pyroaring import BitMap
 
-from blockmirror.errors import SnapshotError
+from blockmirror.errors import NoSpace, SnapshotError
 from blockmirror.storage import cowlog
 from blockmirror.storage.cowpool import CowPool
 from blockmirror.storage.metadata import MetaStore
 from blockmirror.storage.tables import ExceptionTables
 from blockmirror.storage.volume import Volume
 from blockmirror.storage.writepath import WritePath
+
+log = logging.getLogger(__name__)
 
 # Key/value rows a snapshot commits with it, given the new snapshot's id.
 SnapshotRows = Callable[[int], dict]
@@ -108,11 +111,15 @@ class SnapshotChain:
                 pause_ns = self._monotonic_ns() - start
                 self.infos[snap_id] = SnapshotInfo(snap_id, label, created, pause_ns, False)
         self._writes.flush()
+        info = SnapshotInfo(snap_id, label, created, pause_ns, True)
         with self._lock:
-            with self._meta.transaction("seal") as conn:
-                conn.execute("UPDATE snapshots SET sealed=1, pause_ns=? WHERE id=?", (pause_ns, snap_id))
+            try:
+                with self._meta.transaction("seal") as conn:
+                    conn.execute("UPDATE snapshots SET sealed=1, pause_ns=? WHERE id=?", (pause_ns, snap_id))
+            except NoSpace as exc:  # the snapshot is taken, its image complete: only the mark is missing
+                log.warning("snapshot %d stays unsealed: %s", snap_id, exc)
+                info = SnapshotInfo(snap_id, label, created, pause_ns, False)
             if snap_id in self.infos:
-                info = SnapshotInfo(snap_id, label, created, pause_ns, True)
                 self.infos[snap_id] = info
         return info
 
@@ -178,11 +185,12 @@ class SnapshotChain:
             return bytes(out)
 
     def space(self) -> list[SnapshotSpace]:
+        """Preserved chunks and bytes per snapshot (rows in SQLite and pending)."""
         with self._lock:
             self._writes.drain()
-            self._tables.commit()
             result = []
             for s in sorted(self.infos):
                 entries, with_data = self._meta.table_space(s)
-                result.append(SnapshotSpace(s, entries, with_data * self._chunk_size))
+                pending, pending_data = self._tables.pending_space(s)
+                result.append(SnapshotSpace(s, entries + pending, (with_data + pending_data) * self._chunk_size))
             return result

@@ -11,10 +11,14 @@ otherwise read back from the COW files after a crash).
 from __future__ import annotations
 
 import contextlib
+import logging
 
 from pyroaring import BitMap
 
+from blockmirror.errors import NoSpace
 from blockmirror.storage.metadata import MetaStore
+
+log = logging.getLogger(__name__)
 
 # Pending rows are committed once they cover this much data or this many chunks.
 PENDING_BYTES_MAX = 256 << 20
@@ -34,6 +38,10 @@ class ExceptionTables:
         self._pending: dict[tuple[int, int, int], tuple[int, int | None]] = {}
         self._pending_tails: dict[tuple[int, int], int] = {}  # COW file -> tail its pending rows reach
         self._pending_bytes = 0
+        # Pending rows are due for a commit at these marks, moved on while
+        # the metadata store is full.
+        self._due_rows = PENDING_ROWS_MAX
+        self._due_bytes = PENDING_BYTES_MAX
 
     def add_snapshot(self, snap: int) -> None:
         self.chunks[snap] = {v: BitMap() for v in self._vids}
@@ -61,10 +69,24 @@ class ExceptionTables:
         self._pending_tails.update(tails)
         self._pending_bytes += nbytes
 
-    @property
-    def pending_due(self) -> bool:
-        """Enough pending rows to commit them now."""
-        return self._pending_bytes >= PENDING_BYTES_MAX or len(self._pending) >= PENDING_ROWS_MAX
+    def pending_space(self, snap: int) -> tuple[int, int]:
+        """(rows, rows holding data) of `snap` not yet in SQLite."""
+        rows = [slot for (s, _, _), (_, slot) in self._pending.items() if s == snap]
+        return len(rows), sum(1 for slot in rows if slot is not None)
+
+    def commit_due(self) -> None:
+        """Commit the pending rows if there are enough of them. A full
+        metadata store refuses nothing here: the rows stay pending (durable
+        in their records) and are tried again once as many more came."""
+        if self._pending_bytes < self._due_bytes and len(self._pending) < self._due_rows:
+            return
+        try:
+            self.commit()
+        except NoSpace as exc:
+            log.warning("%s: %d exception rows stay in their COW records until a later commit",
+                        exc, len(self._pending))
+            self._due_rows = len(self._pending) + PENDING_ROWS_MAX
+            self._due_bytes = self._pending_bytes + PENDING_BYTES_MAX
 
     def commit(self) -> None:
         """The pending rows into SQLite, in a transaction of their own."""
@@ -74,18 +96,21 @@ class ExceptionTables:
 
     @contextlib.contextmanager
     def transaction(self, what: str):
-        """A metadata transaction that commits the pending rows too."""
+        """A metadata transaction that commits the pending rows too. They
+        are forgotten only once it committed: a failed commit (a full disk)
+        keeps them for the next one."""
+        pending = self._pending
         with self._meta.transaction(what) as conn:
-            self._store_pending(conn)
+            if pending:
+                conn.executemany("INSERT INTO exceptions (snap, vol, chunk, file, slot) VALUES (?, ?, ?, ?, ?)",
+                                 [(s, v, c, f, slot) for (s, v, c), (f, slot) in pending.items()])
+                conn.executemany("INSERT OR REPLACE INTO cow_files (file, vol, next_slot) VALUES (?, ?, ?)",
+                                 [(f, v, t) for (f, v), t in self._pending_tails.items()])
             yield conn
-
-    def _store_pending(self, conn) -> None:
-        if not self._pending:
-            return
-        conn.executemany("INSERT INTO exceptions (snap, vol, chunk, file, slot) VALUES (?, ?, ?, ?, ?)",
-                         [(s, v, c, f, slot) for (s, v, c), (f, slot) in self._pending.items()])
-        conn.executemany("INSERT OR REPLACE INTO cow_files (file, vol, next_slot) VALUES (?, ?, ?)",
-                         [(f, v, t) for (f, v), t in self._pending_tails.items()])
-        self._pending = {}
-        self._pending_tails = {}
-        self._pending_bytes = 0
+        assert self._pending is pending, "rows published during their commit"
+        if pending:
+            self._pending = {}
+            self._pending_tails = {}
+            self._pending_bytes = 0
+        self._due_rows = PENDING_ROWS_MAX
+        self._due_bytes = PENDING_BYTES_MAX

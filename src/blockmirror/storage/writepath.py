@@ -169,8 +169,7 @@ class WritePath:
                             f"applied, and this node takes no more I/O",
                             hint="check the disk, then restart the daemon: recovery brings every snapshot "
                                  "back") from failed
-        if self._tables.pending_due:
-            self._tables.commit()
+        self._tables.commit_due()
 
     def drain(self) -> None:
         """Every queued write applied (and its rows published)."""
