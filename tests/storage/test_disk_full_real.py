@@ -44,8 +44,10 @@ def refused(call):
     return None
 
 out["hole"] = refused(lambda: node.write("v", 600 << 10, b"\x03" * 4096))
-out["first_write"] = refused(lambda: node.write_many([WriteOp("v", c * CHUNK, b"\x04" * CHUNK) for c in range(1, 8)]))
-out["volume_unchanged"] = node.volumes["v"].read(0, 1 << 20) == b"\x02" * CHUNK + b"\x01" * (448 << 10) + bytes(512 << 10)
+first_writes = [WriteOp("v", c * CHUNK, b"\x04" * CHUNK) for c in range(1, 8)]
+out["first_write"] = refused(lambda: node.write_many(first_writes))
+image = b"\x02" * CHUNK + b"\x01" * (448 << 10) + bytes(512 << 10)
+out["volume_unchanged"] = node.volumes["v"].read(0, 1 << 20) == image
 out["rewrite"] = refused(lambda: node.write("v", 100, b"\x05" * 100))  # over preserved data: needs nothing
 meta = None
 for i in range(400):  # until the metadata store's log has to grow

@@ -67,9 +67,15 @@ class Node:
         if spare_limit_bytes is None:
             spare_limit_bytes = sum(v.size for v in self.volumes.values()) // SPARE_FRACTION
         self.pool = CowPool(fs, path, self.chunk_size, meta.cow_files(), spare_limit_bytes)
-        epoch = recover_records(meta, self.pool, self.tables, set(snapshots), set(by_id),
-                                int(info.get("cow_epoch", 0)), self.chunk_size)
-        self.pool.tidy()
+        try:
+            epoch = recover_records(meta, self.pool, self.tables, set(snapshots), set(by_id),
+                                    int(info.get("cow_epoch", 0)), self.chunk_size)
+            self.pool.tidy()
+        except BaseException:  # e.g. NoSpace: the recovery's commit found the disk full
+            for vol in self.volumes.values():
+                vol.file.close()
+            self.pool.close()
+            raise
         pipeline = pipeline or fs.pipeline_default
         cow = CopyOnWrite(meta, self.pool, self.tables, by_id, epoch, self.chunk_size)
         self.writes = WritePath(self.volumes, self._lock, WriteGate(), cow, self.tables, self.pool,
@@ -136,10 +142,13 @@ class Node:
         except BlockingIOError:
             raise NodeError(f"{path} is in use by another blockmirror process",
                             hint=f"blockmirror status {path}") from None
+        meta = None
         try:
             meta = MetaStore.connect(fs.meta_uri(db_path, create=False), fs.meta_commit, synchronous=meta_synchronous)
             return cls(path, fs, meta, dir_lock, clock_ns, monotonic_ns, spare_limit_bytes, pipeline)
         except BaseException:
+            if meta is not None:
+                meta.close()
             if dir_lock is not None:
                 dir_lock.release()
             raise

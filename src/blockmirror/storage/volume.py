@@ -85,6 +85,8 @@ class Volume:
             self.reserved = BitMap()
             for off, n in self.allocated_extents():
                 self.reserved.add_range(-(-off // a), (off + n) // a)
+        elif len(self.reserved) * a >= self.size:
+            return  # every block is: the common case of a volume after its first sync
         for lo, hi in self.blocks_written(offset, length, edges_only):
             if self.reserved.range_cardinality(lo, hi) != hi - lo:
                 self.file.allocate(lo * a, (hi - lo) * a)
