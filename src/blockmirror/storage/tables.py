@@ -99,7 +99,7 @@ class ExceptionTables:
         """A metadata transaction that commits the pending rows too. They
         are forgotten only once it committed: a failed commit (a full disk)
         keeps them for the next one."""
-        pending = self._pending
+        pending, count = self._pending, len(self._pending)
         with self._meta.transaction(what) as conn:
             if pending:
                 conn.executemany("INSERT INTO exceptions (snap, vol, chunk, file, slot) VALUES (?, ?, ?, ?, ?)",
@@ -107,7 +107,7 @@ class ExceptionTables:
                 conn.executemany("INSERT OR REPLACE INTO cow_files (file, vol, next_slot) VALUES (?, ?, ?)",
                                  [(f, v, t) for (f, v), t in self._pending_tails.items()])
             yield conn
-        assert self._pending is pending, "rows published during their commit"
+        assert self._pending is pending and len(pending) == count, "rows published during their commit"
         if pending:
             self._pending = {}
             self._pending_tails = {}
