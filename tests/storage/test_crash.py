@@ -1,6 +1,9 @@
 """Crash a random workload between every pair of I/O steps, recover, and
 check: (a) every snapshot's image is exactly what it was when taken; (b)
-diff(S) names every chunk whose content now differs from S's image."""
+diff(S) names every chunk whose content now differs from S's image. Some
+workloads fill and free the disk (files, metadata or both) as they go: a
+step refused with NoSpace changes nothing, and a crash anywhere still
+recovers."""
 
 import random
 import shutil
@@ -8,6 +11,7 @@ import tempfile
 
 import pytest
 
+from blockmirror.errors import NoSpace
 from blockmirror.storage import Node, WriteOp
 from blockmirror.storage.crashfs import CrashFileSystem, SimulatedCrash
 
@@ -15,7 +19,8 @@ CHUNK = 4096
 SIZES = {"a": 4 * CHUNK, "b": 3 * CHUNK}
 
 
-def make_workload(seed: int, length: int = 24) -> list[tuple]:
+def make_workload(seed: int, length: int = 24, full: bool = False) -> list[tuple]:
+    """`full`: some steps fill or free the disk's files and metadata store."""
     rng = random.Random(seed)
     ops, labels = [], []
     for i in range(length):
@@ -42,6 +47,8 @@ def make_workload(seed: int, length: int = 24) -> list[tuple]:
             ops.append(("batch", batch))
         else:
             ops.append(("write", vol, offset, n, rng.randrange(1, 255), rng.random() < 0.2))
+        if full and rng.random() < 0.25:
+            ops.append(("full", rng.random() < 0.6, rng.random() < 0.4))
     return ops
 
 
@@ -55,18 +62,34 @@ class Run:
         self.pipeline = pipeline
         self.node = Node.create(self.path, dict(SIZES), chunk_size=CHUNK, fs=self.fs, meta_synchronous="OFF",
                                 spare_limit_bytes=spare_limit, pipeline=pipeline)
-        self.node.writeback_group_bytes = 2 * CHUNK  # records written in several pieces, header last
+        self.node.writes.cow.writeback_group_bytes = 2 * CHUNK  # records written in several pieces, header last
         self.base_steps = self.fs.steps
         self.model = {v: bytearray(s) for v, s in SIZES.items()}
         self.images: dict[str, dict[str, bytes]] = {}
         self.unflushed = {v: set() for v in SIZES}  # chunks written since the last sync of the volume
         self.unflushed_at: dict[str, dict[str, set]] = {}
         self.ids: dict[str, int] = {}
+        self.refused = 0  # steps a full disk refused
 
     def touch(self, vol, offset, n) -> None:
         self.unflushed[vol] |= set(range(offset // CHUNK, (offset + n - 1) // CHUNK + 1))
 
     def apply(self, op) -> None:
+        """One step; a full disk may refuse it, and then it changed nothing."""
+        if op[0] == "full":
+            self.fs.disk_full, self.fs.meta_full = op[1], op[2]
+            return
+        if op[0] == "delete" and op[1] not in self.ids:
+            return  # its snapshot was refused
+        try:
+            self._apply(op)
+        except NoSpace:
+            assert self.fs.disk_full or self.fs.meta_full, f"NoSpace with room on the disk: {op}"
+            self.refused += 1
+            if op[0] == "snapshot":
+                del self.images[op[1]], self.unflushed_at[op[1]]
+
+    def _apply(self, op) -> None:
         node, model = self.node, self.model
         kind = op[0]
         if kind in ("flush", "snapshot"):
@@ -132,6 +155,17 @@ def verify(run: Run, node: Node, where: str) -> None:
 
 def check_recovered(run: Run, rng: random.Random, where: str) -> None:
     run.fs.crash(rng)
+    if run.fs.meta_full:  # still full at the restart: the recovery may need a commit
+        try:
+            node = Node.open(run.path, fs=run.fs, meta_synchronous="OFF", spare_limit_bytes=run.spare_limit,
+                             pipeline=run.pipeline)
+        except NoSpace:
+            pass
+        else:
+            verify(run, node, where + ", reopened on a full disk")
+            node.meta.close()  # dies again
+            run.fs.crash(rng)
+    run.fs.disk_full = run.fs.meta_full = False  # then there is room again
     node = Node.open(run.path, fs=run.fs, meta_synchronous="OFF", spare_limit_bytes=run.spare_limit,
                      pipeline=run.pipeline)
     try:
@@ -156,9 +190,10 @@ def check_recovered(run: Run, rng: random.Random, where: str) -> None:
 
 
 def crash_everywhere(seed: int, workload: list[tuple], spare_limit: int | None = None,
-                     pipeline: str = "inline") -> list[str]:
+                     pipeline: str = "inline") -> tuple[list[str], int]:
     """Run `workload` crashed before each of its I/O steps in turn, recover,
-    check; returns the trace of the uncrashed run."""
+    check; returns the trace of the uncrashed run and how many of its steps
+    a full disk refused."""
     tmp = tempfile.mkdtemp(prefix="bm-crash-")
     try:
         probe = Run(seed, tmp + "/probe", spare_limit, pipeline)
@@ -167,6 +202,8 @@ def crash_everywhere(seed: int, workload: list[tuple], spare_limit: int | None =
             probe.apply(op)
         total = probe.fs.steps - probe.base_steps
         trace = list(probe.fs.trace)
+        refused = probe.refused
+        probe.fs.disk_full = probe.fs.meta_full = False
         probe.node.close()
         assert total > 30, "workload too small to mean anything"
         crashed = 0
@@ -182,7 +219,7 @@ def crash_everywhere(seed: int, workload: list[tuple], spare_limit: int | None =
             check_recovered(run, random.Random(seed * 1000 + k), f"seed={seed} crash at step {k} ({run.fs.trace[-1:]})")
             run.fs.close()
         assert crashed == total
-        return trace
+        return trace, refused
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -206,7 +243,15 @@ def test_crash_while_spare_cow_files_are_retired_and_reused():
                 ("delete", "s1"), ("snapshot", "s2"), ("write", "a", CHUNK, 2 * CHUNK, 5, False),
                 ("batch", [("b", 0, CHUNK, 6), ("a", 3 * CHUNK, 10, 7)]), ("snapshot", "s3"),
                 ("delete", "s2"), ("write", "a", 0, 4 * CHUNK, 8, True), ("flush",)]
-    trace = crash_everywhere(99, workload, spare_limit=1 << 20)
+    trace, _ = crash_everywhere(99, workload, spare_limit=1 << 20)
     renames = [t for t in trace if t.startswith("rename")]
     assert any("spare-" in t.split()[2] for t in renames), f"no COW file was kept as a spare: {trace}"
     assert any("spare-" in t.split()[1] for t in renames), f"no spare was reused: {trace}"
+
+
+@pytest.mark.parametrize("seed", range(100, 110))
+def test_crash_at_every_io_step_while_the_disk_fills_and_frees(seed):
+    _, refused = crash_everywhere(seed, make_workload(seed, length=32, full=True),
+                                  spare_limit=1 << 20 if seed % 2 else 0,
+                                  pipeline="deferred" if seed % 4 in (1, 2) else "inline")
+    assert refused, "the disk never refused a step: nothing was tested"

@@ -73,3 +73,27 @@ def test_allocate_reserves_blocks_and_changes_no_byte(tmp_path):
         assert f.pread(0, 256 << 10) == b"\x07" * 4096 + bytes((256 << 10) - 4096)
     finally:
         f.close()
+
+
+def test_both_filesystems_refuse_a_used_directory_and_a_missing_node(tmp_path):
+    """Node.create and Node.open make the same checks through the seam on the
+    real filesystem and on the crash-test one (no switch on its type)."""
+    import pytest
+
+    from blockmirror.errors import NodeError
+    from blockmirror.storage import Node
+    from blockmirror.storage.crashfs import CrashFileSystem
+
+    crash = CrashFileSystem(0)
+    for fs, root in ((OsFileSystem(), str(tmp_path)), (crash, "/sim")):
+        with pytest.raises(NodeError, match="not an initialised blockmirror node"):
+            Node.open(root + "/none", fs=fs)
+        Node.create(root + "/n", {"v": 1 << 16}, fs=fs).close()
+        with pytest.raises(NodeError, match="not an empty directory"):
+            Node.create(root + "/n", {"v": 1 << 16}, fs=fs)
+        with Node.open(root + "/n", fs=fs) as node:
+            assert node.writes.pipeline_mode == fs.pipeline_default
+    crash.close()
+    with Node.open(str(tmp_path / "n")):
+        with pytest.raises(NodeError, match="in use by another blockmirror process"):
+            Node.open(str(tmp_path / "n"))

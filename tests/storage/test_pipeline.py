@@ -147,8 +147,8 @@ def test_a_failed_record_sync_stops_the_node_and_no_overwrite_reaches_the_volume
     _fill(node)
     snap = node.snapshot("s").id
     vid = node.volumes["v"].id
-    node._cow_handles[(snap, vid)] = _Faulty(node._cow(snap, vid, create=True), "sync",
-                                             OSError(errno.EIO, "Input/output error"))
+    node.pool._handles[(snap, vid)] = _Faulty(node.pool.file((snap, vid), create=True), "sync",
+                                              OSError(errno.EIO, "Input/output error"))
     node.write_many([WriteOp("v", 0, b"\x02" * 4 * CHUNK)])  # queued; its sync fails behind the caller
     with pytest.raises(NodeError, match="a write failed on the disk.*Input/output error"):
         node.flush()  # the first call to wait for it says so
@@ -176,11 +176,11 @@ def test_a_batch_queued_while_a_snapshot_is_taken_belongs_to_its_image(tmp_path)
     try:
         _fill(node)
         node.snapshot("s1")
-        real_flush = node.flush
+        real_flush = node.writes.flush  # what the snapshot calls before and after its pause
         calls = []
 
         def flush_with_writers_around_the_pause():
-            calls.append(len(node._jobs))
+            calls.append(node.writes.queued())
             if len(calls) == 1:  # before the pause
                 real_flush()
                 node.write_many([WriteOp("v", 0, b"\x02" * CHUNK)])  # a first write for s1: queued
@@ -188,9 +188,9 @@ def test_a_batch_queued_while_a_snapshot_is_taken_belongs_to_its_image(tmp_path)
                 node.write_many([WriteOp("v", 0, b"\x03" * CHUNK)])  # the first write to chunk 0 for s2
                 real_flush()
 
-        node.flush = flush_with_writers_around_the_pause
+        node.writes.flush = flush_with_writers_around_the_pause
         s2 = node.snapshot("s2").id
-        node.flush = real_flush
+        node.writes.flush = real_flush
         assert calls == [0, 1], "the test's batch was not queued across the pause"
         assert node.read_snapshot(s2, "v", 0, CHUNK) == b"\x02" * CHUNK
         assert node.volumes["v"].read(0, CHUNK) == b"\x03" * CHUNK

@@ -2,15 +2,11 @@
 exception tables, and the metadata store."""
 
 from blockmirror.storage.fileio import FileSystem, OsFileSystem
-from blockmirror.storage.node import (
-    CHUNK_SIZE_DEFAULT,
-    Node,
-    SnapshotInfo,
-    SnapshotSpace,
-    WriteOp,
-    validate_volume_spec,
-)
+from blockmirror.storage.layout import CHUNK_SIZE_DEFAULT, validate_volume_spec
+from blockmirror.storage.node import Node
+from blockmirror.storage.snapshots import SnapshotInfo, SnapshotSpace
 from blockmirror.storage.volume import Volume
+from blockmirror.storage.writepath import WriteOp
 
 __all__ = [
     "CHUNK_SIZE_DEFAULT", "FileSystem", "Node", "OsFileSystem", "SnapshotInfo",

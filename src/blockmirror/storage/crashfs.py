@@ -1,11 +1,15 @@
 """An in-memory filesystem that behaves like a disk with a volatile cache.
 
-Writes land in a cache until `sync`; a crash keeps, drops or tears (at
-512-byte sector granularity) each unsynced write independently, and keeps or
-drops each directory change made since the directory was last synced. Every
-mutating call is one numbered I/O step; `crash_at_step` makes step N raise
-`SimulatedCrash` before it happens, so a test can stop the storage engine
-between any two I/O steps. Used by the crash tests and the simulator.
+Files are sparse (storage/crashfile.py); writes land in a cache until
+`sync`; a crash keeps, drops or tears (at 512-byte sector granularity) each
+unsynced write independently, and keeps or drops each directory change made
+since the directory was last synced. Every mutating call is one numbered I/O
+step; `crash_at_step` makes step N raise `SimulatedCrash` before it happens,
+so a test can stop the storage engine between any two I/O steps. The disk
+can be full: `disk_full` for the files (volumes, COW files, journal: a write
+that needs a new block fails), `meta_full` for the metadata store (a commit
+fails as SQLite's does on a full disk); either or both. Used by the crash
+tests and the simulator.
 """
 
 from __future__ import annotations
@@ -15,134 +19,9 @@ import posixpath
 import random
 import sqlite3
 
-from blockmirror.errors import NoSpace
+from blockmirror.storage.crashfile import Inode, MemFile, SimulatedCrash
 
-SECTOR_BYTES = 512
-
-
-class SimulatedCrash(Exception):
-    """Raised at the injected crash point; the process 'dies' here."""
-
-
-class _MemFile:
-    __slots__ = ("fs", "path", "epoch", "current", "durable", "pending", "closed")
-
-    def __init__(self, fs: CrashFileSystem, path: str, durable: bytearray):
-        self.fs = fs
-        self.path = path
-        self.epoch = fs.epoch
-        self.current = bytearray(durable)
-        self.durable = durable
-        self.pending: list[tuple[int, bytes | None, int]] = []  # (offset, data or None=truncate, size)
-        self.closed = False
-
-    def _check(self):
-        if self.epoch != self.fs.epoch or self.closed:
-            raise SimulatedCrash(f"{self.path}: handle from before a crash")
-
-    def pread(self, offset: int, length: int) -> bytes:
-        self._check()
-        data = bytes(self.current[offset:offset + length])
-        if len(data) < length:
-            data += bytes(length - len(data))
-        return data
-
-    def pread_into(self, offset: int, buf: memoryview) -> None:
-        buf[:] = self.pread(offset, len(buf))
-
-    def pwrite(self, offset: int, data) -> None:
-        self._check()
-        data = bytes(data)
-        self.fs._step(f"pwrite {self.path}@{offset}+{len(data)}")
-        end = offset + len(data)
-        if self.fs.disk_full and end > len(self.current):
-            raise NoSpace(f"disk full while writing {self.path}", hint="free space on the node's filesystem")
-        if end > len(self.current):
-            self.current.extend(bytes(end - len(self.current)))
-        self.current[offset:end] = data
-        self.pending.append((offset, data, 0))
-
-    def pwritev(self, offset: int, buffers: list) -> None:
-        self.pwrite(offset, b"".join(buffers))
-
-    def punch(self, offset: int, length: int) -> None:
-        length = max(0, min(length, len(self.current) - offset))
-        if length:
-            self.pwrite(offset, bytes(length))
-
-    def allocate(self, offset: int, length: int) -> None:
-        self._check()  # no holes in this model: only growing the file needs space
-        if self.fs.disk_full and offset + length > len(self.current):
-            raise NoSpace(f"disk full while reserving space in {self.path}", hint="free space on the node's filesystem")
-
-    def start_writeback(self, offset: int, length: int) -> None:
-        self._check()  # a hint with no durability promise: the cache may keep it or not
-
-    def sync(self) -> None:
-        self._check()
-        self.fs._step(f"sync {self.path}")
-        self.durable[:] = self.current
-        self.pending.clear()
-
-    def size(self) -> int:
-        self._check()
-        return len(self.current)
-
-    def truncate(self, size: int) -> None:
-        self._check()
-        self.fs._step(f"truncate {self.path} {size}")
-        if size > len(self.current):
-            self.current.extend(bytes(size - len(self.current)))
-        else:
-            del self.current[size:]
-        self.pending.append((0, None, size))
-
-    def data_extents(self, offset: int, length: int) -> list[tuple[int, int]]:
-        self._check()
-        extents: list[list[int]] = []
-        block = 4096
-        end = min(offset + length, len(self.current))
-        pos = offset - offset % block
-        while pos < end:
-            stop = min(pos + block, end)
-            if any(self.current[pos:stop]):
-                start = max(pos, offset)
-                if extents and extents[-1][0] + extents[-1][1] == start:
-                    extents[-1][1] = stop - extents[-1][0]
-                else:
-                    extents.append([start, stop - start])
-            pos += block
-        return [(a, b) for a, b in extents]
-
-    def close(self) -> None:
-        self.closed = True
-
-    def _crash(self, rng: random.Random) -> None:
-        image = self.durable
-        for offset, data, size in self.pending:
-            fate = rng.random()
-            if data is None:  # truncate: kept or dropped whole
-                if fate < 0.5:
-                    if size > len(image):
-                        image.extend(bytes(size - len(image)))
-                    else:
-                        del image[size:]
-                continue
-            if fate < 1 / 3:
-                continue  # dropped
-            end = offset + len(data)
-            if end > len(image):
-                image.extend(bytes(end - len(image)))
-            if fate < 2 / 3:
-                image[offset:end] = data  # kept
-            else:  # torn: each sector kept or not
-                pos = offset
-                while pos < end:
-                    stop = min(end, (pos // SECTOR_BYTES + 1) * SECTOR_BYTES)
-                    if rng.random() < 0.5:
-                        image[pos:stop] = data[pos - offset:stop - offset]
-                    pos = stop
-
+__all__ = ["CrashFileSystem", "SimulatedCrash"]
 
 _instances = itertools.count()
 
@@ -152,18 +31,21 @@ class CrashFileSystem:
     outlives the node's connection (as a file outlives a process): a crash
     loses its open transaction, never a committed one."""
 
+    pipeline_default = "inline"  # no thread: a run replays step for step
+
     def __init__(self, seed: int = 0):
         self._meta_name = f"crashfs{next(_instances)}"
         self._meta_keepers: dict[str, sqlite3.Connection] = {}
         self.epoch = 0
         self.steps = 0
         self.crash_at_step: int | None = None
-        self.disk_full = False
+        self.disk_full = False  # files: a write or allocate that needs a new block raises NoSpace
+        self.meta_full = False  # the metadata store: a commit fails with SQLITE_FULL, rolled back
         self.trace: list[str] = []
         self.trace_max = 64
         self.rng = random.Random(seed)
-        self._content: dict[str, bytearray] = {}  # durable content of each file
-        self._open: dict[str, _MemFile] = {}
+        self._content: dict[str, Inode] = {}  # what is on the disk for each name
+        self._open: dict[str, MemFile] = {}
         self._dirs: set[str] = set()
         self._visible: set[str] = set()  # entries a listing shows now
         self._entries_durable: set[str] = set()  # entries that survive a crash
@@ -178,8 +60,14 @@ class CrashFileSystem:
         if len(self.trace) > self.trace_max:
             del self.trace[: len(self.trace) - self.trace_max]
 
-    def step(self, what: str) -> None:
-        self._step(what)
+    def meta_commit(self, conn: sqlite3.Connection, what: str) -> None:
+        self._step(f"meta-commit {what}")
+        if self.meta_full:
+            conn.execute("ROLLBACK")  # what SQLite does when a commit finds the disk full
+            exc = sqlite3.OperationalError("database or disk is full")
+            exc.sqlite_errorcode, exc.sqlite_errorname = sqlite3.SQLITE_FULL, "SQLITE_FULL"
+            raise exc
+        conn.execute("COMMIT")
 
     def meta_uri(self, path: str, create: bool) -> str:
         uri = f"file:{self._meta_name}{path}?mode=memory&cache=shared"
@@ -194,8 +82,8 @@ class CrashFileSystem:
         recovered without touching the original (the simulator's probe of
         what a crash right now would leave)."""
         c = CrashFileSystem(seed)
-        copies: dict[int, bytearray] = {}  # a renamed file's two names share one copy
-        c._content = {p: copies.setdefault(id(b), bytearray(b)) for p, b in self._content.items()}
+        copies: dict[int, Inode] = {}  # a renamed file's two names share one copy
+        c._content = {p: copies.get(id(i)) or copies.setdefault(id(i), i.copy()) for p, i in self._content.items()}
         c._visible = set(self._visible)
         c._entries_durable = set(self._entries_durable)
         c._dirs = set(self._dirs)
@@ -203,10 +91,7 @@ class CrashFileSystem:
         for path, f in self._open.items():
             if f.epoch != self.epoch or path not in c._content:
                 continue
-            nf = _MemFile(c, path, c._content[path])
-            nf.current = bytearray(f.current)
-            nf.pending = list(f.pending)
-            c._open[path] = nf
+            c._open[path] = f.copy_to(c, c._content[path])
         for path, conn in self._meta_keepers.items():
             dst = sqlite3.connect(c.meta_uri(path, create=True), uri=True)
             conn.backup(dst)
@@ -258,22 +143,28 @@ class CrashFileSystem:
         self.crash_at_step = None
 
     # -- FileSystem --------------------------------------------------------
-    def open(self, path: str, create: bool = False) -> _MemFile:
+    def open(self, path: str, create: bool = False) -> MemFile:
         if path not in self._visible:
             if not create:
                 raise FileNotFoundError(path)
             self._step(f"create {path}")
-            self._content[path] = bytearray()
+            self._content[path] = Inode()
             self._visible.add(path)
         f = self._open.get(path)
         if f is None or f.epoch != self.epoch:
-            f = _MemFile(self, path, self._content[path])
+            f = MemFile(self, path, self._content[path])
             self._open[path] = f
         f.closed = False
         return f
 
     def exists(self, path: str) -> bool:
-        return path in self._visible or path in self._dirs
+        return path in self._visible or path in self._dirs or path in self._meta_keepers
+
+    def is_dir(self, path: str) -> bool:
+        return path.rstrip("/") in self._dirs
+
+    def lock_file(self, path: str) -> None:
+        return None  # one simulated process per disk: nobody to keep out
 
     def unlink(self, path: str) -> None:
         if path not in self._visible:
@@ -287,8 +178,6 @@ class CrashFileSystem:
             raise FileNotFoundError(src)
         if dst in self._visible:
             raise FileExistsError(dst)
-        if any(d == src for _, d in self._renames):
-            raise AssertionError(f"rename of {src} before its own rename was synced: not modelled")
         self._step(f"rename {src} {dst}")
         self._visible.discard(src)
         self._visible.add(dst)
@@ -297,11 +186,18 @@ class CrashFileSystem:
         if f is not None:
             f.path = dst
             self._open[dst] = f
-        self._renames.append((src, dst))
+        # Renamed again before the first rename was synced: a crash leaves
+        # the first name or the last (the name between is not modelled).
+        first = next((a for a, b in self._renames if b == src), None)
+        if first is None:
+            self._renames.append((src, dst))
+        else:
+            self._renames = [(a, dst if b == src else b) for a, b in self._renames]
 
     def listdir(self, path: str) -> list[str]:
         prefix = path.rstrip("/") + "/"
-        return sorted(p[len(prefix):] for p in self._visible if p.startswith(prefix) and "/" not in p[len(prefix):])
+        return sorted(p[len(prefix):] for p in self._visible | self._dirs | set(self._meta_keepers)
+                      if p.startswith(prefix) and "/" not in p[len(prefix):])
 
     def makedirs(self, path: str) -> None:
         self._dirs.add(path.rstrip("/"))
@@ -321,4 +217,4 @@ class CrashFileSystem:
 
     # -- inspection (tests) --------------------------------------------------
     def read_current(self, path: str) -> bytes:
-        return bytes(self._open[path].current) if path in self._open else bytes(self._content[path])
+        return bytes(self._open[path].current) if path in self._open else bytes(self._content[path].data)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
+import sqlite3
 from typing import Protocol
 
 from blockmirror.errors import NoSpace
@@ -70,9 +72,24 @@ class File(Protocol):
     def close(self) -> None: ...
 
 
+class FileLock(Protocol):
+    def release(self) -> None: ...
+
+
 class FileSystem(Protocol):
+    # How a node on it runs its first-write pipeline by default
+    # (storage/pipeline.py): "thread" overlaps syncs with the caller.
+    pipeline_default: str
+
     def open(self, path: str, create: bool = False) -> File: ...
-    def exists(self, path: str) -> bool: ...
+    def exists(self, path: str) -> bool:
+        """A file, a directory or a metadata store is there."""
+    def is_dir(self, path: str) -> bool: ...
+    def lock_file(self, path: str) -> FileLock | None:
+        """Hold an exclusive lock on `path` (created if missing) for this
+        process until released, so no other process opens the same node;
+        raises BlockingIOError if another holds it. None: this filesystem
+        has no other process to keep out."""
     def unlink(self, path: str) -> None: ...
     def listdir(self, path: str) -> list[str]: ...
     def rename(self, src: str, dst: str) -> None:
@@ -83,9 +100,10 @@ class FileSystem(Protocol):
         """Make creations and removals of entries in `path` durable."""
     def meta_uri(self, path: str, create: bool) -> str:
         """The SQLite URI of the metadata store at `path`."""
-    def step(self, what: str) -> None:
-        """Marks an I/O step that is not a file call (a metadata commit), so a
-        crash can be injected before it."""
+    def meta_commit(self, conn: sqlite3.Connection, what: str) -> None:
+        """COMMIT the metadata store's open transaction: an I/O step like a
+        file call (a crash can be injected before it), which can fail as
+        the disk does (SQLITE_FULL)."""
 
 
 def _raise_os_error(exc: OSError, what: str):
@@ -202,14 +220,41 @@ class OsFile:
             self.fd = -1
 
 
+class OsFileLock:
+    """An flock held on an open descriptor: released by closing it, or by the
+    process's death."""
+
+    def __init__(self, fd: int):
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class OsFileSystem:
     """The real filesystem."""
+
+    pipeline_default = "thread"
 
     def open(self, path: str, create: bool = False) -> OsFile:
         return OsFile(path, create)
 
     def exists(self, path: str) -> bool:
         return os.path.exists(path)
+
+    def is_dir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def lock_file(self, path: str) -> OsFileLock:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            os.close(fd)
+            raise
+        return OsFileLock(fd)
 
     def unlink(self, path: str) -> None:
         os.unlink(path)
@@ -235,5 +280,5 @@ class OsFileSystem:
     def meta_uri(self, path: str, create: bool) -> str:
         return f"file:{path}?mode={'rwc' if create else 'rw'}"
 
-    def step(self, what: str) -> None:
-        pass
+    def meta_commit(self, conn: sqlite3.Connection, what: str) -> None:
+        conn.execute("COMMIT")

@@ -2,20 +2,23 @@
 
 Holds the node's identity, its volumes, the snapshot chain, the exception
 tables (chunk -> where its preserved data lives) and a small key/value space
-for the layers above (pairing, generations). Each commit is one I/O step for
-crash tests (`FileSystem.step`); SQLite itself makes a commit atomic and, with
-synchronous=FULL, durable when `commit` returns.
+for the layers above (pairing, generations). Each commit goes through the
+filesystem (`FileSystem.meta_commit`: one I/O step for crash tests); SQLite
+itself makes a commit atomic and, with synchronous=FULL, durable when it
+returns.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from dataclasses import dataclass
+from typing import Callable
 
 from pyroaring import BitMap
 
-from blockmirror.errors import NodeError
+from blockmirror.errors import NodeError, NoSpace
 
 FORMAT_VERSION = 2  # 2: COW slots in 4 KiB blocks, records with headers
 DB_NAME = "blockmirror.db"
@@ -61,6 +64,22 @@ CREATE TABLE kv (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 """
 
 
+def _typed_error(exc: sqlite3.Error, what: str) -> BaseException:
+    """The storage's error for an SQLite failure a user can fix."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+    if code == sqlite3.SQLITE_FULL:
+        error = NoSpace(f"disk full while committing {what} to the metadata store",
+                        hint="free space on the node's filesystem; the node goes on once there is room")
+    elif code == sqlite3.SQLITE_IOERR:
+        error = NodeError(f"the metadata store failed while committing {what}: {exc}",
+                          hint="check the disk, then restart the daemon")
+    else:
+        return exc  # a programming error: as SQLite raised it
+    for note in getattr(exc, "__notes__", ()):
+        error.add_note(note)
+    return error
+
+
 @dataclass(frozen=True)
 class VolumeRecord:
     id: int
@@ -79,15 +98,17 @@ class SnapshotRecord:
 
 
 class MetaStore:
-    def __init__(self, conn: sqlite3.Connection, step):
+    def __init__(self, conn: sqlite3.Connection, commit: Callable[[sqlite3.Connection, str], None]):
         self._conn = conn
-        self._step = step
+        self._commit = commit
         self._in_txn = False
 
     @classmethod
-    def connect(cls, uri: str, step, create: bool = False, synchronous: str = "FULL") -> MetaStore:
+    def connect(cls, uri: str, commit: Callable[[sqlite3.Connection, str], None], create: bool = False,
+                synchronous: str = "FULL") -> MetaStore:
         """`uri` is an SQLite URI from `FileSystem.meta_uri` (a file, or a
-        shared in-memory database for the simulator)."""
+        shared in-memory database for the simulator); `commit` is the
+        filesystem's `meta_commit`."""
         path = uri
         try:
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
@@ -97,7 +118,7 @@ class MetaStore:
                 conn.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise NodeError(f"cannot open metadata store {path}: {exc}") from exc
-        return cls(conn, step)
+        return cls(conn, commit)
 
     def close(self) -> None:
         self._conn.close()
@@ -105,19 +126,33 @@ class MetaStore:
     @contextlib.contextmanager
     def transaction(self, what: str):
         """One atomic, durable change; a crash injected at the commit step
-        leaves none of it."""
+        leaves none of it. A full disk raises NoSpace (SQLITE_FULL) and a
+        failing one NodeError (SQLITE_IOERR); nothing of the change is kept."""
         assert not self._in_txn, "nested metadata transaction"
         self._in_txn = True
-        self._conn.execute("BEGIN IMMEDIATE")
         try:
+            self._conn.execute("BEGIN IMMEDIATE")
             yield self._conn
-            self._step(f"meta-commit {what}")
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
+            self._commit(self._conn, what)
+        except BaseException as exc:
+            self._roll_back(exc)
+            typed = _typed_error(exc, what) if isinstance(exc, sqlite3.Error) else exc
+            if typed is not exc:
+                raise typed from exc
             raise
         finally:
             self._in_txn = False
+
+    def _roll_back(self, exc: BaseException) -> None:
+        # SQLite rolls the transaction back itself on some errors (a full
+        # disk, an I/O error): a ROLLBACK then fails with "no transaction is
+        # active", which must not hide the error that mattered.
+        if not self._conn.in_transaction:
+            return
+        try:
+            self._conn.execute("ROLLBACK")
+        except sqlite3.Error as failed:
+            exc.add_note(f"and the rollback failed: {failed}")
 
     # -- node ----------------------------------------------------------------
     def node_info(self) -> dict:
@@ -163,15 +198,20 @@ class MetaStore:
         return {r[0] for r in self._conn.execute(
             "SELECT DISTINCT file FROM exceptions WHERE snap=? AND vol=?", (snap, vol))}
 
-    # -- key/value for upper layers -----------------------------------------
-    def get(self, key: str, default=None):
+    # -- key/value state of the layers above: JSON values ----------------------
+    def get_state(self, key: str, default=None):
         row = self._conn.execute("SELECT value FROM kv WHERE key=?", (key,)).fetchone()
-        return default if row is None else row[0]
+        return default if row is None else json.loads(row[0])
 
-    def keys(self, prefix: str) -> list[str]:
+    def state_keys(self, prefix: str) -> list[str]:
         return [r[0] for r in self._conn.execute(
             "SELECT key FROM kv WHERE key >= ? AND key < ? ORDER BY key", (prefix, prefix + "\uffff"))]
 
     @staticmethod
-    def put(conn: sqlite3.Connection, key: str, value) -> None:
-        conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
+    def put_state(conn: sqlite3.Connection, rows: dict) -> None:
+        """In `conn`'s open transaction; a None value deletes its key."""
+        for key, value in rows.items():
+            if value is None:
+                conn.execute("DELETE FROM kv WHERE key=?", (key,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, json.dumps(value)))

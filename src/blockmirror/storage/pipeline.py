@@ -2,11 +2,11 @@
 the originals, then overwrite.
 
 A first write to a chunk after a snapshot has two halves. The caller reads
-the originals and writes them to the COW file as a record (`Node._preserve`);
+the originals and writes them to the COW file as a record (`CopyOnWrite.preserve`);
 a `Job` then syncs that record and only then applies the batch's overwrites
 to the volumes. `write_many` returns once its job is queued: the overwrite
 is not yet in the volume, but every read of the node waits for the jobs
-before it (`Node._drain`), so a completed write is visible, and a flush waits
+before it (`WritePath.drain`), so a completed write is visible, and a flush waits
 for them too, so it is durable when the flush returns, as for any write. The
 caller meanwhile prepares the next batch: the record sync of batch N
 overlaps the reads of batch N+1's originals.
