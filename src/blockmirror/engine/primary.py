@@ -180,12 +180,14 @@ class PrimaryEngine:
         self.generation = uuid.UUID(gen) if gen else None
         records = self._records()
         update: dict = {K_CLEAN: False}
-        if self.generation is None:
+        if self.generation is None and not records:
             for snap in node.snapshots():  # leftovers of an interrupted full sync
                 node.delete_snapshot(snap.id)
             update.update({k: None for k in node.state_keys(K_BASE)})
             self.state = INITIAL_SYNC
         else:
+            # With no generation yet, a record is the target of a first sync whose
+            # commit was sent: the secondary may hold it, so it stays a base.
             for snap in node.snapshots():
                 if snap.id not in records:  # the target of a round that never committed
                     node.delete_snapshot(snap.id)
@@ -201,7 +203,7 @@ class PrimaryEngine:
                 for sid, rec in records.items():
                     rec["unacked"] = rec["unacked"] + [list(e) for e in hot]
                     update[K_BASE + str(sid)] = rec
-            self.state = DISCONNECTED
+            self.state = DISCONNECTED if self.generation is not None else INITIAL_SYNC
         update[K_ACTIVITY] = None
         node.set_state(update)
         self.activity.clear()
@@ -238,11 +240,13 @@ class PrimaryEngine:
             self.waiting.append(item)
         self._admit(now)
 
-    def _window_full(self, nbytes: int) -> bool:
-        if not self.inflight:
+    def _window_full(self, batch_writes: int, nbytes: int) -> bool:
+        """Would a write of `nbytes` (with the batch being admitted) overflow
+        the window? A single write larger than the window goes alone."""
+        if not self.inflight and not batch_writes:
             return False
         return (self.inflight_bytes + nbytes > self.config.window_bytes_max
-                or len(self.inflight) >= self.config.window_writes_max)
+                or len(self.inflight) + batch_writes >= self.config.window_writes_max)
 
     def _admit(self, now: float) -> None:
         batch: list[HostWrite] = []
@@ -256,7 +260,7 @@ class PrimaryEngine:
                 self.waiting.popleft()
                 self._flush(item.token)
                 continue
-            if self.live and self._window_full(batch_bytes + item.op.nbytes):
+            if self.live and self._window_full(len(batch), batch_bytes + item.op.nbytes):
                 break
             batch.append(self.waiting.popleft())
             batch_bytes += item.op.nbytes
@@ -355,20 +359,18 @@ class PrimaryEngine:
         self.rounds_this_link = 0
         self._episode = ResyncStats(started=now)
         peer_gen = est.committed_generation
-        base = None
-        reason = ""
+        # Whatever self.generation says: a first sync's commit may have landed
+        # unconfirmed, and its target's record is then the common base.
+        fits = [] if peer_gen == NIL_UUID else [
+            sid for sid, rec in self._records().items()
+            if rec["generation"] == str(peer_gen) and rec["acked_seq"] <= est.committed_seq]
+        base = max(fits) if fits else None
         if self.generation is None:
             reason = "no common base: first sync"
         elif peer_gen == NIL_UUID:
             reason = "the secondary holds no consistent image"
         else:
-            records = self._records()
-            fits = [sid for sid, rec in records.items()
-                    if rec["generation"] == str(peer_gen) and rec["acked_seq"] <= est.committed_seq]
-            if fits:
-                base = max(fits)
-            else:
-                reason = f"the secondary is at generation {peer_gen}, which no snapshot here matches"
+            reason = f"the secondary is at generation {peer_gen}, which no snapshot here matches"
         if base is None:
             log.warning("full sync: %s", reason)
             for snap in self.node.snapshots():
