@@ -268,7 +268,8 @@ class PrimaryEngine:
             self._apply(now, batch)
 
     def _flush(self, token) -> None:
-        self.node.flush()
+        if "flush-not-durable" not in self.config.mutations:  # broken on purpose: the flush promises nothing
+            self.node.flush()
         if self.config.mode == "sync" and self.inflight:
             self._pending_flushes.append((self.seq, token))
         else:
@@ -303,6 +304,8 @@ class PrimaryEngine:
             for pos in range(0, max(op.nbytes, 1), step):
                 n = min(step, op.nbytes - pos)
                 self.seq += 1
+                if "reused-seq" in self.config.mutations and self.seq % 16 == 5:
+                    self.seq -= 1  # broken on purpose: the sender's own stream check refuses the repeat
                 if op.kind == "write":
                     msg = Write(self.seq, extent[0], op.offset + pos, memoryview(op.data)[pos:pos + n] if op.nbytes > step
                                 else op.data)
@@ -494,6 +497,11 @@ class PrimaryEngine:
                     out.append(ResyncCommit(rnd.id, rnd.target_generation, rnd.commit_seq,
                                             rnd.extents_sent, rnd.data_bytes_sent))
                     rnd.commit_sent = True
+                    if "delete-base-early" in self.config.mutations and rnd.base is not None:
+                        # Broken on purpose: the base goes before the secondary confirms the commit.
+                        self.node.set_state({K_BASE + str(rnd.base): None})
+                        self.node.delete_snapshot(rnd.base)
+                        rnd.base = None
                     # Live writes taken since T follow the commit in the stream.
                     self.outbox.extend(self.live_queue)
                     self.live_queue.clear()

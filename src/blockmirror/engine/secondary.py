@@ -190,7 +190,8 @@ class SecondaryEngine:
         """The last consistent image: during an incremental round, the
         pre-round image held by the safety snapshot."""
         rnd = self.round_open
-        if rnd is not None and rnd["kind"] == "incremental":
+        if (rnd is not None and rnd["kind"] == "incremental"
+                and "export-ignores-round" not in self.config.mutations):  # broken on purpose when set
             return self.node.read_snapshot(rnd["safety"], volume, offset, length)
         return self.node.volumes[volume].read(offset, length)
 
