@@ -125,6 +125,10 @@ class SecondaryEngine:
             replayed += 1
         self.journal.tail = end
         if ops:
+            # After a process death the page cache may hold records never synced
+            # (nor acknowledged): make them durable before the volumes take them,
+            # or a crash could keep their writes in the volumes and lose them.
+            jfile.sync()
             node.write_many(ops)
         self._journaled_seq = self.seq
         if replayed:
