@@ -9,14 +9,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "simulate", help="run the deterministic fault simulator",
         description="Run seeded scenarios of the real engine, protocol and storage code under simulated "
-                    "link cuts, black holes, partitions, slow links, crashes of either node at any I/O step "
-                    "and full disks, checking the invariants throughout; then heal and require convergence. "
-                    "A failing seed prints the command that replays it.")
+                    "link cuts, black holes, partitions, slow links, corrupted bytes, crashes of either node "
+                    "at any I/O step (restarts included), full disks and process stops, checking the invariants "
+                    "throughout; then heal and require convergence. A failing seed prints its options and the "
+                    "command that replays it; the run goes on to the next seed.")
     p.add_argument("--seeds", default="0:100", metavar="A:B", help="seeds A (inclusive) to B (exclusive)")
     p.add_argument("--mutation", action="append", default=[], metavar="NAME",
-                   help="run a deliberately broken engine (skip-unacked, no-pause, ack-before-durable, "
-                        "round-in-place) to check that the simulator catches it")
+                   help="run a deliberately broken engine or protocol to check that the simulator catches it "
+                        "(one of: skip-unacked, no-pause, ack-before-durable, round-in-place, delete-base-early, "
+                        "no-frame-checksum, flush-not-durable, export-ignores-round, reused-seq)")
     p.add_argument("--stop", action="store_true", help="stop at the first failing seed")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print every seed's derived options and what fired, passing seeds too")
     p.set_defaults(func=run)
 
 
@@ -36,5 +40,5 @@ def run(args) -> int:
     for m in args.mutation:
         if m not in MUTATIONS:
             raise ConfigError(f"unknown mutation {m!r}", hint=f"one of: {', '.join(MUTATIONS)}")
-    results = run_range(first, last, frozenset(args.mutation), stop_on_failure=args.stop)
+    results = run_range(first, last, frozenset(args.mutation), stop_on_failure=args.stop, verbose=args.verbose)
     return 0 if all(r.ok for r in results) else 1

@@ -159,10 +159,12 @@ class PrimaryNode:
         if not point.clean:
             self._out.warning(f"unclean stop: {len(hot)} hot regions join the resync")
         rows, bases = self.bases.restore(hot)
+        if self.generation is not None and not bases:
+            # Before the activity log is cleared: its hot regions must be in a
+            # base's record at every instant, a crash in between included.
+            self._snapshot("restart", lambda sid: ResyncBase(sid, self.generation, 0, tuple(hot)))
         rows.update(RecordStore.rows(PrimaryPoint(self.generation, clean=False), delete=(ActivityRecord.KEY,)))
         self.node.set_state(rows)
-        if self.generation is not None and not bases:
-            self._snapshot("restart", lambda sid: ResyncBase(sid, self.generation, 0, tuple(hot)))
         self.activity.clear()
 
     def _snapshot(self, label: str, base=None):
@@ -189,8 +191,17 @@ class PrimaryNode:
         self._admit(now)
 
     def _admit(self, now: float) -> None:
+        """Apply what the window has room for. A batch that failed (a full
+        disk) took no room: the next one goes at once, or nothing would ever
+        free room for it."""
+        while self.waiting and self._admit_batch():
+            pass
+
+    def _admit_batch(self) -> bool:
+        """One group-committed batch; False when nothing could be taken."""
         batch: list[HostWrite] = []
         batch_bytes = 0
+        taken = False
         live = self.phase in PRIMARY_LIVE
         while self.waiting:
             item = self.waiting[0]
@@ -200,6 +211,7 @@ class PrimaryNode:
                     batch, batch_bytes = [], 0
                 self.waiting.popleft()
                 self._flush(item.token)
+                taken = True
                 continue
             if live and self.window.full(len(batch), batch_bytes + item.op.nbytes):
                 break
@@ -207,6 +219,7 @@ class PrimaryNode:
             batch_bytes += item.op.nbytes
         if batch:
             self._apply(batch)
+        return taken or bool(batch)
 
     def _flush(self, token) -> None:
         if "flush-not-durable" not in self.config.mutations:  # broken on purpose: the flush promises nothing

@@ -63,6 +63,10 @@ class SecondaryStore:
             seq, end = rec.seq, rec.end
         self.journal.tail = end
         if ops:
+            # After a process death the page cache may hold records never synced
+            # (nor acknowledged): make them durable before the volumes take them,
+            # or a crash could keep their writes in the volumes and lose them.
+            jfile.sync()
             node.write_many(ops)
             self.out.info(f"replayed {len(ops)} journal records up to seq {seq}")
         self.point = dataclasses.replace(self.point, seq=seq)

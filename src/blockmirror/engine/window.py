@@ -73,6 +73,10 @@ class InflightWindow:
             tokens.append(self._flushes.pop(0)[1])
         return extents, tokens
 
+    def entries(self) -> list[tuple[int, int]]:
+        """(seq, bytes) of every write in flight."""
+        return [(seq, e.nbytes) for seq, e in self._entries.items()]
+
     def extents(self) -> list[Extent]:
         return [e.extent for e in self._entries.values()]
 

@@ -58,15 +58,16 @@ class Connection:
 
     `secret` is the pair's shared secret (never sent); `randbytes(n)` supplies
     the nonces (os.urandom in production, random.Random(seed).randbytes in the
-    simulator)."""
+    simulator). `verify_checksums=False` makes a receiver that trusts
+    corrupted frames: the simulator's mutation check only."""
 
-    def __init__(self, local: LocalNode, secret: bytes, randbytes: auth.RandBytes):
+    def __init__(self, local: LocalNode, secret: bytes, randbytes: auth.RandBytes, verify_checksums: bool = True):
         auth.check_secret(secret)
         self._local = local
         self._secret = secret
         self._randbytes = randbytes
         self._machine = ConnectionState(local.role)
-        self._decoder = FrameDecoder(MESSAGE_CLASSES)
+        self._decoder = FrameDecoder(MESSAGE_CLASSES, verify_checksums=verify_checksums)
         self._outgoing: list[Buffer] = []
         self._hello_ours: Hello | None = None
         self._hello_peer: Hello | None = None

@@ -1,5 +1,6 @@
 """Runs a range of seeds and reports like a test runner: a summary, and for
-each failure the command that replays it with a short event trace."""
+each failure its derived options, the command that replays it and a short
+event trace. A failing seed never stops the run (unless asked to)."""
 
 from __future__ import annotations
 
@@ -7,37 +8,71 @@ import sys
 import time
 from collections import Counter
 
+from blockmirror.sim.faults import FAULT_KINDS, FIRED_MEANS
 from blockmirror.sim.scenario import Result, run_seed
 
-MUTATIONS = ("skip-unacked", "no-pause", "ack-before-durable", "round-in-place")
+# Deliberately broken engines (PrimaryConfig/SecondaryConfig `mutations`, or a
+# Connection parameter): the simulator must catch each.
+MUTATIONS = ("skip-unacked", "no-pause", "ack-before-durable", "round-in-place", "delete-base-early",
+             "no-frame-checksum", "flush-not-durable", "export-ignores-round", "reused-seq")
+
+
+def replay_command(seed: int, mutations: frozenset) -> str:
+    mut = "".join(f" --mutation {m}" for m in sorted(mutations))
+    return f"blockmirror simulate --seeds {seed}:{seed + 1}{mut}"
 
 
 def run_range(first: int, last: int, mutations: frozenset = frozenset(), stop_on_failure: bool = False,
-              out=sys.stdout) -> list[Result]:
+              verbose: bool = False, out=sys.stdout) -> list[Result]:
     results = []
     started = time.perf_counter()
     for seed in range(first, last):
         r = run_seed(seed, mutations)
         results.append(r)
-        if not r.ok:
-            mut = "".join(f" --mutation {m}" for m in sorted(mutations))
-            print(f"FAIL seed {seed} ({r.mode}, {r.workload}): {r.violation}", file=out)
-            print(f"  reproduce with: blockmirror simulate --seeds {seed}:{seed + 1}{mut}", file=out)
-            for line in r.trace[-15:]:
-                print(f"    {line}", file=out)
-            if stop_on_failure:
-                break
-    elapsed = time.perf_counter() - started
-    faults = Counter()
-    for r in results:
-        faults.update(r.faults)
-    failed = sum(not r.ok for r in results)
-    print(f"scenarios: {len(results)} ({sum(r.mode == 'sync' for r in results)} sync, "
-          f"{sum(r.mode == 'async' for r in results)} async) in {elapsed:.1f}s, "
-          f"{len(results) / max(elapsed, 1e-9):.0f}/s", file=out)
-    print("faults: " + (", ".join(f"{k} {v}" for k, v in sorted(faults.items())) or "none"), file=out)
-    print(f"host writes: {sum(r.host_writes for r in results)}; resync rounds: {sum(r.rounds for r in results)}, "
-          f"chunks resent: {sum(r.resync_chunks for r in results)}; "
-          f"link bytes: {sum(r.bytes_sent for r in results)}", file=out)
-    print(f"{len(results) - failed} passed, {failed} failed", file=out)
+        if verbose or not r.ok:
+            _report(r, mutations, out)
+        if not r.ok and stop_on_failure:
+            break
+    _summary(results, time.perf_counter() - started, verbose, out)
     return results
+
+
+def _report(r: Result, mutations: frozenset, out) -> None:
+    if r.ok:
+        print(f"ok seed {r.seed}", file=out)
+    else:
+        print(f"FAIL seed {r.seed} ({r.mode}, {r.workload}): {r.violation}", file=out)
+        print(f"  reproduce with: {replay_command(r.seed, mutations)}", file=out)
+    if r.options is not None:
+        for line in r.options.describe():
+            print(f"  options: {line}", file=out)
+    if r.ok:
+        print("  fired: " + (_counts(r.faults) or "none") + "; " + _counts(r.stats), file=out)
+    for line in r.trace[-15:]:
+        print(f"    {line}", file=out)
+
+
+def _counts(counter: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counter.items()) if v)
+
+
+def _summary(results: list[Result], elapsed: float, verbose: bool, out) -> None:
+    fired, drawn, stats = Counter(), Counter(), Counter()
+    for r in results:
+        fired.update(r.faults)
+        drawn.update(r.faults_drawn)
+        stats.update(r.stats)
+    failed = sum(not r.ok for r in results)
+    large = sum(1 for r in results if r.options is not None and r.options.large)
+    print(f"scenarios: {len(results)} ({sum(r.mode == 'sync' for r in results)} sync, "
+          f"{sum(r.mode == 'async' for r in results)} async, {large} large) in {elapsed:.1f}s, "
+          f"{len(results) / max(elapsed, 1e-9):.0f}/s", file=out)
+    kinds = [k for k in (*FAULT_KINDS, "outage") if drawn[k]]
+    print("faults fired (of drawn): " + (", ".join(f"{k} {fired[k]} ({drawn[k]})" for k in kinds) or "none"),
+          file=out)
+    if verbose:
+        for k in kinds:
+            print(f"  {k} fired: {FIRED_MEANS[k]}", file=out)
+    print("events: " + (_counts(stats) or "none"), file=out)
+    print(f"link bytes: {sum(r.bytes_sent for r in results)}", file=out)
+    print(f"{len(results) - failed} passed, {failed} failed", file=out)

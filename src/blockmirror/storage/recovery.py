@@ -52,6 +52,11 @@ def recover_records(meta: MetaStore, pool: CowPool, tables: ExceptionTables, liv
             while (rec := cowlog.read_record(cow, block, file, vid, last_epoch, chunk_size)) is not None:
                 found, block = rec
                 rows += [(file, vid, chunk, file, slot) for chunk, slot in found]
+            if block != start:
+                # After a process death the records may be only in the page
+                # cache: durable before their rows are, or a crash would keep
+                # rows that point at lost data.
+                cow.sync()
         finally:
             cow.close()
         if block != start:

@@ -1,0 +1,187 @@
+"""Every invariant the simulator checks, in one place, each with a name.
+
+A broken invariant raises Violation("<name>: what was seen"). The checker
+knows the primary's history only from its own model (model.py) and the
+nodes only through the cluster's views (views.py): never an engine's
+attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import xxhash
+
+from blockmirror.sim.model import HistoryModel, LastWriters, subtract
+from blockmirror.sim.options import Options
+from blockmirror.sim.views import NIL, DiskProbe, PrimaryView, RoundStart, SecondaryView
+
+INVARIANTS = {
+    "consistency": "the secondary's volumes are the primary's image at the point its (generation, seq) names, "
+                   "after every batch, every recovery and in every crash probe",
+    "known-point": "the secondary's (generation, seq) names a point of the primary's history",
+    "monotonic": "the secondary's point never moves backwards",
+    "ack-durability": "a crash of the secondary keeps every seq it acknowledged",
+    "sync-durability": "sync mode: a write acknowledged to the host while mirroring survives a crash of the "
+                       "secondary (checked at its recoveries, in probes and at every primary crash)",
+    "flush-durability": "a primary crash or stop keeps what completed flushes and FUA writes covered, unless "
+                        "written since",
+    "window": "unacknowledged bytes stay within window_bytes_max (a single write larger than it goes alone) and "
+              "unacknowledged host writes within window_writes_max",
+    "known-base": "an incremental round starts from a generation the primary made",
+    "minimal-resync": "a round names only chunks written since its base (plus the hot regions and the writes in "
+                      "flight of an unclean stop)",
+    "needless-full-sync": "no full round while the secondary reported a generation the primary made, so a base "
+                          "for it must exist",
+    "export-image": "the secondary's export serves exactly its last committed image, during rounds too",
+    "export-refusal": "the export refuses reads before the first complete sync, and only then",
+    "primary-read": "a host read of the primary returns the writes applied so far",
+    "protocol-error": "no protocol error on a connection that carried no corrupted byte",
+    "convergence": "after healing, the pair is mirroring, byte-identical, within the liveness bound",
+    "primary-image": "after healing, the primary's volumes hold exactly the writes it applied",
+    "no-exception": "no unexpected exception escapes the code under test",
+}
+
+
+class Violation(Exception):
+    def __init__(self, invariant: str, text: str):
+        assert invariant in INVARIANTS, invariant
+        super().__init__(f"{invariant}: {text}")
+        self.invariant = invariant
+
+
+def _hash(image: bytes) -> int:
+    return xxhash.xxh3_64_intdigest(image)
+
+
+class Checker:
+    def __init__(self, opts: Options, model: HistoryModel):
+        self.opts = opts
+        self.model = model
+        self.secondary_point = 0  # the newest point the secondary held
+        self.sync_acked_point = 0  # sync mode: the newest point acknowledged to a host while mirroring
+        self.claimed = (NIL, 0)  # (generation, seq) the secondary last acknowledged
+
+    def _point(self, generation: str, seq: int, what: str) -> int:
+        point = self.model.point_of(generation, seq)
+        if point is None:
+            raise Violation("known-point", f"{what} at generation {generation[:8]} seq {seq}, a point the "
+                                           f"primary never had")
+        return point
+
+    # -- the secondary ---------------------------------------------------------------------
+    def secondary(self, view: SecondaryView, image: bytes, when: str) -> None:
+        """`view.holds_point`: the image must be that point's, never older."""
+        point = self._point(view.generation, view.seq, f"{when}: the secondary")
+        if _hash(image) != self.model.hashes[point]:
+            raise Violation("consistency", f"{when}: the secondary's image is not the primary's at point {point} "
+                                           f"(generation {view.generation[:8]} seq {view.seq})")
+        if point < self.secondary_point:
+            raise Violation("monotonic", f"{when}: the secondary moved back from point {self.secondary_point} "
+                                         f"to {point}")
+        if when == "after recovery":
+            self._sync_durable(point, "the secondary recovered")
+        self.secondary_point = point
+
+    def _sync_durable(self, point: int, what: str) -> None:
+        if self.opts.mode == "sync" and point < self.sync_acked_point:
+            raise Violation("sync-durability", f"{what} to point {point}, missing the write acknowledged to "
+                                               f"the host at point {self.sync_acked_point}")
+
+    def probe(self, probe: DiskProbe, when: str) -> None:
+        """What a crash of the secondary now would leave (a crashed copy, recovered)."""
+        gen, seq = self.claimed
+        if probe.generation == gen and probe.seq < seq:
+            raise Violation("ack-durability", f"{when}: the secondary acknowledged seq {seq} but a crash now "
+                                              f"recovers it to seq {probe.seq}")
+        if probe.inconsistent or probe.generation == NIL:
+            return
+        point = self._point(probe.generation, probe.seq, f"{when}: a crash of the secondary would leave it")
+        if _hash(probe.image) != self.model.hashes[point]:
+            raise Violation("consistency", f"{when}: a crash of the secondary now would leave an image that is "
+                                           f"no point of the primary's history (generation "
+                                           f"{probe.generation[:8]} seq {probe.seq})")
+        self._sync_durable(point, f"{when}: a crash of the secondary now would recover it")
+
+    def export_read(self, view: SecondaryView, image: bytes | None) -> None:
+        """A whole-image read of the secondary's export; None: it was refused."""
+        committed = view.up and not view.inconsistent and view.generation != NIL
+        if image is None:
+            if committed:
+                raise Violation("export-refusal", f"the export refused a read while the secondary holds "
+                                                  f"generation {view.generation[:8]} seq {view.seq}")
+            return
+        if not committed:
+            raise Violation("export-refusal", "the export served a read before the first complete sync")
+        point = self._point(view.generation, view.seq, "the export")
+        if _hash(image) != self.model.hashes[point]:
+            raise Violation("export-image", f"the export served an image that is not the secondary's committed "
+                                            f"point {point} (generation {view.generation[:8]} seq {view.seq}"
+                                            f"{', round open' if view.round_open else ''})")
+
+    # -- the primary -----------------------------------------------------------------------
+    def primary_read(self, vol: int, offset: int, data: bytes) -> None:
+        start = self.model.starts[vol] + offset
+        if data != self.model.image[start:start + len(data)]:
+            raise Violation("primary-read", f"a host read of v{vol}@{offset}+{len(data)} returned other bytes "
+                                            f"than the writes applied")
+
+    def window(self, view: PrimaryView, seq_writer: dict[int, int]) -> None:
+        writes = {seq_writer.get(seq) for seq, _ in view.unacked}
+        if len(writes) > self.opts.window_writes_max:
+            raise Violation("window", f"{len(writes)} host writes unacknowledged, window_writes_max is "
+                                      f"{self.opts.window_writes_max}")
+        nbytes = sum(n for _, n in view.unacked)
+        if nbytes > self.opts.window_bytes_max and len(writes) > 1:
+            raise Violation("window", f"{nbytes} bytes of {len(writes)} host writes unacknowledged, "
+                                      f"window_bytes_max is {self.opts.window_bytes_max}")
+
+    def primary_disk(self, image: bytes, writers: LastWriters, covered: Callable[[float], bool],
+                     pending: list[tuple[int, int]], how: str) -> None:
+        """After a primary crash or stop: bytes whose last writer a completed
+        flush or FUA covered are on its disk (writes in flight excepted)."""
+        model = self.model
+        for a, b, writer in writers.ranges:
+            if not covered(writer):
+                continue
+            for x, y in subtract(a, b, pending):
+                if image[x:y] != model.image[x:y]:
+                    vol = max(v for v, s in enumerate(model.starts) if s <= x)
+                    raise Violation("flush-durability", f"a primary {how} lost bytes v{vol}@{x - model.starts[vol]}"
+                                                        f"+{y - x} of host write {writer}, which a completed "
+                                                        f"flush or FUA had made durable")
+
+    # -- rounds --------------------------------------------------------------------------------
+    def round_started(self, rnd: RoundStart, peer: tuple[str, int] | None, hot: list) -> None:
+        """`peer`: the (generation, seq) the secondary reported in this link's handshake;
+        `hot`: per volume, chunks an unclean primary stop may have changed unseen."""
+        model = self.model
+        if rnd.kind == "full":
+            if peer is not None and peer[0] in model.target_point:
+                raise Violation("needless-full-sync", f"a full round started although the secondary reported "
+                                                      f"generation {peer[0][:8]} seq {peer[1]}, which the "
+                                                      f"primary made (it must hold a base for it)")
+            return
+        base_point = model.target_point.get(rnd.base_generation)
+        if base_point is None:
+            raise Violation("known-base", f"a round from generation {rnd.base_generation[:8]}, which the primary "
+                                          f"never made")
+        allowed = model.touched_since(base_point)
+        for vol, chunks in enumerate(rnd.chunks):
+            extra = chunks - allowed[vol] - hot[vol]
+            if extra:
+                raise Violation("minimal-resync", f"a round names chunks {list(extra)[:8]} of v{vol} that were "
+                                                  f"not written since its base")
+
+    # -- links, end of run -------------------------------------------------------------------
+    def protocol_error(self, node: str, exc: Exception) -> None:
+        raise Violation("protocol-error", f"at the {node}, on a connection with no corrupted byte: {exc}")
+
+    def healed(self, converged: bool, primary_image: bytes, secondary_image: bytes, primary_state: str) -> None:
+        if not converged:
+            raise Violation("convergence", f"no convergence within {self.opts.liveness_s:.0f}s of healing "
+                                           f"(primary {primary_state or 'down'})")
+        if primary_image != bytes(self.model.image):
+            raise Violation("primary-image", "the primary's volumes differ from the writes it applied")
+        if secondary_image != primary_image:
+            raise Violation("convergence", "after healing, the secondary's volumes differ from the primary's")

@@ -1,0 +1,159 @@
+"""The cluster's events, recorded: the history model follows every applied
+host write, the host's ledger follows every operation until it completes,
+and each event hands the checker what it needs to judge it.
+
+What a host was promised lives here: which writes a completed flush or FUA
+made durable, which sync-mode writes were acknowledged while mirroring,
+which seqs the secondary acknowledged, and which writes were in flight when
+the primary died.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from pyroaring import BitMap
+
+from blockmirror.protocol import WRITE_DATA_MAX_BYTES
+from blockmirror.sim.checker import Checker
+from blockmirror.sim.model import DURABLE, HistoryModel, LastWriters
+from blockmirror.sim.options import Options
+from blockmirror.sim.views import RoundStart
+
+
+class Recorder:
+    """Implements views.ClusterEvents. `cluster` and `faults` are set once
+    built (they take the recorder as their event sink)."""
+
+    def __init__(self, opts: Options, rng: random.Random, model: HistoryModel, checker: Checker, stats: Counter,
+                 trace):
+        self.opts = opts
+        self.rng = rng
+        self.model = model
+        self.checker = checker
+        self.stats = stats
+        self.trace = trace
+        self.cluster = None
+        self.faults = None
+        self.writers = LastWriters(len(model.image))
+        self.pending: dict[int, tuple[int, int, int, bool] | None] = {}  # token -> (vol, offset, bytes, fua); None: flush
+        self.applied_at: dict[int, tuple[int, int | None]] = {}  # token -> (point, last seq)
+        self.seq_writer: dict[int, int] = {}  # seq -> host write token (the newest use of the seq)
+        self.flush_covers = 0  # a completed flush covered every host write with a smaller token
+        self.fua_done: set[int] = set()
+        self.last_token = 0
+        self.hot = [BitMap() for _ in opts.sizes]  # chunks an unclean primary stop may have changed unseen
+        self.peer: tuple[str, int] | None = None
+        self._last_checked = None
+
+    # -- the host ---------------------------------------------------------------------------
+    def submitted(self, token: int, write: tuple[int, int, int, bool] | None) -> None:
+        """A host operation goes to the primary: a write (vol, offset, bytes, fua) or a flush (None)."""
+        self.last_token = max(self.last_token, token)
+        self.pending[token] = write
+
+    def host_completed(self, token, error: BaseException | None, mirroring: bool) -> None:
+        entry = self.pending.pop(token, None)
+        applied = self.applied_at.pop(token, None)
+        if error is not None:
+            return
+        if entry is None:  # a flush: it covers every write submitted before it
+            self.flush_covers = max(self.flush_covers, token)
+            return
+        if entry[3]:
+            self.fua_done.add(token)
+        if self.opts.mode == "sync" and applied is not None and applied[1] is not None and mirroring:
+            self.checker.sync_acked_point = max(self.checker.sync_acked_point, applied[0])
+
+    def covered(self, writer: float) -> bool:
+        return writer == DURABLE or writer < self.flush_covers or writer in self.fua_done
+
+    # -- ClusterEvents ------------------------------------------------------------------------
+    def write_applied(self, token, vol, offset, data, length, generation, first_seq, last_seq) -> None:
+        model = self.model
+        if last_seq is None:
+            model.apply(vol, offset, data, length)
+        else:
+            # One point per seq: a secondary may hold the first frames of a write and not the rest.
+            step = WRITE_DATA_MAX_BYTES
+            for seq, pos in zip(range(first_seq, last_seq + 1), range(0, max(length, 1), step)):
+                n = min(step, length - pos)
+                model.apply(vol, offset + pos, None if data is None else data[pos:pos + n], n)
+                model.seq_point[(generation, seq)] = model.point
+                self.seq_writer[seq] = token
+        self.applied_at[token] = (model.point, last_seq)
+        start = model.starts[vol] + offset
+        self.writers.write(start, start + length, token)
+
+    def link_established(self, peer_generation: str, peer_seq: int) -> None:
+        self.peer = (peer_generation, peer_seq)
+
+    def round_started(self, rnd: RoundStart) -> None:
+        self.checker.round_started(rnd, self.peer, self.hot)
+        model = self.model
+        model.target_point[rnd.target_generation] = model.point
+        model.seq_point[(rnd.target_generation, rnd.commit_seq)] = model.point
+        self.stats["rounds"] += 1
+        self.stats[f"{rnd.kind} rounds"] += 1
+        self.stats["chunks named by rounds"] += sum(len(c) for c in rnd.chunks)
+        self.trace(f"round {rnd.kind} {sum(len(c) for c in rnd.chunks)} chunks")
+
+    def recovered_hot(self, extents: list) -> None:
+        for vol, off, length in extents:
+            if length:
+                self.hot[vol].add_range(off // self.model.chunk_size, (off + length - 1) // self.model.chunk_size + 1)
+
+    def secondary_changed(self, when: str) -> None:
+        view = self.cluster.secondary_view()
+        if not view.holds_point:
+            return
+        state = (view.generation, view.seq, view.applied_batches)
+        if when == "after a batch" and state == self._last_checked:
+            return  # nothing to check after heartbeats alone
+        self._last_checked = state
+        self.checker.secondary(view, self.cluster.secondary_image(), when)
+
+    def secondary_acked(self, seq: int) -> None:
+        view = self.cluster.secondary_view()
+        if view.generation != self.checker.claimed[0] or seq > self.checker.claimed[1]:
+            self.checker.claimed = (view.generation, seq)
+            if self.rng.random() < self.opts.probe_share:
+                self.probe("after an ack")
+
+    def probe(self, when: str) -> None:
+        self.stats["probes"] += 1
+        self.checker.probe(self.cluster.probe_secondary(), when)
+
+    def primary_lost(self, image: bytes, how: str) -> None:
+        """The primary crashed or its process stopped; `image`: its disk as the restart finds it."""
+        model = self.model
+        in_flight = []
+        for entry in self.pending.values():
+            if entry is not None and entry[2]:
+                vol, offset, nbytes, _ = entry
+                # It may or may not have landed (and been preserved): a resync may name it.
+                self.hot[vol].add_range(offset // model.chunk_size, (offset + nbytes - 1) // model.chunk_size + 1)
+                in_flight.append((model.starts[vol] + offset, model.starts[vol] + offset + nbytes))
+        self.checker.primary_disk(image, self.writers, self.covered, in_flight, how)
+        self.pending.clear()
+        self.applied_at.clear()
+        changed = model.reset(image)
+        if how == "crash":
+            self.writers.settle()
+        else:  # the page cache survived; what differs is durable only after the next flush
+            for vol, chunks in enumerate(changed):
+                for c in chunks:
+                    self.writers.write(*model.chunk_range(vol, c), self.last_token + 0.5)
+        if self.cluster.secondary_view().up:
+            self.probe(f"at a primary {how}")
+
+    def secondary_lost(self, how: str) -> None:
+        self._last_checked = None
+
+    def no_space(self, node: str) -> None:
+        self.faults.no_space(node)
+
+    def protocol_error(self, node: str, exc: Exception) -> None:
+        self.checker.protocol_error(node, exc)
+
