@@ -42,8 +42,10 @@ class ActivityLog:
                 if key not in self.durable:
                     new.add(key)
         if new:
+            # Hot in memory only once durable: after a failed commit (a full
+            # store) the next write there must try again.
+            self.records.save(ActivityRecord(tuple(sorted(self.durable | new))))
             self.durable |= new
-            self.records.save(ActivityRecord(tuple(sorted(self.durable))))
 
     def release(self, extents: list[tuple[int, int, int]]) -> None:
         """These writes are acknowledged (or now covered by a snapshot's record)."""
@@ -64,11 +66,12 @@ class ActivityLog:
         if not cold:
             return False
         self.node.flush()
-        self.durable -= cold
-        if self.durable:
-            self.records.save(ActivityRecord(tuple(sorted(self.durable))))
+        hot = self.durable - cold
+        if hot:
+            self.records.save(ActivityRecord(tuple(sorted(hot))))
         else:
             self.records.save(delete=(ActivityRecord.KEY,))
+        self.durable = hot
         return True
 
     def hot_extents(self, sizes: list[int]) -> list[tuple[int, int, int]]:

@@ -19,7 +19,6 @@ treats as fatal ("engine step failed; stopping"): the node's process stops
 
 from __future__ import annotations
 
-import os
 import random
 import uuid
 
@@ -34,7 +33,6 @@ from blockmirror.sim.options import CHUNK_BYTES, Options
 from blockmirror.sim.views import ClusterEvents, DiskProbe, ExportRefused, PrimaryView, RoundStart, SecondaryView
 from blockmirror.storage import Node, WriteOp
 from blockmirror.storage.crashfs import CrashFileSystem, SimulatedCrash
-from blockmirror.storage.layout import COW_DIR
 
 
 PAIR_NAME = "simpair"
@@ -97,6 +95,7 @@ class Cluster(Links):
         self.net = SimNetwork(opts.latency_s, opts.bandwidth_bps, fired)
         self.pair_uuid = uuid.UUID(int=rng.getrandbits(128), version=4)
         self.observer = _Observer(self.names, events)
+        self._conn_ids = 0
         self.primary = SimNode("primary", CrashFileSystem(rng.randrange(1 << 30)), "/sim/primary")
         self.secondary = SimNode("secondary", CrashFileSystem(rng.randrange(1 << 30)), "/sim/secondary")
 
@@ -193,22 +192,10 @@ class Cluster(Links):
                 pass
         side.node = side.engine = None
         side.restart_at = self.now + self.rng.uniform(0.3, 3.0)
-        if how == "stop":
-            self._settle_renames(side)
         if side is self.primary:
             self.events.primary_lost(self._disk_image(side.fs, side.path), how)
         else:
             self.events.secondary_lost(how)
-
-    @staticmethod
-    def _settle_renames(side: SimNode) -> None:
-        """WORKAROUND, until CrashFileSystem models a rename of a file whose
-        own rename is not yet synced (it asserts): after a process death the
-        kernel commits the directory changes it left (ext4: within its 5 s
-        journal commit), so the restarted process renames settled names."""
-        armed, side.fs.crash_at_step = side.fs.crash_at_step, None
-        side.fs.sync_dir(os.path.join(side.path, COW_DIR))
-        side.fs.crash_at_step = armed
 
     def arm(self, what: str, name: str, steps_ahead: int, restart_steps_ahead: int) -> None:
         """`what` ('crash' or 'kill') `name` at one of its next I/O steps; a

@@ -44,7 +44,7 @@ class Links:
         events, side.events = side.events, []
         conn = self.net.conn
         budget = 0
-        if side is self.primary and conn is not None and conn.id == side.engine.link:
+        if side is self.primary and conn is not None and conn.p_link == side.engine.link:
             budget = self._send_budget(conn)
         try:
             out = side.engine.step(self.now, events, budget)
@@ -68,7 +68,7 @@ class Links:
             self._completed(out.completions)
         for close in out.close:
             conn = self.net.conn
-            if conn is not None and conn.id == close.link:
+            if conn is not None and self._link_of(side, conn) == close.link:
                 if close.last:
                     self._send(side, conn, list(close.last))
                 self._close_conn(side, close.reason, tell_self=False)
@@ -78,8 +78,14 @@ class Links:
             elif isinstance(start, Answer):
                 self._answer(start)
         conn = self.net.conn
-        if out.send and conn is not None and conn.id == out.link:
+        if out.send and conn is not None and self._link_of(side, conn) == out.link:
             self._send(side, conn, out.send)
+
+    def _link_of(self, side: SimNode, conn: SimConn) -> int:
+        """The id `side`'s node knows `conn` by: the primary's own attempt
+        number (it starts over with each process), the secondary's a number
+        unique in the scenario (as a daemon's accepted links are)."""
+        return conn.p_link if side is self.primary else conn.id
 
     def _send(self, side: SimNode, conn: SimConn, messages: list) -> None:
         if side is self.primary:
@@ -114,12 +120,13 @@ class Links:
             return
         rb = random.Random(self.rng.random()).randbytes
         verify = "no-frame-checksum" not in self.opts.mutations
-        conn = SimConn(dial.link, Connection(dial.local, SECRET, rb, verify_checksums=verify), None)
-        conn.randbytes = rb
+        self._conn_ids += 1
+        conn = SimConn(self._conn_ids, Connection(dial.local, SECRET, rb, verify_checksums=verify), None,
+                       p_link=dial.link, randbytes=rb)
         self.net.conn = conn
         conn.p_conn.initiate()
         self.net.send(self.now, conn.to_secondary, conn.p_conn.data_to_send())
-        s.events.append(Accepted(dial.link))
+        s.events.append(Accepted(conn.id))
         self.trace(f"connect #{conn.id}")
 
     def _answer(self, answer: Answer) -> None:
@@ -147,7 +154,7 @@ class Links:
                 continue
             if s is not side and side is not None and self.net.blackholed(self.now):
                 continue
-            s.events.append(LinkClosed(conn.id, reason))
+            s.events.append(LinkClosed(self._link_of(s, conn), reason))
 
     def deliver(self) -> None:
         """Everything due arrives; each end takes what arrived as one batch
@@ -177,7 +184,7 @@ class Links:
                     msgs = []
                     if side is self.primary:
                         self.events.link_established(str(event.committed_generation), event.committed_seq)
-                    side.events.append(LinkUp(conn.id, event))
+                    side.events.append(LinkUp(self._link_of(side, conn), event))
                 else:
                     msgs.append(event)
         except ProtocolError as exc:
@@ -192,7 +199,6 @@ class Links:
         other = conn.to_secondary if side is self.primary else conn.to_primary
         self.net.send(self.now, other, pconn.data_to_send())
 
-    @staticmethod
-    def _queue(side: SimNode, conn: SimConn, msgs: list) -> None:
+    def _queue(self, side: SimNode, conn: SimConn, msgs: list) -> None:
         if msgs:
-            side.events.append(Received(conn.id, msgs))
+            side.events.append(Received(self._link_of(side, conn), msgs))

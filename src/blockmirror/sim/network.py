@@ -40,7 +40,8 @@ class SimConn:
     s_conn: object
     to_secondary: Pipe = field(default_factory=Pipe)
     to_primary: Pipe = field(default_factory=Pipe)
-    secondary_attached: bool = False  # the secondary engine was told link_up
+    p_link: int = 0  # the primary's id of this connection (its Dial's); `id` is the secondary's
+    randbytes: object = None  # the nonce source of both Connections
     corrupted: bool = False  # a byte of this connection was flipped in flight
 
 
