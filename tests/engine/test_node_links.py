@@ -101,3 +101,50 @@ def _established():
     from blockmirror.protocol import Established, Role, VolumeInfo
     vols = (VolumeInfo("a", uuid.UUID(int=3, version=4), 64 * CHUNK),)
     return Established(Role.SECONDARY, uuid.UUID(int=4, version=4), PAIR, vols, vols, uuid.UUID(int=0), 0)
+
+
+def test_a_batch_refused_by_a_full_disk_does_not_strand_the_writes_behind_it(tmp_path):
+    from blockmirror.errors import NoSpace
+    pair = Pair(tmp_path, {"a": 64 * CHUNK}, chunk_size=CHUNK, window_writes_max=1)
+    try:
+        pair.connect()
+        first = pair.write("a", 0, b"1" * CHUNK)  # in flight: the window is full
+        pair.run(deliver_acks=False)
+        refused = pair.write("a", CHUNK, b"2" * CHUNK)
+        behind = pair.write("a", 2 * CHUNK, b"3" * CHUNK)
+        assert refused not in pair.done and behind not in pair.done, "both wait for the window"
+        write_many = pair.pnode.write_many
+        calls = []
+
+        def full_once(ops, fua=False):
+            calls.append(len(ops))
+            if len(calls) == 1:
+                raise NoSpace("disk full (injected)")
+            return write_many(ops, fua=fua)
+        pair.pnode.write_many = full_once
+        pair.run()  # the ack frees the window
+        assert pair.done[first] is None and isinstance(pair.done[refused], NoSpace)
+        assert pair.done[behind] is None, "the write behind a refused batch still goes"
+        assert pair.image(pair.snode, "a") == pair.image(pair.pnode, "a")
+    finally:
+        pair.close()
+
+
+def test_a_region_is_hot_in_memory_only_once_its_record_is_committed(tmp_path):
+    from blockmirror.engine.activity import ActivityLog
+    from blockmirror.engine.records import RecordStore
+    from blockmirror.errors import NoSpace
+    node = Node.create(str(tmp_path / "p"), {"a": 64 * CHUNK}, chunk_size=CHUNK)
+    records = RecordStore(node)
+    log = ActivityLog(node, 4 * CHUNK, records)
+    save = records.save
+    records.save = lambda *a, **k: (_ for _ in ()).throw(NoSpace("metadata store full (injected)"))
+    try:
+        log.mark([(0, 0, 100)])
+    except NoSpace:
+        log.release([(0, 0, 100)])
+    assert log.durable == set(), "not hot: its record never reached the disk"
+    records.save = save
+    log.mark([(0, 0, 100)])  # the next write there commits it
+    assert log.durable == {(0, 0)} and records.activity().regions == ((0, 0),)
+    node.close()

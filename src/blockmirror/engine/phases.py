@@ -14,7 +14,7 @@ The primary walks the method of the seed (Fig. 2, steps 62-80)::
     FINAL_SENDING --extents sent, commit sent--> FINAL_COMMITTING
     FINAL_COMMITTING --secondary committed--> MIRRORING
     any linked phase --link down (step 62: pause, snapshot, record unacked)--> DISCONNECTED
-    DISCONNECTED | CONNECTING --stop--> STOPPED
+    DISCONNECTED --stop (a linked node goes down first, an attempt is abandoned)--> STOPPED
 
 In SENDING and COMMITTING host writes stay local (the next round's diff
 carries them); in FINAL_SENDING they are mirrored live, queued behind the
@@ -64,7 +64,7 @@ PRIMARY_SENDING_ROUND = frozenset({P.SENDING, P.FINAL_SENDING})
 
 PRIMARY_TRANSITIONS: dict[PrimaryPhase, frozenset[PrimaryPhase]] = {
     P.DISCONNECTED: frozenset({P.CONNECTING, P.STOPPED}),
-    P.CONNECTING: frozenset({P.DISCONNECTED, P.SENDING, P.FINAL_SENDING, P.STOPPED}),
+    P.CONNECTING: frozenset({P.DISCONNECTED, P.SENDING, P.FINAL_SENDING}),
     P.SENDING: frozenset({P.COMMITTING, P.FINAL_COMMITTING, P.DISCONNECTED}),
     P.COMMITTING: frozenset({P.SENDING, P.FINAL_SENDING, P.DISCONNECTED}),
     P.FINAL_SENDING: frozenset({P.FINAL_COMMITTING, P.DISCONNECTED}),

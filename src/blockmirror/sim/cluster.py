@@ -22,7 +22,7 @@ from __future__ import annotations
 import random
 import uuid
 
-from blockmirror.engine import HostRequests, NoConsistentImage, PrimaryNode, PrimaryPhase, SecondaryNode
+from blockmirror.engine import HostRequests, NoConsistentImage, PrimaryNode, PrimaryPhase, SecondaryNode, Stop
 from blockmirror.engine.phases import PRIMARY_LIVE
 from blockmirror.errors import BlockmirrorError, NoSpace
 from blockmirror.protocol import WRITE_DATA_MAX_BYTES, ProtocolError
@@ -196,6 +196,29 @@ class Cluster(Links):
             self.events.primary_lost(self._disk_image(side.fs, side.path), how)
         else:
             self.events.secondary_lost(how)
+
+    def stop_node(self, name: str) -> bool:
+        """An orderly stop (SIGTERM) of `name`, as its daemon does it: the
+        node's Stop step applied (goodbye, the stop recorded), then the
+        storage closed; it restarts after a delay. False if it was down."""
+        side = self._side(name)
+        if not side.up:
+            return False
+        side.events.append(Stop())
+        self.run_node(side)
+        if not side.up:
+            return True  # died or stopped on its own in the attempt
+        self.trace(f"{side.name} STOPPED in order")
+        try:
+            side.node.close()
+        except SimulatedCrash:
+            self._died(side, "close")
+            return True
+        except BlockmirrorError as exc:
+            self.trace(f"{side.name}: closing failed: {exc!r}")
+        side.node = None
+        self._lose(side, "stop")
+        return True
 
     def arm(self, what: str, name: str, steps_ahead: int, restart_steps_ahead: int) -> None:
         """`what` ('crash' or 'kill') `name` at one of its next I/O steps; a

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from blockmirror.sim.options import Options
 
 FAULT_KINDS = ("cut", "blackhole", "partition", "slow", "delay", "corrupt", "crash-primary", "crash-secondary",
-               "kill-primary", "kill-secondary", "disk-full", "metadata-full")
+               "kill-primary", "kill-secondary", "stop-primary", "stop-secondary", "disk-full", "metadata-full")
 
 FIRED_MEANS = {
     "cut": "a connection was open and the cut closed it",
@@ -33,6 +33,8 @@ FIRED_MEANS = {
     "crash-secondary": "the node reached the armed I/O step and crashed (at work or while restarting)",
     "kill-primary": "the node reached the armed I/O step and its process died (kill -9: the page cache survives)",
     "kill-secondary": "the node reached the armed I/O step and its process died (kill -9: the page cache survives)",
+    "stop-primary": "the node was up and stopped in order (SIGTERM: goodbye, its stop recorded clean), then restarted",
+    "stop-secondary": "the node was up and stopped in order (SIGTERM: goodbye, its stop recorded clean), then restarted",
     "disk-full": "a write or an engine step of that node failed with NoSpace while it lasted",
     "metadata-full": "a metadata commit of that node failed with NoSpace while it lasted",
     "outage": "a long outage (large case) cut a connection or refused one",
@@ -137,6 +139,9 @@ class FaultInjector:
             net.delay_extra_s = rng.uniform(0.05, 2.5)  # past link_timeout_s at times
         elif kind == "corrupt":
             net.corrupt(rng)
+        elif kind.startswith("stop-"):
+            if self.cluster.stop_node(kind.split("-")[1]):
+                self.log.fired(kind)
         elif kind.startswith(("crash-", "kill-")):
             what, node = kind.split("-")
             self.cluster.arm(what, node, rng.randint(0, CRASH_STEPS_AHEAD_MAX), rng.randint(0, RECOVERY_STEPS_AHEAD_MAX))
