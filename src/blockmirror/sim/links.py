@@ -11,10 +11,8 @@ import random
 from typing import TYPE_CHECKING
 
 from blockmirror.engine import Accepted, Answer, Dial, LinkClosed, LinkUp, Output, Received
-from blockmirror.errors import BlockmirrorError
 from blockmirror.protocol import Ack, Connection, ConnectionClosed, Error, Established, ProtocolError
 from blockmirror.sim.network import SimConn
-from blockmirror.storage.crashfs import SimulatedCrash
 
 if TYPE_CHECKING:
     from blockmirror.sim.cluster import SimNode
@@ -25,7 +23,7 @@ STEPS_PER_RUN_MAX = 8  # node steps per simulated instant before time moves on
 
 class Links:
     """Connection handling for Cluster, which provides the nodes (`primary`,
-    `secondary`), `net`, `now`, `_died`, `_stop` and the event sinks."""
+    `secondary`), `net`, `now`, `_call` (a call that may crash or stop the node) and the event sinks."""
 
     # -- steps ---------------------------------------------------------------------------------
     def run_nodes(self) -> None:
@@ -46,16 +44,9 @@ class Links:
         budget = 0
         if side is self.primary and conn is not None and conn.p_link == side.engine.link:
             budget = self._send_budget(conn)
-        try:
-            out = side.engine.step(self.now, events, budget)
-        except SimulatedCrash:
-            self._died(side, "step")
-            return
-        except ProtocolError:
-            raise
-        except BlockmirrorError as exc:
-            self._stop(side, f"step failed: {exc!r}", exc)
-            return
+        out = self._call(side, side.engine.step, self.now, events, budget)
+        if out is None:
+            return  # the node died or stopped in it
         self._apply(side, out)
         if side is self.secondary and side.up and events:
             closed = any(isinstance(e, LinkClosed) for e in events) or out.close
