@@ -31,13 +31,13 @@ tiny sizes): `nbd_throughput.py` (nbdcopy into the standalone primary
 against nbdkit's file plugin), `profile_daemons.py` (py-spy of both daemons
 on a hot path), `cpu_per_byte.py` (CPU seconds per GiB of benchmark 4's
 cases) and `resync_threads.py` (where a resync's CPU and wall time go, per
-thread); see Profiles.
+thread); see notebooks/PROFILES.md.
 
 `make bench` runs `bench/run.py`: first `bench/storage_bench.py --write-docs`
 (the Storage section), then the daemon benchmarks (the Mirroring section).
 Each script prints one `name: value unit` line per measurement on stdout
 (progress goes to stderr), and rewrites only its own sections of this file
-and the Machine section; other sections (Profiles) are kept. Temporary data
+and the Machine section; other sections are kept. Temporary data
 goes to a directory under /var/tmp (sparse files: large volumes use no real
 space) and is removed at the end, also on failure. The scripts never drop
 the page cache, so each section says what was cached; between cases they
@@ -62,7 +62,7 @@ def render(cfg, mode, res, m, elapsed, argv_text) -> str:
          f"Absolute times are context only: the machine is shared and noisy. All data was in the page "
          f"cache (the machine has far more RAM than the data); the scripts sync() between cases."]
     L += ["", "**An outage** in benchmarks 1-3, 7 and 8 is the secondary stopped with SIGTERM (the primary "
-              "sees the link close: EOF, the same `link_down` path as a cut; it takes the link-down "
+              "sees the link close: EOF, the same link-failure path as a cut; it takes the link-down "
               "snapshot) and started again; the resync then runs over a direct loopback TCP connection, "
               "without the fault proxy in the data path (a Python proxy would add a copy per byte on a "
               "2-core machine). Benchmark 6 cuts the link with the fault proxy "
@@ -179,7 +179,7 @@ def render(cfg, mode, res, m, elapsed, argv_text) -> str:
           f"allows {g(big + '.cpu_bound_mb_s'):.0f} MB/s, "
           f"{g(big + '.cpu_bound_mb_s') / g(big + '.raw_copy_mb_s'):.0%} of the raw copy. Most of that CPU "
           f"is the kernel's: receiving, the page-cache copies of the originals and of the new data, and "
-          f"writeback (`bench/diagnostics/resync_threads.py` splits it per thread; docs below, Profiles)."]
+          f"writeback (`bench/diagnostics/resync_threads.py` splits it per thread; notebooks/PROFILES.md)."]
 
     # 4
     L += ["", "### 4. Mirrored write throughput through NBD (nbdcopy)", ""]
