@@ -218,6 +218,8 @@ class SecondaryNode:
                 self._got = True
         except ProtocolError as exc:  # refused: nothing of the offending message was written
             self._fail_link(now, f"protocol error: {exc}", Error.make(exc.code, str(exc.args[0])))
+        except BlockmirrorError as exc:  # a round's snapshot or commit the disk cannot take
+            self._fail_link(now, f"cannot store the primary's data: {exc}")
 
     def _on_message(self, now: float, msg) -> None:
         store = self.store
