@@ -34,7 +34,7 @@ def test_each_snapshot_accounts_its_preserved_chunks_and_bytes(tmp_path):
     got = {s["label"]: (s["exceptions"], s["space_bytes"], s["pause_ns"]) for s in out["snapshots"]}
     assert got == {"s1": (15, 13 * CHUNK, s1.pause_ns), "s2": (1, CHUNK, s2.pause_ns)}
     text = subprocess.run(run, capture_output=True, text=True, check=True).stdout
-    assert any(line.split()[:4] == [str(s1.id), "s1", "15", "52"] for line in text.splitlines()), text
+    assert any(line.split()[:5] == [str(s1.id), "user", "s1", "15", "52"] for line in text.splitlines()), text
     with Node.open(path) as node:  # deleting s1 drops what only it held
         node.delete_snapshot(s1.id)
         assert [(s.id, s.exceptions, s.data_bytes) for s in node.snapshot_space()] == [(s2.id, 1, CHUNK)]

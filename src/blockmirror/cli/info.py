@@ -7,6 +7,29 @@ from blockmirror.storage import Node
 from blockmirror.units import format_size
 
 
+# What the engines' own snapshots are, by the label they give them, and what
+# deleting one costs the mirror.
+_RESYNC_BASE_LOSS = "deleting it forces a full resync unless another resync base matches the secondary"
+INTERNAL_ROLES = {
+    "link-down": ("a resync base (the primary's volumes when the link went down)", _RESYNC_BASE_LOSS),
+    "restart": ("a resync base (the primary's volumes at a start that found no base)", _RESYNC_BASE_LOSS),
+    "resync-target": ("a resync round's target (the resync base once the round commits)", _RESYNC_BASE_LOSS),
+    "resync-safety": ("the secondary's image before a resync round (to roll an interrupted round back)",
+                      "deleting it means an interrupted round cannot be rolled back: the secondary's "
+                      "image keeps that round's partial writes"),
+}
+
+
+def internal_role(label: str) -> tuple[str, str]:
+    """(what an internal snapshot is for, what deleting it costs), from its label."""
+    return INTERNAL_ROLES.get(label, ("an internal snapshot of the mirror",
+                                      "deleting it can force a full resync"))
+
+
+def kind(snapshot: dict) -> str:
+    return "internal" if snapshot["internal"] else "user"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="show a node's volumes and snapshots (offline)",
                        description="Show the volumes, snapshots and snapshot space of a node directory "
@@ -25,7 +48,7 @@ def describe(node: Node) -> dict:
                      "allocated_bytes": sum(n for _, n in v.allocated_extents())}
                     for v in node.volumes.values()],
         "snapshots": [{"id": s.id, "label": s.label, "created_ns": s.created_ns, "pause_ns": s.pause_ns,
-                       "sealed": s.sealed,
+                       "sealed": s.sealed, "internal": s.internal,
                        "exceptions": space[s.id].exceptions, "space_bytes": space[s.id].data_bytes}
                       for s in node.snapshots()],
         "spare_cow": dict(zip(("files", "bytes"), node.spare_space()), limit_bytes=node.spare_limit_bytes),
@@ -43,9 +66,10 @@ def run(args) -> int:
     for v in info["volumes"]:
         print(f"{v['name']:<16} {format_size(v['size']):>10} {format_size(v['allocated_bytes']):>10}  {v['uuid']}")
     if info["snapshots"]:
-        print(f"{'SNAPSHOT':>8} {'LABEL':<16} {'CHUNKS':>8} {'SPACE':>10} {'PAUSE':>9}")
+        print(f"{'SNAPSHOT':>8} {'KIND':<8} {'LABEL':<16} {'CHUNKS':>8} {'SPACE':>10} {'PAUSE':>9}")
         for s in info["snapshots"]:
-            print(f"{s['id']:>8} {s['label']:<16} {s['exceptions']:>8} {format_size(s['space_bytes']):>10} "
+            print(f"{s['id']:>8} {kind(s):<8} {s['label']:<16} {s['exceptions']:>8} "
+                  f"{format_size(s['space_bytes']):>10} "
                   f"{s['pause_ns'] / 1e6:>7.2f}ms" + ("" if s["sealed"] else "  (unsealed: crashed before its sync)"))
     else:
         print("no snapshots")

@@ -3,10 +3,11 @@ stopped node."""
 
 import argparse
 import os
+import shlex
 import sys
 
-from blockmirror.cli.info import describe
-from blockmirror.errors import ConfigError
+from blockmirror.cli.info import describe, internal_role, kind
+from blockmirror.errors import ConfigError, SnapshotError
 from blockmirror.storage import Node
 from blockmirror.units import format_size
 
@@ -16,19 +17,32 @@ EXPORT_BLOCK_BYTES = 1 << 20
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("snapshot", help="create, list, delete or export snapshots (offline)",
                        description="Manage the copy-on-write snapshot chain of a node no daemon is serving. "
-                                   "A snapshot covers every volume of the node at one instant.")
+                                   "A snapshot covers every volume of the node at one instant. A snapshot "
+                                   "is a user's (made by `snapshot create`) or internal: one the mirror "
+                                   "took for itself (a resync base, a resync round's target or safety "
+                                   "snapshot), which `snapshot delete` keeps unless given --force.")
     ops = p.add_subparsers(dest="op", metavar="OP")
     ops.required = True
-    c = ops.add_parser("create", help="snapshot every volume at one instant")
+    c = ops.add_parser("create", help="snapshot every volume at one instant (a user snapshot)")
     c.add_argument("dir", metavar="DIR")
     c.add_argument("--label", default="manual", help="a label to show in listings")
     c.set_defaults(func=run_create)
-    ls = ops.add_parser("list", help="list snapshots with their space")
+    ls = ops.add_parser("list", help="list snapshots with their kind (internal or user) and space",
+                        description="List the snapshots: id, kind (internal: the mirror's own, with what "
+                                    "it is for; user: made by `snapshot create`), label, preserved chunks "
+                                    "and the space they hold.")
     ls.add_argument("dir", metavar="DIR")
     ls.set_defaults(func=run_list)
-    d = ops.add_parser("delete", help="delete one snapshot (the others keep their images)")
+    d = ops.add_parser("delete", help="delete one snapshot (the others keep their images; "
+                                      "an internal one needs --force)",
+                       description="Delete one snapshot; every other snapshot keeps its image. An internal "
+                                   "snapshot (one the mirror needs, e.g. a resync base) is refused unless "
+                                   "--force is given.")
     d.add_argument("dir", metavar="DIR")
     d.add_argument("id", type=int, metavar="ID")
+    d.add_argument("--force", action="store_true",
+                   help="delete an internal snapshot too (the mirror's own, e.g. a resync base: without it "
+                        "the next resync may have to be a full one)")
     d.set_defaults(func=run_delete)
     e = ops.add_parser("export", help="write one volume's image as of a snapshot to a file")
     e.add_argument("dir", metavar="DIR")
@@ -52,15 +66,23 @@ def run_list(args) -> int:
     if not snaps:
         print("no snapshots")
     for s in snaps:
-        print(f"{s['id']:>6}  {s['label']:<16} {s['exceptions']:>8} chunks preserved  "
-              f"{format_size(s['space_bytes']):>10}")
+        role = f"  {internal_role(s['label'])[0]}" if s["internal"] else ""
+        print(f"{s['id']:>6}  {kind(s):<8} {s['label']:<16} {s['exceptions']:>8} chunks preserved  "
+              f"{format_size(s['space_bytes']):>10}{role}")
     return 0
 
 
 def run_delete(args) -> int:
     with Node.open(args.dir) as node:
-        node.delete_snapshot(args.id)
-        print(f"deleted snapshot {args.id}")
+        snap = next((s for s in node.snapshots() if s.id == args.id), None)
+        if snap is not None and snap.internal and not args.force:
+            what, cost = internal_role(snap.label)
+            raise SnapshotError(f"snapshot {snap.id} ({snap.label}) is an internal snapshot the mirror needs: "
+                                f"{what}; {cost}",
+                                hint=f"blockmirror snapshot delete --force {shlex.quote(args.dir)} {snap.id}  "
+                                     "(to delete it anyway)")
+        node.delete_snapshot(args.id)  # an unknown id: SnapshotError "no snapshot N"
+        print(f"deleted {'internal ' if snap is not None and snap.internal else ''}snapshot {args.id}")
     return 0
 
 

@@ -171,7 +171,7 @@ class PrimaryNode:
         """Steps 64-70 in one call: pause, snapshot every volume, record
         (the base record commits with the snapshot), resume."""
         rows = None if base is None else (lambda sid: RecordStore.rows(base(sid)))
-        info = self.node.snapshot(label, rows)
+        info = self.node.snapshot(label, rows, internal=True)
         self.last_pause_ns = info.pause_ns
         return info
 

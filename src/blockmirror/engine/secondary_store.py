@@ -163,7 +163,7 @@ class SecondaryStore:
         else:
             # A crash between these two commits leaves a stray snapshot and no
             # round: recovery deletes the snapshot, nothing was applied yet.
-            safety = self.node.snapshot("resync-safety")
+            safety = self.node.snapshot("resync-safety", internal=True)
             self.round = OpenRound(round_id, INCREMENTAL, target, safety.id)
             self.records.save(self.round)
             self.out.info(f"incremental round {round_id} begins ({self.point.generation} -> {target})")

@@ -20,8 +20,17 @@ from pyroaring import BitMap
 
 from blockmirror.errors import NodeError, NoSpace
 
-FORMAT_VERSION = 2  # 2: COW slots in 4 KiB blocks, records with headers
+# 2: COW slots in 4 KiB blocks, records with headers; 3: snapshots.internal.
+# A format-2 store is upgraded to 3 at open (`MetaStore.upgrade`).
+FORMAT_VERSION = 3
 DB_NAME = "blockmirror.db"
+
+# The labels the engines of format 2 gave their own snapshots (engine/primary.py
+# and engine/secondary_store.py), which did not record a snapshot's kind: the
+# upgrade marks a format-2 store's rows with one of them internal (a user's
+# snapshot that was labelled so too: `snapshot delete --force` deletes it).
+# Fixed: snapshots of format 3 store their kind.
+FORMAT_2_ENGINE_LABELS = ("link-down", "restart", "resync-target", "resync-safety")
 
 _SCHEMA = """
 CREATE TABLE node (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -40,7 +49,12 @@ CREATE TABLE snapshots (
     -- 0 until every volume was synced after the snapshot: a crash before that
     -- may have lost writes issued (not flushed) before it, so its image can
     -- lack them; its exception table is complete either way.
-    sealed INTEGER NOT NULL DEFAULT 1
+    sealed INTEGER NOT NULL DEFAULT 1,
+    -- 1: an engine took it for itself (a resync base for one); 0: a user did.
+    -- Written by the INSERT that creates the snapshot. Format 3: the upgrade
+    -- adds it to a format 2 store. (No comma in this comment: SQLite's DROP
+    -- COLUMN would take it for the one before the column.)
+    internal INTEGER NOT NULL DEFAULT 0
 );
 -- One row per preserved chunk. `file` names the COW data file (the snapshot
 -- that first preserved it: rows move to an older snapshot when a snapshot is
@@ -95,6 +109,7 @@ class SnapshotRecord:
     created_ns: int
     pause_ns: int
     sealed: bool
+    internal: bool = False
 
 
 class MetaStore:
@@ -155,6 +170,22 @@ class MetaStore:
             exc.add_note(f"and the rollback failed: {failed}")
 
     # -- node ----------------------------------------------------------------
+    def upgrade(self) -> None:
+        """Brings a format-2 store to the current format in one transaction
+        (a crash leaves it whole at 2 or at 3): adds `snapshots.internal` and
+        marks the rows labelled by an engine (FORMAT_2_ENGINE_LABELS)
+        internal. Any other format is left for `node_info` to judge."""
+        row = self._conn.execute("SELECT value FROM node WHERE key='format_version'").fetchone()
+        if row is None or row[0] != 2:
+            return
+        with self.transaction("upgrade to format 3") as conn:
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(snapshots)")}
+            if "internal" not in columns:
+                conn.execute("ALTER TABLE snapshots ADD COLUMN internal INTEGER NOT NULL DEFAULT 0")
+            marks = ",".join("?" * len(FORMAT_2_ENGINE_LABELS))
+            conn.execute(f"UPDATE snapshots SET internal=1 WHERE label IN ({marks})", FORMAT_2_ENGINE_LABELS)
+            conn.execute("UPDATE node SET value=? WHERE key='format_version'", (FORMAT_VERSION,))
+
     def node_info(self) -> dict:
         rows = dict(self._conn.execute("SELECT key, value FROM node"))
         if rows.get("format_version") != FORMAT_VERSION:
@@ -166,8 +197,8 @@ class MetaStore:
             "SELECT id, name, uuid, size_bytes FROM volumes ORDER BY id")]
 
     def snapshots(self) -> list[SnapshotRecord]:
-        return [SnapshotRecord(r[0], r[1], r[2], r[3], bool(r[4])) for r in self._conn.execute(
-            "SELECT id, label, created_ns, pause_ns, sealed FROM snapshots ORDER BY id")]
+        return [SnapshotRecord(r[0], r[1], r[2], r[3], bool(r[4]), bool(r[5])) for r in self._conn.execute(
+            "SELECT id, label, created_ns, pause_ns, sealed, internal FROM snapshots ORDER BY id")]
 
     # -- exception tables ----------------------------------------------------
     def load_table(self, snap: int, vol: int) -> BitMap:

@@ -145,6 +145,7 @@ class Node:
         meta = None
         try:
             meta = MetaStore.connect(fs.meta_uri(db_path, create=False), fs.meta_commit, synchronous=meta_synchronous)
+            meta.upgrade()  # a store of an older format, once
             return cls(path, fs, meta, dir_lock, clock_ns, monotonic_ns, spare_limit_bytes, pipeline)
         except BaseException:
             if meta is not None:
@@ -220,10 +221,13 @@ class Node:
         self.writes.pace_writeback(nbytes, every)
 
     # -- snapshots -------------------------------------------------------------------
-    def snapshot(self, label: str = "", rows: SnapshotRows | None = None) -> SnapshotInfo:
+    def snapshot(self, label: str = "", rows: SnapshotRows | None = None, *,
+                 internal: bool = False) -> SnapshotInfo:
         """Steps 64-70: every volume at one instant, with `rows(snap_id)`
-        (key/value state) committed atomically; see `SnapshotChain.take`."""
-        return self.chain.take(label, rows)
+        (key/value state) committed atomically; see `SnapshotChain.take`.
+        `internal`: an engine's own snapshot (the CLI refuses to delete it
+        without --force); a user's otherwise."""
+        return self.chain.take(label, rows, internal=internal)
 
     def delete_snapshot(self, snap: int) -> None:
         self.chain.delete(snap)

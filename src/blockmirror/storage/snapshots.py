@@ -37,6 +37,7 @@ class SnapshotInfo:
     created_ns: int
     pause_ns: int  # how long writers were kept out (drain + metadata commit)
     sealed: bool = True  # False only after a crash between its commit and its volume sync
+    internal: bool = False  # taken by an engine for itself (a resync base, ...), not by a user
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ class SnapshotChain:
         self._clock_ns = clock_ns
         self._monotonic_ns = monotonic_ns
         self.infos: dict[int, SnapshotInfo] = {
-            r.id: SnapshotInfo(r.id, r.label, r.created_ns, r.pause_ns, r.sealed) for r in meta.snapshots()}
+            r.id: SnapshotInfo(r.id, r.label, r.created_ns, r.pause_ns, r.sealed, r.internal)
+            for r in meta.snapshots()}
 
     @property
     def newest(self) -> int | None:
@@ -76,12 +78,13 @@ class SnapshotChain:
             raise SnapshotError(f"no snapshot {snap}",
                                 hint="list them with: blockmirror snapshot list DIR")
 
-    def take(self, label: str = "", rows: SnapshotRows | None = None) -> SnapshotInfo:
+    def take(self, label: str = "", rows: SnapshotRows | None = None, *, internal: bool = False) -> SnapshotInfo:
         """Steps 64-70: pause writes to every volume, snapshot them all at one
         instant, resume. O(1) in volume size: no data is copied. `rows(id)`
         gives key/value pairs for the layers above (JSON values, None
         deletes; e.g. the unacknowledged writes of step 68, keyed by the new
-        snapshot's id), committed atomically with the snapshot.
+        snapshot's id), committed atomically with the snapshot. `internal`
+        marks a snapshot an engine takes for itself (stored in the same row).
 
         The pause holds only the drain of in-flight writes and one metadata
         commit: copy-on-write starts at that commit, and originals are read
@@ -103,22 +106,23 @@ class SnapshotChain:
                 created = self._clock_ns()
                 with self._tables.transaction("snapshot") as conn:
                     cur = conn.execute(
-                        "INSERT INTO snapshots (label, created_ns, sealed) VALUES (?, ?, 0)", (label, created))
+                        "INSERT INTO snapshots (label, created_ns, sealed, internal) VALUES (?, ?, 0, ?)",
+                        (label, created, int(internal)))
                     snap_id = cur.lastrowid
                     if rows is not None:
                         MetaStore.put_state(conn, rows(snap_id))
                 self._tables.add_snapshot(snap_id)
                 pause_ns = self._monotonic_ns() - start
-                self.infos[snap_id] = SnapshotInfo(snap_id, label, created, pause_ns, False)
+                self.infos[snap_id] = SnapshotInfo(snap_id, label, created, pause_ns, False, internal)
         self._writes.flush()
-        info = SnapshotInfo(snap_id, label, created, pause_ns, True)
+        info = SnapshotInfo(snap_id, label, created, pause_ns, True, internal)
         with self._lock:
             try:
                 with self._meta.transaction("seal") as conn:
                     conn.execute("UPDATE snapshots SET sealed=1, pause_ns=? WHERE id=?", (pause_ns, snap_id))
             except NoSpace as exc:  # the snapshot is taken, its image complete: only the mark is missing
                 log.warning("snapshot %d stays unsealed: %s", snap_id, exc)
-                info = SnapshotInfo(snap_id, label, created, pause_ns, False)
+                info = SnapshotInfo(snap_id, label, created, pause_ns, False, internal)
             if snap_id in self.infos:
                 self.infos[snap_id] = info
         return info
