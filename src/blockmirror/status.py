@@ -137,6 +137,10 @@ class SecondaryStatus:
     tls_failures: int = 0
     connections_accepted: int = 0
     busy_refusals: int = 0
+    # A demoted node: the chunks of its own that its primary's data replaces
+    # (pending until the first resync commits), and the snapshot keeping them.
+    discarded_chunks: int = 0
+    discarded_snapshot: int | None = None
 
 
 @dataclass

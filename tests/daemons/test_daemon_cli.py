@@ -120,13 +120,15 @@ def test_status_without_a_daemon(nodes):
     assert "blockmirror primary" in hint
 
 
-def test_a_node_keeps_its_role(nodes):
+def test_a_node_keeps_its_role_and_pair_after_a_handshake(nodes):
     p, s, secret = nodes
     d = Daemon("secondary", s, *secondary_args(secret))
-    assert d.stop() == 0
+    primary = Daemon("primary", p, *primary_args(secret, d.listen))
+    primary.wait_for(converged, what="the first handshake and sync")
+    assert primary.stop() == 0 and d.stop() == 0
     proc = cli("primary", s, *primary_args(secret, ("127.0.0.1", 1)))
     err, hint = error_lines(proc)
-    assert proc.returncode == 1 and "is the secondary of pair 'default'; it cannot run as the primary" in err
+    assert proc.returncode == 1 and f"{s} is a secondary" in err and f"blockmirror promote {s}" in hint
     proc = cli("secondary", s, *secondary_args(secret, "--pair", "other"))
     err, hint = error_lines(proc)
     assert "belongs to pair 'default', not 'other'" in err and hint == "Try: start it with --pair default"

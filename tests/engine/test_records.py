@@ -9,8 +9,8 @@ import pytest
 
 from blockmirror.engine import PrimaryConfig, PrimaryNode, SecondaryConfig, SecondaryNode
 from blockmirror.engine.records import (
-    ActivityRecord, CommittedPoint, OpenRound, PairBinding, PrimaryPoint, RecordError, RecordStore, ResyncBase,
-    VolumePairing,
+    ActivityRecord, CommittedPoint, LocalChanges, OpenRound, PairBinding, PrimaryPoint, RecordError, RecordStore,
+    ResyncBase, VolumePairing, coalesce,
 )
 from blockmirror.storage import Node
 
@@ -27,6 +27,7 @@ G2 = uuid.UUID(int=12, version=4)
     (OpenRound(5, "incremental", G2, safety=3), OpenRound.decode),
     (VolumePairing({"a": str(G1)}), VolumePairing.decode),
     (PairBinding("db", G1, "primary"), PairBinding.decode),
+    (LocalChanges(G1, (("a", 0, 65536),), (("b", 65536, 4096, bytes(range(16))),), 4, 2), LocalChanges.decode),
 ])
 def test_each_record_reads_back_what_it_wrote(record, decode):
     raw = record.encode()
@@ -71,3 +72,12 @@ def test_a_secondary_written_by_the_previous_version_keeps_its_point(tmp_path):
     local = s.local_node()
     assert (local.committed_generation, local.committed_seq) == (G2, 17)
     node.close()
+
+
+def test_coalesced_extents_cover_every_original_one_within_the_limit():
+    extents = tuple(("a", i * 100, 10) for i in range(50)) + tuple(("b", i * 7, 3) for i in range(30))
+    out = coalesce(extents, 20)
+    assert len(out) <= 20
+    for name, off, length in extents:
+        assert any(n == name and o <= off and off + length <= o + ln for n, o, ln in out), (name, off)
+    assert coalesce(extents[:5], 20) == extents[:5]

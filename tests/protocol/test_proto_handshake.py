@@ -360,3 +360,30 @@ def test_short_secret_is_a_config_error_with_a_hint():
 def test_primary_volumes_need_uuids():
     with pytest.raises(ValueError):
         primary_node(volumes=(VolumeInfo("db", NIL_UUID, 4096),))
+
+
+def test_a_demoted_secondary_tells_the_primary_what_it_changed_itself():
+    """Ready carries its own changes by volume name, turned into the
+    primary's volume indexes; the primary's Established has them."""
+    digest = bytes(range(16))
+    s_vols = tuple(reversed(VOLUMES))  # its own order differs from the primary's
+    local = secondary_node(volumes=s_vols, committed_generation=G1, committed_seq=9,
+                           changed=(("logs", 0, 65536),), digests=((VOLUMES[0].name, 131072, 65536, digest),))
+    p, s = make_pair(secondary=local)
+    link = handshake(p, s)
+    ep = link.events[p][0]
+    assert ep.peer_changed == ((VOLUMES.index(VOL_LOGS), 0, 65536),)
+    assert ep.peer_digests == ((0, 131072, 65536, digest),)
+    ready = decode_all(bytes(link.wire[s]))[-1]
+    assert isinstance(ready, Ready) and ready.changed == ep.peer_changed and ready.digests == ep.peer_digests
+
+
+def test_a_ready_without_changes_is_the_earlier_format():
+    plain = Ready(G1, 7, VOLUMES)
+    assert frame_bytes(plain) == frame_bytes(Ready(G1, 7, VOLUMES, (), ()))
+    decoded = decode_all(frame_bytes(plain))[0]
+    assert decoded == plain and decoded.changed == () and decoded.digests == ()
+    with_digest = Ready(G1, 7, VOLUMES, (), ((1, 0, 4096, bytes(16)),))
+    assert decode_all(frame_bytes(with_digest))[0] == with_digest
+    with pytest.raises(ValueError, match="volume index 5"):
+        Ready(G1, 7, VOLUMES, ((5, 0, 1),))

@@ -13,6 +13,8 @@ _RESYNC_BASE_LOSS = "deleting it forces a full resync unless another resync base
 INTERNAL_ROLES = {
     "link-down": ("a resync base (the primary's volumes when the link went down)", _RESYNC_BASE_LOSS),
     "restart": ("a resync base (the primary's volumes at a start that found no base)", _RESYNC_BASE_LOSS),
+    "promoted": ("a resync base (the image a promoted secondary kept: the point it shares with its old primary)",
+                 _RESYNC_BASE_LOSS),
     "resync-target": ("a resync round's target (the resync base once the round commits)", _RESYNC_BASE_LOSS),
     "resync-safety": ("the secondary's image before a resync round (to roll an interrupted round back)",
                       "deleting it means an interrupted round cannot be rolled back: the secondary's "

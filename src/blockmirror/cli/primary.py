@@ -98,10 +98,16 @@ def _run_standalone(args, host: str, port: int) -> int:
     from blockmirror.storage import Node
 
     node = Node.open(args.dir)
-    if not node.volumes:
+    try:
+        if not node.volumes:
+            raise ConfigError(f"node {args.dir} has no volumes to serve",
+                              hint="blockmirror init a node with --volume NAME=SIZE")
+        if not args.read_only:
+            from blockmirror.engine.roles import check_role
+            check_role(node, "primary")  # a secondary's volumes are written only by its primary
+    except BaseException:
         node.close()
-        raise ConfigError(f"node {args.dir} has no volumes to serve",
-                          hint="blockmirror init a node with --volume NAME=SIZE")
+        raise
     from blockmirror.runtime.driver import tune_malloc
 
     tune_malloc()  # as every daemon: freed payload buffers are reused, not faulted in again
@@ -147,7 +153,7 @@ async def _serve(local, host: str, port: int) -> int:
 def _run_mirrored(args, host: str, port: int) -> int:
     from blockmirror.engine import PrimaryConfig
     from blockmirror.runtime import tls
-    from blockmirror.runtime.pairing import bind_pair, check_pair_name, read_secret
+    from blockmirror.runtime.pairing import check_pair, check_pair_name, read_secret
     from blockmirror.storage import Node
     from blockmirror.units import parse_size
 
@@ -176,7 +182,7 @@ def _run_mirrored(args, host: str, port: int) -> int:
         if not node.volumes:
             raise ConfigError(f"node {args.dir} has no volumes to serve",
                               hint="blockmirror init a node with --volume NAME=SIZE")
-        pair = bind_pair(node, "primary", pair_name, secret)
+        pair = check_pair(node, "primary", pair_name, secret)
     except BaseException:
         node.close()
         raise

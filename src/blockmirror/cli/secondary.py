@@ -59,7 +59,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from blockmirror.engine import SecondaryConfig
     from blockmirror.runtime import tls
-    from blockmirror.runtime.pairing import bind_pair, check_pair_name, read_secret
+    from blockmirror.runtime.pairing import check_pair, check_pair_name, read_secret
     from blockmirror.storage import Node
 
     parser = args._parser
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if not node.volumes:
             raise ConfigError(f"node {args.dir} has no volumes", hint="blockmirror init a node with --volume NAME=SIZE")
-        pair = bind_pair(node, "secondary", pair_name, secret)
+        pair = check_pair(node, "secondary", pair_name, secret)
     except BaseException:
         node.close()
         raise

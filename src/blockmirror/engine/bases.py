@@ -6,7 +6,7 @@ A base is made by the link-down snapshot (step 66, with step 68's list), by
 a restart with no base, and by every round's target once its commit is on
 its way. A reconnect resyncs from the base that matches the secondary; the
 others go. Snapshots without a record (a user's, the target of a round that
-never sent its commit) are not bases.
+never sent its commit) are not bases; only internal ones are deleted.
 """
 
 from __future__ import annotations
@@ -32,10 +32,16 @@ class ResyncBases:
         unacknowledged writes. Returns the rows to commit and the bases."""
         bases = self.all()
         for snap in self.node.snapshots():
-            if snap.id not in bases:
+            if snap.internal and snap.id not in bases:
                 self.node.delete_snapshot(snap.id)
         stale = tuple(k for k in self.records.base_keys() if int(k[len(ResyncBase.PREFIX):]) not in bases)
         return RecordStore.rows(*(b.with_unacked(hot) for b in bases.values() if hot), delete=stale), bases
+
+    def lost(self) -> list[int]:
+        """Bases whose record outlived their snapshot: deleted by hand
+        (`snapshot delete --force`). What changed since them is unknown."""
+        live = {s.id for s in self.node.snapshots()}
+        return [sid for sid in (int(k[len(ResyncBase.PREFIX):]) for k in self.records.base_keys()) if sid not in live]
 
     def keep(self, base: ResyncBase) -> None:
         self.records.save(base)
@@ -44,13 +50,17 @@ class ResyncBases:
         self.records.save(delete=(f"{ResyncBase.PREFIX}{snapshot}",))
         self.node.delete_snapshot(snapshot)
 
-    def choose(self, ours: uuid.UUID | None, peer_gen: uuid.UUID, peer_seq: int) -> tuple[ResyncBase | None, str]:
+    def choose(self, ours: uuid.UUID | None, peer_gen: uuid.UUID, peer_seq: int,
+               peer_changed: bool = False) -> tuple[ResyncBase | None, str]:
         """Step 74's starting point: the newest base whose record names the
         secondary's generation at or before its seq; every other base goes.
-        None (a full round) when none matches; the reason says why."""
+        None (a full round) when none matches; the reason says why. A
+        secondary that lists its own changes (a demoted primary: they cover
+        every write of its after `peer_seq`) matches any base of its
+        generation."""
         bases = self.all()
         fits = [b for b in bases.values() if peer_gen != NIL_UUID and b.generation == peer_gen
-                and b.acked_seq <= peer_seq]
+                and (b.acked_seq <= peer_seq or peer_changed)]
         base = max(fits, key=lambda b: b.snapshot) if fits else None
         for sid in bases:
             if base is None or sid != base.snapshot:

@@ -39,6 +39,7 @@ from blockmirror.engine.phases import (
 from blockmirror.engine.phases import PrimaryPhase as P
 from blockmirror.engine.records import ActivityRecord, PrimaryPoint, RecordStore, ResyncBase
 from blockmirror.engine.report import primary_status
+from blockmirror.engine.roles import bind_at_handshake, chunk_digest
 from blockmirror.engine.rounds import (
     MESSAGE_OVERHEAD_BYTES, Geometry, ResyncRound, RoundSender, full_round_chunks, incremental_round_chunks,
 )
@@ -158,8 +159,16 @@ class PrimaryNode:
         self.recovered_hot = hot
         if not point.clean:
             self._out.warning(f"unclean stop: {len(hot)} hot regions join the resync")
+        lost = self.bases.lost()
         rows, bases = self.bases.restore(hot)
-        if self.generation is not None and not bases:
+        if lost and self.generation is not None:
+            # Deleted by hand: what changed since it is known nowhere. The
+            # point is forgotten (durably, with the rows below), so that no
+            # restart base can ever claim it: the next resync is a full sync.
+            self._out.warning(f"resync base snapshot {', '.join(map(str, lost))} was deleted: what changed "
+                              f"since is unknown, so the next resync is a full sync")
+            self.generation = None
+        elif self.generation is not None and not bases:
             # Before the activity log is cleared: its hot regions must be in a
             # base's record at every instant, a crash in between included.
             self._snapshot("restart", lambda sid: ResyncBase(sid, self.generation, 0, tuple(hot)))
@@ -176,7 +185,9 @@ class PrimaryNode:
         return info
 
     def volume_infos(self) -> list[tuple[str, uuid.UUID, int]]:
-        return [(v.name, uuid.UUID(v.uuid), v.size) for v in self.node.volumes.values()]
+        """A promoted node keeps the pair's volume UUIDs it took as a secondary."""
+        paired = self.records.volume_pairing().primary_uuids
+        return [(v.name, uuid.UUID(paired.get(v.name, v.uuid)), v.size) for v in self.node.volumes.values()]
 
     # -- host requests ---------------------------------------------------------------------
     def _on_host(self, now: float, event: HostRequests) -> None:
@@ -311,7 +322,17 @@ class PrimaryNode:
         self.rounds_this_link = 0
         self._episode = ResyncSummary()
         self._episode_started = now
-        base, why = self.bases.choose(self.generation, est.committed_generation, est.committed_seq)
+        bind_at_handshake(self._out, self.records, self.local.pair_name, self.local.pair_uuid, PRIMARY)
+        own = est.peer_changed or est.peer_digests
+        base, why = self.bases.choose(self.generation, est.committed_generation, est.committed_seq, bool(own))
+        if base is not None and own:
+            # A demoted node's own writes: this round sends them back too.
+            differ = [(vol, off, length) for vol, off, length, digest in est.peer_digests
+                      if chunk_digest(self.node.read_snapshot(base.snapshot, self.geo.names[vol], off, length))
+                      != digest]
+            base = base.with_unacked(est.peer_changed + tuple(differ))
+            why += (f", with what the secondary changed itself: {len(est.peer_changed)} extents and "
+                    f"{len(differ)} of the {len(est.peer_digests)} chunks it may have changed")
         self._out.log(logging.INFO if base is not None else logging.WARNING, why)
         self._start_round(now, base, why)
 

@@ -197,11 +197,66 @@ class VolumePairing:
         return cls(dict(raw["primary_uuids"]))
 
 
+@dataclass(frozen=True, slots=True)
+class LocalChanges:
+    """What a demoted node's image may hold that its generation does not:
+    the chunks it changed itself since `generation` (unreplicated writes,
+    writes after a failure, hot regions of a crash). Each as (volume name,
+    offset, length, digest of its bytes) in `digests`, or, past the number a
+    handshake carries, as bare extents. The handshake tells the primary,
+    whose first round sends the ones that differ; the first commit clears
+    the record. `discarded` is the snapshot that keeps them."""
+    KEY: ClassVar[str] = "secondary.local_changes"
+    VERSION: ClassVar[int] = 1
+    generation: uuid.UUID
+    extents: tuple[tuple[str, int, int], ...] = ()
+    digests: tuple[tuple[str, int, int, bytes], ...] = ()
+    discarded: int | None = None
+    chunks: int = 0
+
+    def encode(self) -> dict:
+        return {"v": self.VERSION, "generation": str(self.generation), "extents": [list(e) for e in self.extents],
+                "digests": [[n, o, ln, d.hex()] for n, o, ln, d in self.digests],
+                "discarded": self.discarded, "chunks": self.chunks}
+
+    @classmethod
+    def decode(cls, raw: dict) -> LocalChanges:
+        _version(raw, cls)
+        return cls(uuid.UUID(raw["generation"]), tuple((str(n), int(o), int(ln)) for n, o, ln in raw["extents"]),
+                   tuple((str(n), int(o), int(ln), bytes.fromhex(d)) for n, o, ln, d in raw.get("digests", ())),
+                   raw.get("discarded"), int(raw.get("chunks", 0)))
+
+
+def coalesce(extents: tuple, limit: int) -> tuple:
+    """At most `limit` extents covering at least `extents` (per name, the
+    smallest gaps are closed first; covering more is safe, it is resent)."""
+    if len(extents) <= limit:
+        return tuple(extents)
+    by_name: dict = {}
+    for name, off, length in sorted(extents):
+        by_name.setdefault(name, []).append([off, off + length])
+    gaps = sorted((runs[i + 1][0] - runs[i][1], name, i) for name, runs in by_name.items()
+                  for i in range(len(runs) - 1))
+    join = {(name, i) for _, name, i in gaps[:len(extents) - limit]}
+    out = []
+    for name, runs in by_name.items():
+        cur = list(runs[0])
+        for i in range(1, len(runs)):
+            if (name, i - 1) in join:
+                cur[1] = max(cur[1], runs[i][1])
+            else:
+                out.append((name, cur[0], cur[1] - cur[0]))
+                cur = list(runs[i])
+        out.append((name, cur[0], cur[1] - cur[0]))
+    return tuple(out)
+
+
 # -- the daemon --------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
 class PairBinding:
-    """The pair and role a node joined at its first daemon start."""
+    """The pair and role of a node: written by its first completed
+    handshake, changed only by `promote` and `demote`."""
     KEY: ClassVar[str] = "daemon.pair"
     VERSION: ClassVar[int] = 1
     name: str
@@ -274,9 +329,21 @@ class RecordStore:
         raw = self.node.get_state(OpenRound.KEY)
         return None if raw is None else OpenRound.decode(raw)
 
+    def bind(self, name: str, pair_uuid: uuid.UUID, role: str) -> bool:
+        """Record the pair and role at a completed handshake (once)."""
+        binding = PairBinding(name, pair_uuid, role)
+        if self.pair_binding() == binding:
+            return False
+        self.save(binding)
+        return True
+
     def pair_binding(self) -> PairBinding | None:
         raw = self.node.get_state(PairBinding.KEY)
         return None if raw is None else PairBinding.decode(raw)
+
+    def local_changes(self) -> LocalChanges | None:
+        raw = self.node.get_state(LocalChanges.KEY)
+        return None if raw is None else LocalChanges.decode(raw)
 
     def volume_pairing(self) -> VolumePairing:
         raw = self.node.get_state(VolumePairing.KEY)

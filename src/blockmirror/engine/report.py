@@ -47,4 +47,7 @@ def secondary_status(s, now: float) -> Status:
     own = SecondaryStatus(consistent=point.holds_image,
                           round_open=None if rnd is None else RoundStatus(rnd.id, rnd.kind),
                           journal_bytes=s.store.journal.tail)
+    own_changes = s.store.local_changes or s.store.replaced_changes
+    if own_changes is not None:
+        own.discarded_chunks, own.discarded_snapshot = own_changes.chunks, own_changes.discarded
     return _status(s, SECONDARY, point.generation, point.seq, progress, own)

@@ -31,8 +31,9 @@ from blockmirror.engine.phases import (
     SECONDARY_LINKED, SECONDARY_TRANSITIONS, PhaseMachine,
 )
 from blockmirror.engine.phases import SecondaryPhase as S
-from blockmirror.engine.records import FULL, INCREMENTAL, OpenRound
+from blockmirror.engine.records import FULL, INCREMENTAL, OpenRound, coalesce
 from blockmirror.engine.report import secondary_status
+from blockmirror.engine.roles import bind_at_handshake
 from blockmirror.engine.secondary_store import SecondaryStore
 from blockmirror.errors import BlockmirrorError
 from blockmirror.protocol import (
@@ -40,6 +41,7 @@ from blockmirror.protocol import (
     ResyncCommit, ResyncCommitted, ResyncData, ResyncZeroes, Role, VolumeInfo, Write, WriteZeroes,
 )
 from blockmirror.protocol.errors import ErrorCode, ProtocolError, RemoteProtocolError
+from blockmirror.protocol.handshake import READY_CHANGED_MAX
 from blockmirror.status import (
     SECONDARY, ResyncProgress, ResyncSummary, State, Status,
 )
@@ -145,8 +147,12 @@ class SecondaryNode:
         while no complete image is held)."""
         point = self.store.point
         gen, seq = (point.generation, point.seq) if point.consistent else (NIL_UUID, 0)
+        own = self.store.local_changes
+        changed = digests = ()
+        if own is not None and own.generation == gen:
+            changed, digests = coalesce(own.extents, READY_CHANGED_MAX), own.digests
         return LocalNode(Role.SECONDARY, uuid.UUID(self.node.node_uuid), self.pair_uuid, self.pair_name,
-                         tuple(VolumeInfo(n, u, s) for n, u, s in self.volume_infos()), gen, seq)
+                         tuple(VolumeInfo(n, u, s) for n, u, s in self.volume_infos()), gen, seq, changed, digests)
 
     def volume_infos(self) -> list[tuple[str, uuid.UUID, int]]:
         """A nil UUID until the first full sync pairs a volume with the primary's."""
@@ -181,6 +187,7 @@ class SecondaryNode:
         self._episode = ResyncSummary()
         self._episode_started = None
         self._move(S.LINKED, "link up")
+        bind_at_handshake(self._out, self.store.records, self.pair_name, self.pair_uuid, SECONDARY)
 
     def _on_link_closed(self, now: float, event: LinkClosed) -> None:
         if event.link != self.link:

@@ -17,7 +17,7 @@ import uuid
 from blockmirror.engine.config import SecondaryConfig
 from blockmirror.engine.journal import KIND_WRITE, RedoJournal
 from blockmirror.engine.records import (
-    FULL, INCREMENTAL, CommittedPoint, OpenRound, RecordStore, VolumePairing,
+    FULL, INCREMENTAL, CommittedPoint, LocalChanges, OpenRound, RecordStore, VolumePairing,
 )
 from blockmirror.storage import Node, WriteOp
 
@@ -33,6 +33,8 @@ class SecondaryStore:
         self.names = list(node.volumes)  # wire volume index -> name (the primary's order once linked)
         self.point: CommittedPoint = self.records.committed_point()
         self.pairing: VolumePairing = self.records.volume_pairing()
+        self.local_changes: LocalChanges | None = self.records.local_changes()  # a demoted node's own writes
+        self.replaced_changes: LocalChanges | None = None  # ... once a commit replaced them
         self.round: OpenRound | None = None
         self._pending_writes: list[WriteOp] = []  # journaled, applied after the sync
         self.applied_batches = 0  # batches written to the volumes (the simulator's checker watches it)
@@ -56,7 +58,8 @@ class SecondaryStore:
                 self.records.save(delete=(OpenRound.KEY,))
         # A safety snapshot with no open round is left from a crash after commit.
         for snap in node.snapshots():
-            node.delete_snapshot(snap.id)
+            if snap.internal:
+                node.delete_snapshot(snap.id)
         seq, end, ops = self.point.seq, self.point.journal_checkpoint, []
         for rec in self.journal.replay(self.point.journal_checkpoint, self.point.seq):
             ops.append(self._record_op(rec.volume, rec.kind, rec.offset, rec.length, rec.data))
@@ -182,7 +185,13 @@ class SecondaryStore:
         if rnd is not None and rnd.kind == FULL:
             self.pairing = VolumePairing(dict(primary_uuids))
             recs.append(self.pairing)
-        self.records.save(*recs, delete=(OpenRound.KEY,))
+        drop = (OpenRound.KEY,) if self.local_changes is None else (OpenRound.KEY, LocalChanges.KEY)
+        self.records.save(*recs, delete=drop)
+        if self.local_changes is not None:
+            self.out.info(f"this node's own changes ({self.local_changes.chunks} chunks) are replaced by the "
+                          f"primary's" + ("" if self.local_changes.discarded is None else
+                                          f"; they are kept in snapshot {self.local_changes.discarded}"))
+            self.local_changes, self.replaced_changes = None, self.local_changes
         self.round = None
         if rnd is not None and rnd.kind == INCREMENTAL:
             self.node.delete_snapshot(rnd.safety)

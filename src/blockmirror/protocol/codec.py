@@ -136,6 +136,10 @@ class Reader:
     def text(self) -> str:
         return self.take(self.u16()).decode("utf-8")
 
+    @property
+    def at_end(self) -> bool:
+        return self._pos == len(self._view)
+
     def end(self) -> None:
         if self._pos != len(self._view):
             raise ValueError(f"{len(self._view) - self._pos} trailing bytes in payload")

@@ -267,16 +267,18 @@ class Connection:
             return None
         if isinstance(msg, Attach):
             ours = pairing.match_volumes(msg.volumes, self._local.volumes)
-            self._queue(Ready(self._local.committed_generation, self._local.committed_seq, ours))
+            changed, digests = pairing.changed_on_wire(self._local, ours)
+            self._queue(Ready(self._local.committed_generation, self._local.committed_seq, ours, changed, digests))
             return self._establish(msg.volumes, ours, self._local.committed_generation,
-                                   self._local.committed_seq)
+                                   self._local.committed_seq, changed, digests)
         if isinstance(msg, Ready):
             pairing.match_volumes(self._local.volumes, msg.volumes)
-            return self._establish(self._local.volumes, msg.volumes, msg.committed_generation, msg.committed_seq)
+            return self._establish(self._local.volumes, msg.volumes, msg.committed_generation, msg.committed_seq,
+                                   msg.changed, msg.digests)
         raise AssertionError(f"not a handshake message: {msg!r}")
 
     def _establish(self, primary_volumes: tuple[VolumeInfo, ...], secondary_volumes: tuple[VolumeInfo, ...],
-                   generation, seq: int) -> Established:
+                   generation, seq: int, changed: tuple = (), digests: tuple = ()) -> Established:
         assert self.state is State.READY and self._hello_peer is not None
         self._stream = StreamOrder(primary_volumes, generation, seq)
         peer_volumes = secondary_volumes if self.role is Role.PRIMARY else primary_volumes
@@ -288,5 +290,7 @@ class Connection:
             peer_volumes=peer_volumes,
             committed_generation=generation,
             committed_seq=seq,
+            peer_changed=changed,
+            peer_digests=digests,
         )
         return self.established

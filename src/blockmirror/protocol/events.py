@@ -27,6 +27,8 @@ class Established:
     peer_volumes: tuple[VolumeInfo, ...]
     committed_generation: uuid.UUID
     committed_seq: int
+    peer_changed: tuple[tuple[int, int, int], ...] = ()  # the secondary's own changes (Ready.changed)
+    peer_digests: tuple[tuple[int, int, int, bytes], ...] = ()  # and what it may have changed (Ready.digests)
 
 
 @dataclass(frozen=True)

@@ -168,32 +168,81 @@ class Attach(Message):
 
 
 _READY_FIXED = struct.Struct(">16sQ")
+_CHANGED = struct.Struct(">HQQ")
+_DIGEST = struct.Struct(">HQI16s")
+DIGEST_BYTES = 16
+# Bounds of Ready's two lists (together well under a frame): a demoted node
+# with more coalesces its extents and sends the rest without digests.
+READY_CHANGED_MAX = 50_000
+READY_DIGESTS_MAX = 80_000
+
+ChangedExtent = tuple[int, int, int]  # (volume index in the primary's order, offset, length)
+ChunkDigest = tuple[int, int, int, bytes]  # (volume index, offset, length, BLAKE2b-128 of those bytes)
+
+
+def check_changed(changed: tuple, digests: tuple, volumes: int) -> None:
+    if not isinstance(changed, tuple) or len(changed) > READY_CHANGED_MAX:
+        raise ValueError(f"changed must be a tuple of at most {READY_CHANGED_MAX} extents")
+    if not isinstance(digests, tuple) or len(digests) > READY_DIGESTS_MAX:
+        raise ValueError(f"digests must be a tuple of at most {READY_DIGESTS_MAX} chunks")
+    for vol, off, length, *rest in changed + digests:
+        if not 0 <= vol < volumes:
+            raise ValueError(f"changed extent of volume index {vol}; there are {volumes} volumes")
+        check_uint("changed offset", off, 64)
+        check_uint("changed length", length, 32 if rest else 64)
+        if rest and (not isinstance(rest[0], bytes) or len(rest[0]) != DIGEST_BYTES):
+            raise ValueError(f"a chunk digest is {DIGEST_BYTES} bytes")
 
 
 @dataclass(frozen=True, slots=True)
 class Ready(Message):
     """Secondary -> primary: pairing accepted. Carries the secondary's own
     volumes and the last point it has durably committed, from which the
-    primary's engine chooses to continue, resync incrementally or fully."""
+    primary's engine chooses to continue, resync incrementally or fully.
+
+    `changed`: extents a demoted node changed itself since that point (its
+    own writes the primary lacks); the primary's resync sends them too.
+    `digests`: chunks it may have changed, each with a digest of its bytes;
+    the primary sends those whose bytes differ at the shared point. Both
+    optional on the wire: absent when empty (the earlier format)."""
 
     TYPE: ClassVar[MessageType] = MessageType.READY
     committed_generation: uuid.UUID
     committed_seq: int
     volumes: tuple[VolumeInfo, ...]
+    changed: tuple[ChangedExtent, ...] = ()
+    digests: tuple[ChunkDigest, ...] = ()
 
     def __post_init__(self) -> None:
         check_uuid("committed_generation", self.committed_generation)
         check_uint("committed_seq", self.committed_seq, 64)
         check_volumes(self.volumes)
+        check_changed(self.changed, self.digests, len(self.volumes))
 
     def _parts(self) -> list[Buffer]:
-        return [_READY_FIXED.pack(self.committed_generation.bytes, self.committed_seq)
-                + _encode_volumes(self.volumes)]
+        out = _READY_FIXED.pack(self.committed_generation.bytes, self.committed_seq) + _encode_volumes(self.volumes)
+        if self.changed or self.digests:
+            out += U64.pack(len(self.changed)) + b"".join(_CHANGED.pack(*e) for e in self.changed)
+        if self.digests:
+            out += U64.pack(len(self.digests)) + b"".join(_DIGEST.pack(*e) for e in self.digests)
+        return [out]
 
     @classmethod
     def _decode(cls, view: memoryview) -> Ready:
         r = Reader(view)
         generation, seq = r.unpack(_READY_FIXED)
         volumes = _read_volumes(r)
+        changed: tuple = ()
+        digests: tuple = ()
+        if not r.at_end:
+            count = r.u64()
+            if count > READY_CHANGED_MAX:
+                raise ValueError(f"{count} changed extents; at most {READY_CHANGED_MAX}")
+            changed = tuple(r.unpack(_CHANGED) for _ in range(count))
+        if not r.at_end:
+            count = r.u64()
+            if count > READY_DIGESTS_MAX:
+                raise ValueError(f"{count} chunk digests; at most {READY_DIGESTS_MAX}")
+            digests = tuple(r.unpack(_DIGEST) for _ in range(count))
         r.end()
-        return cls(uuid.UUID(bytes=generation), seq, volumes)
+        return cls(uuid.UUID(bytes=generation), seq, volumes, changed, digests)

@@ -23,7 +23,10 @@ from blockmirror.units import format_size
 class LocalNode:
     """What this node says about itself in the handshake. On a secondary,
     `committed_generation`/`committed_seq` are its last durably committed
-    point (nil/0 when it has never received anything)."""
+    point (nil/0 when it has never received anything), and `changed` the
+    extents (volume name, offset, length) it changed itself since then (a
+    demoted primary's own writes), `digests` the chunks it may have changed
+    with a digest of their bytes."""
 
     role: Role
     node_uuid: uuid.UUID
@@ -32,6 +35,8 @@ class LocalNode:
     volumes: tuple[VolumeInfo, ...]
     committed_generation: uuid.UUID = NIL_UUID
     committed_seq: int = 0
+    changed: tuple[tuple[str, int, int], ...] = ()
+    digests: tuple[tuple[str, int, int, bytes], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "role", Role(self.role))
@@ -61,6 +66,14 @@ def check_peer_hello(local: LocalNode, hello: Hello) -> None:
     if hello.node_uuid == local.node_uuid:
         raise RemoteProtocolError(ErrorCode.PAIR_MISMATCH,
                                   f"peer has this node's own UUID {local.node_uuid}: connected to itself?")
+
+
+def changed_on_wire(local: LocalNode, ordered: tuple[VolumeInfo, ...]) -> tuple[tuple, tuple]:
+    """The secondary's changed extents and chunk digests with the primary's
+    volume indexes."""
+    index = {v.name: i for i, v in enumerate(ordered)}
+    return (tuple((index[name], *rest) for name, *rest in local.changed if name in index),
+            tuple((index[name], *rest) for name, *rest in local.digests if name in index))
 
 
 def match_volumes(primary: tuple[VolumeInfo, ...], secondary: tuple[VolumeInfo, ...]) -> tuple[VolumeInfo, ...]:

@@ -7,10 +7,11 @@ the same `--pair NAME` and secret file agree without any other config:
     pair_uuid = uuid5(PAIR_NAMESPACE, hex(HMAC-SHA256(secret, "blockmirror-pair-v1\\0" + name)))
 
 An HMAC, so the UUID (which travels in clear in the Hello) reveals nothing
-about the secret. At the first daemon start the pair name, UUID and the
-node's role are stored in the node's key/value state; later starts use the
-stored UUID (so the secret can be rotated on both nodes) and refuse another
-pair name or role for the same node.
+about the secret. The first completed handshake stores the pair name, UUID
+and the node's role in the node's records (engine/roles.py); later starts use
+the stored UUID (so the secret can be rotated on both nodes) and refuse
+another pair name, or the other role (`promote` and `demote` change it). A
+start that fails before a handshake leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import stat
 import uuid
 from dataclasses import dataclass
 
-from blockmirror.engine.records import PairBinding, RecordStore
+from blockmirror.engine.records import RecordStore
+from blockmirror.engine.roles import check_role
 from blockmirror.errors import ConfigError, NodeError
 from blockmirror.protocol.auth import SECRET_BYTES_MIN
 
@@ -86,19 +88,14 @@ def check_pair_name(name: str) -> str:
     return name
 
 
-def bind_pair(node, role: str, name: str, secret: bytes) -> PairIdentity:
-    """The node's pair identity, stored at its first daemon start (blocking:
-    a metadata commit the first time)."""
-    records = RecordStore(node)
-    stored = records.pair_binding()
+def check_pair(node, role: str, name: str, secret: bytes) -> PairIdentity:
+    """The node's pair identity for a start as `role`: the stored one, or
+    (a node that never completed a handshake) derived from the name and
+    secret. Writes nothing."""
+    check_role(node, role)
+    stored = RecordStore(node).pair_binding()
     if stored is None:
-        ident = PairIdentity(name, derive_pair_uuid(name, secret))
-        records.save(PairBinding(name, ident.uuid, role))
-        log.info("node %s joins pair %r (%s) as the %s", node.path, name, ident.uuid, role)
-        return ident
-    if stored.role != role:
-        raise NodeError(f"{node.path} is the {stored.role} of pair {stored.name!r}; it cannot run as the {role}",
-                        hint=f"run `blockmirror {stored.role} {node.path} ...`, or init a new node for the {role}")
+        return PairIdentity(name, derive_pair_uuid(name, secret))
     if stored.name != name:
         raise NodeError(f"{node.path} belongs to pair {stored.name!r}, not {name!r}",
                         hint=f"start it with --pair {stored.name}")
