@@ -197,6 +197,8 @@ class NodeDriver:
             except Exception as exc:  # a bug on the loop side: same as above
                 self._die("applying an engine step failed; stopping", exc)
                 return
+            if budget == 0 and out.link is not None and self.send_budget() > 0:
+                more = True  # the link came up in this step: what the node queued for it goes at once
 
     def _die(self, what: str, exc: BaseException) -> None:
         self.fatal = exc
