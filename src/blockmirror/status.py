@@ -21,6 +21,7 @@ class State(str, enum.Enum):
     DISCONNECTED = "disconnected"
     RESYNCING = "resyncing"
     STANDALONE = "standalone"  # a primary run without --peer: nothing is mirrored
+    SPLIT_BRAIN = "split-brain"  # both nodes wrote since the last point they shared: the link is refused
 
     def __str__(self) -> str:
         return self.value
@@ -81,6 +82,7 @@ class SnapshotStatus:
     label: str
     space_bytes: int
     exceptions: int
+    internal: bool = False
 
 
 @dataclass
@@ -144,6 +146,14 @@ class SecondaryStatus:
 
 
 @dataclass
+class SplitBrainStatus:
+    """Both nodes wrote since the last point they shared: the chunks each
+    wrote (None: not known on this side)."""
+    primary_chunks: int | None = None
+    secondary_chunks: int | None = None
+
+
+@dataclass
 class Status:
     role: str
     state: State
@@ -160,6 +170,7 @@ class Status:
     link: LinkStatus | None = None
     state_seconds: float = 0.0
     engine_steps: int = 0
+    split_brain: SplitBrainStatus | None = None
     primary: PrimaryStatus | None = None
     secondary: SecondaryStatus | None = None
 
@@ -190,6 +201,7 @@ class Status:
             volumes=[VolumeStatus(**v) for v in raw.get("volumes", [])],
             pair=sub("pair", PairStatus), node=raw.get("node", ""), link=sub("link", LinkStatus),
             state_seconds=raw.get("state_seconds", 0.0), engine_steps=raw.get("engine_steps", 0),
+            split_brain=sub("split_brain", SplitBrainStatus),
             primary=own if raw["role"] == PRIMARY else None,
             secondary=own if raw["role"] == SECONDARY else None)
 
@@ -197,7 +209,8 @@ class Status:
 def snapshot_list(node) -> list[SnapshotStatus]:
     """A storage node's snapshots with the space each holds."""
     space = {s.id: s for s in node.snapshot_space()}
-    return [SnapshotStatus(s.id, s.label, space[s.id].data_bytes, space[s.id].exceptions) for s in node.snapshots()]
+    return [SnapshotStatus(s.id, s.label, space[s.id].data_bytes, space[s.id].exceptions, s.internal)
+            for s in node.snapshots()]
 
 
 def standalone_status(node) -> Status:
@@ -221,7 +234,8 @@ def schema_fields() -> dict[str, list[str]]:
     """Every JSON key per part of the schema (for the docs' test)."""
     parts = {"common": Status, "primary": PrimaryStatus, "secondary": SecondaryStatus,
              "last_resync": ResyncSummary, "resync_progress": ResyncProgress, "snapshots": SnapshotStatus,
-             "volumes": VolumeStatus, "pair": PairStatus, "link": LinkStatus, "round_open": RoundStatus}
+             "volumes": VolumeStatus, "pair": PairStatus, "link": LinkStatus, "round_open": RoundStatus,
+             "split_brain": SplitBrainStatus}
     out = {}
     for name, cls in parts.items():
         out[name] = [f.name for f in fields(cls) if f.name not in (PRIMARY, SECONDARY)]

@@ -230,3 +230,121 @@ def test_promote_and_demote_refusals(tmp_path):
     assert "already a primary" in err
     out = ok("promote", "--force", s_dir)
     assert "next sync is a full one" in out
+
+
+def test_split_brain_is_refused_then_resolved_by_discarding_one_side(tmp_path):
+    a, b, secret = synced_pair(tmp_path)
+    # The pair parts; the primary goes on serving (3 chunks of its own).
+    port = free_port()
+    s = start_secondary(b, secret, port)
+    p = start_primary(a, secret, port)
+    p.wait_for(converged, what="mirroring")
+    assert s.stop() == 0
+    p.wait_for(lambda st: st["state"] == "disconnected", what="the link down")
+    qemu_io(p.uri("vol0"), "write -P 0xa1 5M 192K")
+    assert p.stop() == 0
+    a_image = read_volume(a, "vol0")
+    # Meanwhile the secondary was promoted and served 2 chunks of its own.
+    ok("promote", b)
+    new_p = start_primary(b, secret, port)
+    qemu_io(new_p.uri("vol1"), "write -P 0xb2 0 128K")
+    b_image = read_export(new_p.uri("vol1"))
+    out = ok("demote", a)  # without --discard-my-data
+    assert "3 of them were written after the pair parted" in out and "split brain" in out
+    new_s = start_secondary(a, secret, port)
+    try:
+        st = new_p.wait_for(lambda st: st["state"] == "split-brain", timeout_s=30, what="the split brain")
+        assert st["split_brain"] == {"primary_chunks": 2, "secondary_chunks": 3}
+        table = ok("status", b)
+        assert re.search(r"^state\s+split-brain$", table, re.M) and "primary 2 chunks, secondary 3" in table
+        assert "SPLIT_BRAIN" in new_s.log() or "split brain" in new_s.log()
+        assert new_s.wait_for(lambda st: st["state"] == "split-brain", what="the secondary's view")
+        # Neither image changed.
+        assert read_export(new_p.uri("vol1")) == b_image
+        assert read_export(new_s.uri("vol0")) == a_image
+    finally:
+        assert new_s.stop() == 0
+    # Resolve: the old primary's writes lose (kept in its discarded-... snapshot).
+    out = ok("demote", "--discard-my-data", a)
+    snap = re.search(r"kept in snapshot (\d+)", out)
+    assert "loses to its primary's" in out and snap, out
+    new_s = start_secondary(a, secret, port)
+    try:
+        st = new_p.wait_for(converged, timeout_s=30, what="the resync after the split brain")
+        assert sent(st) == ("incremental", 5), st["last_resync"]  # the union of both sides' chunks
+        assert st["split_brain"] is None and st["state"] == "mirroring"
+        assert_identical(new_p, new_s)
+    finally:
+        assert new_p.stop() == 0 and new_s.stop() == 0
+    exported = tmp_path / "lost-vol0.img"
+    ok("snapshot", "export", a, snap.group(1), "vol0", str(exported))
+    assert exported.read_bytes() == a_image
+
+
+def test_a_copy_of_the_primary_never_lets_the_original_erase_what_it_wrote(tmp_path):
+    """`cp -a` of the primary's directory run against the secondary, writes
+    on it; then the original primary comes back: refused (split brain), not
+    a silent full sync; discarding the secondary's data resolves it."""
+    a, b, secret = synced_pair(tmp_path)
+    c = str(tmp_path / "copy")
+    subprocess.run(["cp", "-a", a, c], check=True)
+    port = free_port()
+    s = start_secondary(b, secret, port)
+    copy = start_primary(c, secret, port)
+    assert "is a copy of node" in copy.log()
+    try:
+        copy.wait_for(converged, what="the copy mirroring to the secondary")
+        qemu_io(copy.uri("vol0"), "write -P 0xc3 1M 128K")
+        copy.wait_for(converged, what="the copy's writes mirrored")
+        copied = read_export(s.uri("vol0"))
+    finally:
+        assert copy.stop() == 0
+    original = start_primary(a, secret, port)
+    try:
+        st = original.wait_for(lambda st: st["state"] == "split-brain", timeout_s=30, what="the refusal")
+        assert st["split_brain"] == {"primary_chunks": None, "secondary_chunks": None}
+        assert "not in this node's history" in original.log()
+        assert read_export(s.uri("vol0")) == copied  # nothing erased
+    finally:
+        assert s.stop() == 0
+    out = ok("demote", "--discard-my-data", b)  # the secondary's data (the copy's) loses
+    snap = re.search(r"kept in snapshot (\d+)", out)
+    assert snap, out
+    s = start_secondary(b, secret, port)
+    try:
+        st = original.wait_for(converged, timeout_s=30, what="the resync once the secondary may lose")
+        assert st["last_resync"]["kind"] == "full" and st["split_brain"] is None
+        assert_identical(original, s)
+    finally:
+        assert original.stop() == 0 and s.stop() == 0
+    exported = tmp_path / "copy-vol0.img"
+    ok("snapshot", "export", b, snap.group(1), "vol0", str(exported))
+    assert exported.read_bytes() == copied
+
+
+def test_a_user_snapshot_of_a_running_primary_survives_restarts(tmp_path):
+    a, b, secret = synced_pair(tmp_path)
+    port = free_port()
+    s = start_secondary(b, secret, port)
+    p = start_primary(a, secret, port)
+    try:
+        p.wait_for(converged, what="mirroring")
+        out = ok("snapshot", "create", a, "--label", "before-upgrade")  # asks the daemon
+        m = re.match(r"snapshot (\d+) \(before-upgrade\) taken by the running daemon", out)
+        assert m, out
+        snap = int(m.group(1))
+        qemu_io(p.uri("vol0"), "write -P 0xee 0 1M")  # after the snapshot: not in it
+        st = p.wait_for(converged, what="mirroring the write")
+        assert any(x["id"] == snap and not x["internal"] for x in st["snapshots"])
+        err, hint = refused("snapshot", "create", b, "--label", "x")
+        assert "running secondary takes no user snapshots" in err and "snapshot the primary" in hint
+        assert_identical(p, s)
+    finally:
+        assert p.stop() == 0 and s.stop() == 0
+    p = start_primary(a, secret, port)  # daemon starts keep a user's snapshot
+    assert p.stop() == 0
+    listed = ok("snapshot", "list", a)
+    assert re.search(rf"^\s*{snap}\s+user\s+before-upgrade", listed, re.M), listed
+    exported = tmp_path / "before.img"
+    ok("snapshot", "export", a, str(snap), "vol0", str(exported))
+    assert exported.read_bytes()[:4 << 20] == b"\x31" * (4 << 20)

@@ -55,6 +55,10 @@ class Pair:
         if out.send and self.conns is not None:
             for msg in out.send:
                 self.conns[3] += self.conns[0].send(msg)
+        for close in out.close:  # a refusal's last words (an Error) still reach the peer
+            if self.conns is not None and close.link == self.conns[2]:
+                for msg in close.last:
+                    self.conns[3] += self.conns[0].send(msg)
         return out
 
     def step_secondary(self, events=()):
@@ -113,7 +117,7 @@ class Pair:
             if isinstance(ev, Established):
                 events.append(LinkUp(link, ev))
             elif isinstance(ev, (ConnectionClosed, Error)):
-                events.append(LinkClosed(link, f"peer closed ({ev})"))
+                events.append(LinkClosed(link, f"peer closed ({ev})", ev.code if isinstance(ev, Error) else None))
             else:
                 msgs.append(ev)
         if msgs:

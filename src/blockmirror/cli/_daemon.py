@@ -208,7 +208,9 @@ async def serve(daemon, node_dir: str, progress_mode: str, http_server, announce
     from blockmirror.runtime.control import ControlServer
     from blockmirror.runtime.progress import Progress
 
-    async def handle(command: str) -> dict:
+    async def handle(command: str, req: dict) -> dict:
+        if command == "snapshot":
+            return await daemon.user_snapshot(str(req.get("label") or "manual"))
         if command != "status":
             raise KeyError(command)
         return (await daemon.status()).as_dict()

@@ -125,7 +125,10 @@ async def _serve(local, host: str, port: int) -> int:
 
     node = local.node
 
-    async def status(command: str) -> dict:
+    async def status(command: str, req: dict) -> dict:
+        if command == "snapshot":
+            from blockmirror.runtime.control import snapshot_reply
+            return snapshot_reply(await asyncio.to_thread(node.snapshot, str(req.get("label") or "manual")))
         if command != "status":
             raise KeyError(command)
         from blockmirror.status import standalone_status

@@ -29,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "blockmirror secondary DIR --listen HOST:PORT --secret-file FILE.")
     d.add_argument("dir", metavar="DIR", help="the primary's node directory (its daemon stopped)")
     d.add_argument("--discard-my-data", action="store_true",
-                   help="this node's own writes since the pair's last common point lose to its peer's "
-                        "(they are kept in the discarded-... snapshot)")
+                   help="resolve a split brain: this node's writes since the pair parted lose to its peer's "
+                        "(they are kept in the discarded-... snapshot); also on a node already demoted")
     d.set_defaults(func=run_demote)
 
 
@@ -62,15 +62,28 @@ def run_promote(args) -> int:
 
 
 def run_demote(args) -> int:
-    from blockmirror.engine.roles import demote
+    from blockmirror.engine.records import RecordStore
+    from blockmirror.engine.roles import demote, node_role
 
     with _open(args.dir) as node:
+        was_secondary = node_role(RecordStore(node)) == "secondary"
         done = demote(node, discard=args.discard_my_data)
+    if was_secondary:
+        kept = "" if done.discarded is None else f" (kept in snapshot {done.discarded}, {done.discarded_label})"
+        print(f"{args.dir}: its own data ({done.changed_chunks} chunks, {done.diverged} of them written as a "
+              f"primary after the pair parted) loses to its primary's at the next resync{kept}")
+        print(f"next: blockmirror secondary {args.dir} --listen HOST:PORT --secret-file FILE")
+        return 0
     if done.generation is None:
         print(f"demoted {args.dir} to secondary; it shares no point with its peer: its next sync is a full one")
     else:
         print(f"demoted {args.dir} to secondary at generation {done.generation}; "
               f"{done.changed_chunks} chunks of its own go back to its new primary's data at the next resync")
+    if done.diverged:
+        lose = ("they lose to its new primary's" if args.discard_my_data else
+                "if its new primary wrote too, the pair refuses to resync (split brain) until one side is "
+                "demoted with --discard-my-data")
+        print(f"{done.diverged} of them were written after the pair parted: {lose}")
     if done.discarded is not None:
         print(f"this node's data as of now is kept in snapshot {done.discarded} ({done.discarded_label}): "
               f"blockmirror snapshot export {args.dir} {done.discarded} VOLUME FILE")

@@ -7,7 +7,7 @@ import shlex
 import sys
 
 from blockmirror.cli.info import describe, internal_role, kind
-from blockmirror.errors import ConfigError, SnapshotError
+from blockmirror.errors import ConfigError, NodeError, SnapshotError
 from blockmirror.storage import Node
 from blockmirror.units import format_size
 
@@ -15,15 +15,21 @@ EXPORT_BLOCK_BYTES = 1 << 20
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("snapshot", help="create, list, delete or export snapshots (offline)",
-                       description="Manage the copy-on-write snapshot chain of a node no daemon is serving. "
+    p = sub.add_parser("snapshot", help="create, list, delete or export snapshots",
+                       description="Manage the copy-on-write snapshot chain of a node: list, delete and export "
+                                   "on a node no daemon is serving; create also on a running primary (its "
+                                   "daemon takes it, one pause of every volume). "
                                    "A snapshot covers every volume of the node at one instant. A snapshot "
                                    "is a user's (made by `snapshot create`) or internal: one the mirror "
                                    "took for itself (a resync base, a resync round's target or safety "
                                    "snapshot), which `snapshot delete` keeps unless given --force.")
     ops = p.add_subparsers(dest="op", metavar="OP")
     ops.required = True
-    c = ops.add_parser("create", help="snapshot every volume at one instant (a user snapshot)")
+    c = ops.add_parser("create", help="snapshot every volume at one instant (a user snapshot)",
+                       description="Snapshot every volume of the node at one instant. On a stopped node it is "
+                                   "taken directly; on a running primary (mirrored or standalone) its daemon "
+                                   "takes it between two steps, with one pause of the writes. A running "
+                                   "secondary refuses: snapshot its primary.")
     c.add_argument("dir", metavar="DIR")
     c.add_argument("--label", default="manual", help="a label to show in listings")
     c.set_defaults(func=run_create)
@@ -53,10 +59,30 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_create(args) -> int:
-    with Node.open(args.dir) as node:
+    try:
+        node = Node.open(args.dir)
+    except NodeError as exc:
+        if "in use by another" not in str(exc):
+            raise
+        return _create_on_daemon(args)
+    with node:
         info = node.snapshot(args.label)
         print(f"snapshot {info.id} ({info.label}) of {len(node.volumes)} volumes; "
               f"writes paused {info.pause_ns / 1e6:.2f} ms")
+    return 0
+
+
+def _create_on_daemon(args) -> int:
+    """The node is served: its daemon takes the snapshot (one pause)."""
+    import json
+
+    from blockmirror.runtime.control import request
+
+    reply = request(args.dir, json.dumps({"command": "snapshot", "label": args.label}), timeout_s=30)
+    if "error" in reply:
+        raise NodeError(reply["error"], hint=reply.get("hint"))
+    print(f"snapshot {reply['id']} ({reply['label']}) taken by the running daemon; "
+          f"writes paused {reply['pause_ms']:.2f} ms")
     return 0
 
 

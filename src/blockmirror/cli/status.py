@@ -13,7 +13,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "status", help="show the state of the daemon running on a node",
         description="Ask the daemon (primary or secondary) running on DIR, over its control socket "
-                    "DIR/blockmirror.sock: role, state (initial-sync, mirroring, disconnected, resyncing), "
+                    "DIR/blockmirror.sock: role, state (initial-sync, mirroring, disconnected, resyncing, "
+                    "split-brain), "
                     "whether the peer is connected, volumes, snapshots and the last resync.",
         epilog="Example: blockmirror status /srv/node --json")
     parser.add_argument("dir", metavar="DIR", help="node directory of a running daemon")
@@ -49,6 +50,16 @@ def render(st: Status) -> str:
         s = st.secondary
         rows.append(("listen", f"{s.listen} ({'primary connected' if st.peer_connected else 'no primary'})"))
         rows.append(("consistent", "yes" if s.consistent else "no (no complete sync yet)"))
+        if s.discarded_chunks:
+            kept = "" if s.discarded_snapshot is None else f", kept in snapshot {s.discarded_snapshot}"
+            rows.append(("own chunks", f"{s.discarded_chunks} replaced by the primary's{kept}"))
+    if st.split_brain is not None:
+        sb = st.split_brain
+        def n(v):
+            return "?" if v is None else str(v)
+        rows.append(("split brain", f"both wrote since the shared point (primary {n(sb.primary_chunks)} chunks, "
+                                    f"secondary {n(sb.secondary_chunks)}); resolve: blockmirror demote DIR "
+                                    f"--discard-my-data on the side that loses"))
     link_tls = st.link.tls if st.link is not None else None
     if link_tls:
         rows.append(("tls", f"{link_tls.get('version')} {link_tls.get('cipher')}, peer "
@@ -73,9 +84,11 @@ def render(st: Status) -> str:
         out.append(f"{v.name:<16} {format_size(v.size):>10}")
     out.append("")
     if st.snapshots:
-        out.append(f"{'SNAPSHOT':<8} {'LABEL':<16} {'CHUNKS':>8} {'SPACE':>10}")
+        out.append(f"{'SNAPSHOT':<8} {'KIND':<9} {'LABEL':<24} {'CHUNKS':>8} {'SPACE':>10}")
         for snap in st.snapshots:
-            out.append(f"{snap.id:<8} {snap.label:<16} {snap.exceptions:>8} {format_size(snap.space_bytes):>10}")
+            kind = "internal" if snap.internal else "user"
+            out.append(f"{snap.id:<8} {kind:<9} {snap.label:<24} {snap.exceptions:>8} "
+                       f"{format_size(snap.space_bytes):>10}")
     else:
         out.append("no snapshots")
     return "\n".join(out)

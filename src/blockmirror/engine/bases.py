@@ -50,6 +50,19 @@ class ResyncBases:
         self.records.save(delete=(f"{ResyncBase.PREFIX}{snapshot}",))
         self.node.delete_snapshot(snapshot)
 
+    def find(self, peer_gen: uuid.UUID, peer_seq: int, peer_changed: bool = False,
+             bases: dict | None = None) -> ResyncBase | None:
+        """The base `choose` would take, changing nothing."""
+        bases = self.all() if bases is None else bases
+        fits = [b for b in bases.values() if peer_gen != NIL_UUID and b.generation == peer_gen
+                and (b.acked_seq <= peer_seq or peer_changed)]
+        return max(fits, key=lambda b: b.snapshot) if fits else None
+
+    def own_writes(self, base: ResyncBase) -> int:
+        """Chunks this node wrote since `base` (its diff), and before it as a
+        demoted node (carried in the record)."""
+        return sum(len(chunks) for chunks in self.node.diff(base.snapshot).values()) + base.own_chunks
+
     def choose(self, ours: uuid.UUID | None, peer_gen: uuid.UUID, peer_seq: int,
                peer_changed: bool = False) -> tuple[ResyncBase | None, str]:
         """Step 74's starting point: the newest base whose record names the
@@ -59,9 +72,7 @@ class ResyncBases:
         every write of its after `peer_seq`) matches any base of its
         generation."""
         bases = self.all()
-        fits = [b for b in bases.values() if peer_gen != NIL_UUID and b.generation == peer_gen
-                and (b.acked_seq <= peer_seq or peer_changed)]
-        base = max(fits, key=lambda b: b.snapshot) if fits else None
+        base = self.find(peer_gen, peer_seq, peer_changed, bases)
         for sid in bases:
             if base is None or sid != base.snapshot:
                 self.drop(sid)

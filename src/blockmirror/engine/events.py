@@ -66,6 +66,7 @@ class LinkClosed:
     close the node asked for), before or after its handshake."""
     link: int
     reason: str
+    refused: int | None = None  # the ErrorCode the peer refused the link with, if it did
 
 
 @dataclass(frozen=True, slots=True)

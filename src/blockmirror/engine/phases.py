@@ -7,14 +7,16 @@ through `PhaseMachine.move`, which refuses a move the table does not list.
 The primary walks the method of the seed (Fig. 2, steps 62-80)::
 
     DISCONNECTED --dial--> CONNECTING --link up: round planned--> SENDING | FINAL_SENDING
-    CONNECTING --attempt failed or timed out--> DISCONNECTED
+    CONNECTING --attempt failed or timed out--> DISCONNECTED (SPLIT_BRAIN once refused for it)
+    CONNECTING --link up, both nodes wrote since the point they shared: refused--> SPLIT_BRAIN
+    SPLIT_BRAIN --dial again (the secondary may have been told to discard)--> CONNECTING
     SENDING --extents sent, commit sent--> COMMITTING
     SENDING --extents sent, no host write since the round's snapshot--> FINAL_COMMITTING
     COMMITTING --secondary committed, next round planned--> SENDING | FINAL_SENDING
     FINAL_SENDING --extents sent, commit sent--> FINAL_COMMITTING
     FINAL_COMMITTING --secondary committed--> MIRRORING
     any linked phase --link down (step 62: pause, snapshot, record unacked)--> DISCONNECTED
-    DISCONNECTED --stop (a linked node goes down first, an attempt is abandoned)--> STOPPED
+    DISCONNECTED | SPLIT_BRAIN --stop (a linked node goes down first, an attempt is abandoned)--> STOPPED
 
 In SENDING and COMMITTING host writes stay local (the next round's diff
 carries them); in FINAL_SENDING they are mirrored live, queued behind the
@@ -44,6 +46,7 @@ class PrimaryPhase(enum.Enum):
     FINAL_SENDING = "final-sending"  # the last round: host writes mirrored, queued behind its commit
     FINAL_COMMITTING = "final-committing"  # the last round's commit sent; mirrored writes flow
     MIRRORING = "mirroring"  # every write sent in order, acknowledged cumulatively
+    SPLIT_BRAIN = "split-brain"  # refused: both nodes wrote since the point they shared; writes local, retries
     STOPPED = "stopped"
 
 
@@ -61,10 +64,12 @@ PRIMARY_LINKED = frozenset({P.SENDING, P.COMMITTING, P.FINAL_SENDING, P.FINAL_CO
 PRIMARY_LIVE = frozenset({P.FINAL_SENDING, P.FINAL_COMMITTING, P.MIRRORING})  # host writes get seqs
 PRIMARY_IN_ROUND = frozenset({P.SENDING, P.COMMITTING, P.FINAL_SENDING, P.FINAL_COMMITTING})
 PRIMARY_SENDING_ROUND = frozenset({P.SENDING, P.FINAL_SENDING})
+PRIMARY_WAITING = frozenset({P.DISCONNECTED, P.SPLIT_BRAIN})  # no link: dial when the reconnect timer fires
 
 PRIMARY_TRANSITIONS: dict[PrimaryPhase, frozenset[PrimaryPhase]] = {
     P.DISCONNECTED: frozenset({P.CONNECTING, P.STOPPED}),
-    P.CONNECTING: frozenset({P.DISCONNECTED, P.SENDING, P.FINAL_SENDING}),
+    P.CONNECTING: frozenset({P.DISCONNECTED, P.SENDING, P.FINAL_SENDING, P.SPLIT_BRAIN}),
+    P.SPLIT_BRAIN: frozenset({P.CONNECTING, P.STOPPED}),
     P.SENDING: frozenset({P.COMMITTING, P.FINAL_COMMITTING, P.DISCONNECTED}),
     P.COMMITTING: frozenset({P.SENDING, P.FINAL_SENDING, P.DISCONNECTED}),
     P.FINAL_SENDING: frozenset({P.FINAL_COMMITTING, P.DISCONNECTED}),

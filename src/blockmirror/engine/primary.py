@@ -5,15 +5,17 @@ A driver feeds `PrimaryNode.step` typed events (engine/events.py) with
 `now` and applies the Output. Read the phase table in phases.py first; then
 the handlers below, one per event:
 
-- host requests: each write is applied locally; while mirroring it gets the
-  next seq and is sent. Async mode completes it once local, sync mode once
-  the secondary acknowledges it. The in-flight window bounds the lag.
+- host requests (host_writes.py): each write is applied locally; while
+  mirroring it gets the next seq and is sent. Async mode completes it once
+  local, sync mode once the secondary acknowledges it. The in-flight window
+  bounds the lag.
 - link down (EOF, reset, or silence past `link_timeout_s`), step 62: one
   pause of the whole group, a snapshot of every volume, and the
   unacknowledged writes recorded with it in one commit (steps 64-70).
-- link up (step 72): the base is the snapshot whose record matches the
-  secondary's generation; then resync rounds (rounds.py, steps 74-78); on
-  each commit the round's target becomes the base and the old base is
+- link up (step 72): decide.py refuses a split brain; else the base is the
+  snapshot whose record matches the secondary's generation; then resync
+  rounds (rounds.py, steps 74-78); on each commit the round's target
+  becomes the base and the old base is
   deleted (step 80). The first round small enough is the last: writes after
   its snapshot are mirrored behind its commit.
 - unclean restart: the activity log's hot regions join the resync.
@@ -30,32 +32,35 @@ from blockmirror.engine.activity import ActivityLog
 from blockmirror.engine.bases import ResyncBases
 from blockmirror.engine.config import PrimaryConfig
 from blockmirror.engine.events import (
-    CloseLink, Dial, HostFlush, HostRequests, HostWrite, LinkClosed, LinkUp, Output, Received, Stop,
+    CloseLink, Dial, HostRequests, LinkClosed, LinkUp, Output, Received, Stop,
 )
+from blockmirror.engine.host_writes import HostWrites
 from blockmirror.engine.linkclock import Backoff, LinkClock
 from blockmirror.engine.phases import (
-    PRIMARY_IN_ROUND, PRIMARY_LINKED, PRIMARY_LIVE, PRIMARY_SENDING_ROUND, PRIMARY_TRANSITIONS, PhaseMachine,
+    PRIMARY_IN_ROUND, PRIMARY_LINKED, PRIMARY_SENDING_ROUND, PRIMARY_TRANSITIONS, PRIMARY_WAITING,
+    PhaseMachine,
 )
 from blockmirror.engine.phases import PrimaryPhase as P
-from blockmirror.engine.records import ActivityRecord, PrimaryPoint, RecordStore, ResyncBase
+from blockmirror.engine.records import ActivityRecord, PrimaryPoint, RecordStore, ResyncBase, extend_history
 from blockmirror.engine.report import primary_status
-from blockmirror.engine.roles import bind_at_handshake, chunk_digest
+from blockmirror.engine.decide import Decision, decide
+from blockmirror.engine.roles import bind_at_handshake
 from blockmirror.engine.rounds import (
     MESSAGE_OVERHEAD_BYTES, Geometry, ResyncRound, RoundSender, full_round_chunks, incremental_round_chunks,
 )
 from blockmirror.engine.window import InflightWindow
-from blockmirror.errors import BlockmirrorError
 from blockmirror.protocol import (
-    WRITE_DATA_MAX_BYTES, Ack, Goodbye, Heartbeat, HeartbeatAck, LocalNode, ResyncCommitted, Role,
-    VolumeInfo, Write, WriteZeroes,
+    Ack, Error, Goodbye, Heartbeat, HeartbeatAck, LocalNode, ResyncCommitted, Role,
+    VolumeInfo,
 )
-from blockmirror.status import FULL, PRIMARY, ResyncSummary, State, Status
+from blockmirror.protocol.errors import ErrorCode, error_hint
+from blockmirror.status import FULL, PRIMARY, ResyncSummary, SplitBrainStatus, State, Status
 from blockmirror.storage import Node
 
 UNLIMITED = 1 << 62
 
 
-class PrimaryNode:
+class PrimaryNode(HostWrites):
     role = PRIMARY
 
     def __init__(self, node: Node, config: PrimaryConfig, rng: random.Random, now: float, pair_uuid: uuid.UUID,
@@ -97,6 +102,7 @@ class PrimaryNode:
         self.last_pause_ns = 0
         self.link_failures = 0
         self.recovered_hot: list = []
+        self.split_brain: SplitBrainStatus | None = None  # set by a refusal, cleared by a link that resyncs
         self._out = Output()
         self._restore(now)
         self._shown_state = self.state
@@ -107,7 +113,7 @@ class PrimaryNode:
         for event in events:
             self._handlers[type(event)](self, now, event)
         self._timers(now)
-        if self.phase is P.DISCONNECTED and now >= self._reconnect_at:
+        if self.phase in PRIMARY_WAITING and now >= self._reconnect_at:
             self._dial(now)
         out = self._out
         out.link = self.link
@@ -132,6 +138,8 @@ class PrimaryNode:
             return State.MIRRORING
         if self.phase in PRIMARY_IN_ROUND:
             return State.INITIAL_SYNC if self.round.kind == FULL else State.RESYNCING
+        if self.split_brain is not None:
+            return State.SPLIT_BRAIN
         return State.INITIAL_SYNC if self.generation is None else State.DISCONNECTED
 
     def next_timer(self) -> float:
@@ -140,7 +148,7 @@ class PrimaryNode:
             return min(t, self.clock.deadline())
         if self.phase is P.CONNECTING:
             return min(t, self._connect_deadline)
-        if self.phase is P.DISCONNECTED:
+        if self.phase in PRIMARY_WAITING:
             return min(t, self._reconnect_at)
         return t
 
@@ -155,6 +163,7 @@ class PrimaryNode:
     def _restore(self, now: float) -> None:
         point = self.records.primary_point()
         self.generation = point.generation
+        self.history = point.history
         hot = [] if point.clean else self.activity.hot_extents(self.geo.sizes)
         self.recovered_hot = hot
         if not point.clean:
@@ -167,14 +176,18 @@ class PrimaryNode:
             # restart base can ever claim it: the next resync is a full sync.
             self._out.warning(f"resync base snapshot {', '.join(map(str, lost))} was deleted: what changed "
                               f"since is unknown, so the next resync is a full sync")
+            self.history = extend_history(self.generation, self.history)
             self.generation = None
         elif self.generation is not None and not bases:
             # Before the activity log is cleared: its hot regions must be in a
             # base's record at every instant, a crash in between included.
             self._snapshot("restart", lambda sid: ResyncBase(sid, self.generation, 0, tuple(hot)))
-        rows.update(RecordStore.rows(PrimaryPoint(self.generation, clean=False), delete=(ActivityRecord.KEY,)))
+        rows.update(RecordStore.rows(self._point(clean=False), delete=(ActivityRecord.KEY,)))
         self.node.set_state(rows)
         self.activity.clear()
+
+    def _point(self, clean: bool) -> PrimaryPoint:
+        return PrimaryPoint(self.generation, clean, self.history)
 
     def _snapshot(self, label: str, base=None):
         """Steps 64-70 in one call: pause, snapshot every volume, record
@@ -184,112 +197,18 @@ class PrimaryNode:
         self.last_pause_ns = info.pause_ns
         return info
 
+    def user_snapshot(self, label: str):
+        """A user's snapshot of every volume (one pause), between two steps.
+        It joins the chain: the resync bases' diffs still cover every write."""
+        info = self.node.snapshot(label)
+        self.last_pause_ns = info.pause_ns
+        self._out.info(f"user snapshot {info.id} ({label}); writes paused {info.pause_ns / 1e6:.2f} ms")
+        return info
+
     def volume_infos(self) -> list[tuple[str, uuid.UUID, int]]:
         """A promoted node keeps the pair's volume UUIDs it took as a secondary."""
         paired = self.records.volume_pairing().primary_uuids
         return [(v.name, uuid.UUID(paired.get(v.name, v.uuid)), v.size) for v in self.node.volumes.values()]
-
-    # -- host requests ---------------------------------------------------------------------
-    def _on_host(self, now: float, event: HostRequests) -> None:
-        for item in event.items:
-            if isinstance(item, HostWrite):
-                try:
-                    self.node.volume(item.op.volume).check_range(item.op.offset, item.op.nbytes)
-                except BlockmirrorError as exc:
-                    self._out.completions.append((item.token, exc))
-                    continue
-            self.waiting.append(item)
-        self._admit(now)
-
-    def _admit(self, now: float) -> None:
-        """Apply what the window has room for. A batch that failed (a full
-        disk) took no room: the next one goes at once, or nothing would ever
-        free room for it."""
-        while self.waiting and self._admit_batch():
-            pass
-
-    def _admit_batch(self) -> bool:
-        """One group-committed batch; False when nothing could be taken."""
-        batch: list[HostWrite] = []
-        batch_bytes = 0
-        taken = False
-        live = self.phase in PRIMARY_LIVE
-        while self.waiting:
-            item = self.waiting[0]
-            if isinstance(item, HostFlush):
-                if batch:
-                    self._apply(batch)
-                    batch, batch_bytes = [], 0
-                self.waiting.popleft()
-                self._flush(item.token)
-                taken = True
-                continue
-            if live and self.window.full(len(batch), batch_bytes + item.op.nbytes):
-                break
-            batch.append(self.waiting.popleft())
-            batch_bytes += item.op.nbytes
-        if batch:
-            self._apply(batch)
-        return taken or bool(batch)
-
-    def _flush(self, token) -> None:
-        if "flush-not-durable" not in self.config.mutations:  # broken on purpose: the flush promises nothing
-            self.node.flush()
-        if self.config.mode == "sync" and self.window:
-            self.window.add_flush(self.seq, token)
-        else:
-            self._out.completions.append((token, None))
-
-    def _apply(self, batch: list[HostWrite]) -> None:
-        index = self.geo.index
-        extents = [(index[it.op.volume], it.op.offset, it.op.nbytes) for it in batch]
-        live = self.phase in PRIMARY_LIVE
-        if not live and self.round is not None:
-            self.round.local_writes += len(batch)  # before the write: a failed one may have changed bytes
-        try:
-            if live:
-                self.activity.mark(extents)
-            self.node.write_many([it.op for it in batch], fua=any(it.fua for it in batch))
-            if live:
-                self.node.pace_writeback(sum(e[2] for e in extents), self.config.writeback_kick_bytes)
-        except BlockmirrorError as exc:
-            if live:
-                self.activity.release(extents)
-            self._out.completions.extend((it.token, exc) for it in batch)
-            return
-        if live:
-            self._mirror(batch, extents)
-            return
-        self._out.completions.extend((it.token, None) for it in batch)
-        if self.observer:
-            for it in batch:
-                self.observer.applied(it.token, it.op, None, None)
-
-    def _mirror(self, batch: list[HostWrite], extents) -> None:
-        """Give each write its seqs (one per wire message: a write larger
-        than a message spans several) and queue it for the secondary."""
-        sync = self.config.mode == "sync"
-        queue = self.live_queue if self.phase is P.FINAL_SENDING else self.outbox
-        step = WRITE_DATA_MAX_BYTES
-        gen = self.round.target_generation if self.round is not None else self.generation
-        for it, (vol, _, _) in zip(batch, extents):
-            op = it.op
-            for pos in range(0, max(op.nbytes, 1), step):
-                n = min(step, op.nbytes - pos)
-                self.seq += 1
-                if "reused-seq" in self.config.mutations and self.seq % 16 == 5:
-                    self.seq -= 1  # broken on purpose: the sender's own stream check refuses the repeat
-                if op.kind == "write":
-                    data = memoryview(op.data)[pos:pos + n] if op.nbytes > step else op.data
-                    queue.append(Write(self.seq, vol, op.offset + pos, data))
-                else:
-                    queue.append(WriteZeroes(self.seq, vol, op.offset + pos, n))
-                last = pos + step >= op.nbytes
-                self.window.add(self.seq, it.token if (sync and last) else None, (vol, op.offset + pos, n))
-            if not sync:
-                self._out.completions.append((it.token, None))
-            if self.observer:
-                self.observer.applied(it.token, op, gen, self.seq)
 
     # -- the link ----------------------------------------------------------------------------
     def _dial(self, now: float) -> None:
@@ -304,7 +223,7 @@ class PrimaryNode:
         self.attempt = None
         self._connect_deadline = float("inf")
         self._reconnect_at = now + self.backoff.next_delay()
-        self._move(P.DISCONNECTED, f"connect failed: {reason}")
+        self._move(P.DISCONNECTED if self.split_brain is None else P.SPLIT_BRAIN, f"connect failed: {reason}")
         self._out.info(f"connect failed: {reason}; next try in {self._reconnect_at - now:.2f}s")
 
     def _on_link_up(self, now: float, event: LinkUp) -> None:
@@ -313,6 +232,11 @@ class PrimaryNode:
             return  # an attempt given up on: the driver is closing it
         est = event.established
         assert [v.name for v in est.volumes] == self.geo.names, "volume order is the primary's"
+        decision = decide(self.node, self.geo.names, self.bases, self.generation, self.history, est)
+        if decision.refused is not None:
+            self._refuse(now, event.link, decision)
+            return
+        self.split_brain = None
         self.attempt = None
         self.link = event.link
         self._connect_deadline = float("inf")
@@ -323,18 +247,18 @@ class PrimaryNode:
         self._episode = ResyncSummary()
         self._episode_started = now
         bind_at_handshake(self._out, self.records, self.local.pair_name, self.local.pair_uuid, PRIMARY)
-        own = est.peer_changed or est.peer_digests
-        base, why = self.bases.choose(self.generation, est.committed_generation, est.committed_seq, bool(own))
-        if base is not None and own:
-            # A demoted node's own writes: this round sends them back too.
-            differ = [(vol, off, length) for vol, off, length, digest in est.peer_digests
-                      if chunk_digest(self.node.read_snapshot(base.snapshot, self.geo.names[vol], off, length))
-                      != digest]
-            base = base.with_unacked(est.peer_changed + tuple(differ))
-            why += (f", with what the secondary changed itself: {len(est.peer_changed)} extents and "
-                    f"{len(differ)} of the {len(est.peer_digests)} chunks it may have changed")
-        self._out.log(logging.INFO if base is not None else logging.WARNING, why)
-        self._start_round(now, base, why)
+        self._out.log(logging.INFO if decision.base is not None else logging.WARNING, decision.why)
+        self._start_round(now, decision.base, decision.why)
+
+    def _refuse(self, now: float, link: int, decision: Decision) -> None:
+        """Split brain: the link is refused with SPLIT_BRAIN, neither image
+        changes, and the dial is retried (the secondary may be told to
+        discard: `demote --discard-my-data`)."""
+        self.split_brain = decision.refused
+        self._out.log(logging.ERROR, f"{decision.why} (try: {error_hint(ErrorCode.SPLIT_BRAIN)})")
+        last = (Error.make(ErrorCode.SPLIT_BRAIN, decision.why),)
+        self._out.close.append(CloseLink(link, decision.why, reset=False, last=last))
+        self._connect_failed(now, "split brain")
 
     def _start_round(self, now: float, base: ResyncBase | None, why: str) -> None:
         self._round_ids += 1
@@ -425,8 +349,9 @@ class PrimaryNode:
         rnd = self.round
         assert self.phase in (P.COMMITTING, P.FINAL_COMMITTING) and rnd is not None and msg.round_id == rnd.id, \
             "commit confirmation of another round"
+        self.history = extend_history(self.generation, self.history)
         self.generation = rnd.target_generation
-        self.records.save(PrimaryPoint(self.generation, clean=False), rnd.as_base())
+        self.records.save(self._point(clean=False), rnd.as_base())
         if rnd.base is not None:
             self.bases.drop(rnd.base)
         self._episode.add_round(rnd.kind, rnd.chunks_sent, rnd.data_bytes_sent)
@@ -509,7 +434,7 @@ class PrimaryNode:
             self._connect_failed(now, "shutting down")
         self.node.flush()
         self.activity.clear()
-        self.records.save(PrimaryPoint(self.generation, clean=True), delete=(ActivityRecord.KEY,))
+        self.records.save(self._point(clean=True), delete=(ActivityRecord.KEY,))
         self._move(P.STOPPED, "stopped")
 
     def drained(self) -> tuple[bool, int | None]:
@@ -525,7 +450,7 @@ class PrimaryNode:
         return None if self.round is None else self.round.started
 
     _handlers = {
-        HostRequests: _on_host,
+        HostRequests: HostWrites._on_host,
         LinkUp: _on_link_up,
         Received: _on_received,
         LinkClosed: _on_link_closed,

@@ -12,6 +12,7 @@ in the current form at the next update.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -37,26 +38,47 @@ def _uuid_or_none(text) -> uuid.UUID | None:
     return None if text is None else uuid.UUID(text)
 
 
+HISTORY_MAX = 64  # generations a node remembers its data descends from
+
+
+def extend_history(generation, history: tuple) -> tuple:
+    """`history` with `generation` (None and nil are not points) in front."""
+    if generation is None or generation == NIL_UUID:
+        return history
+    return ((generation,) + tuple(g for g in history if g != generation))[:HISTORY_MAX]
+
+
 # -- primary -----------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
 class PrimaryPoint:
-    """The generation the secondary last confirmed (None: never synced) and
-    whether the last stop was clean (False while running)."""
+    """The generation the secondary last confirmed (None: never synced),
+    whether the last stop was clean (False while running), and the earlier
+    generations this node's data descends from (its history, newest first)."""
     KEY: ClassVar[str] = "primary.point"
     VERSION: ClassVar[int] = 1
     LEGACY_KEYS: ClassVar[tuple[str, ...]] = ("primary.generation", "primary.clean")
     generation: uuid.UUID | None = None
     clean: bool = True
+    history: tuple[uuid.UUID, ...] = ()
 
     def encode(self) -> dict:
         return {"v": self.VERSION, "generation": None if self.generation is None else str(self.generation),
-                "clean": self.clean}
+                "clean": self.clean, "history": [str(g) for g in self.history]}
 
     @classmethod
     def decode(cls, raw: dict) -> PrimaryPoint:
         _version(raw, cls)
-        return cls(_uuid_or_none(raw.get("generation")), bool(raw.get("clean", True)))
+        return cls(_uuid_or_none(raw.get("generation")), bool(raw.get("clean", True)),
+                   tuple(uuid.UUID(g) for g in raw.get("history", ())))
+
+    def knows(self, generation: uuid.UUID) -> bool:
+        """`generation` is a point of this node's own history."""
+        return generation == self.generation or generation in self.history
+
+    def advanced(self, generation: uuid.UUID) -> PrimaryPoint:
+        """The next confirmed generation; the current one joins the history."""
+        return PrimaryPoint(generation, self.clean, extend_history(self.generation, self.history))
 
     @classmethod
     def from_legacy(cls, generation, clean) -> PrimaryPoint:
@@ -74,6 +96,9 @@ class ResyncBase:
     generation: uuid.UUID
     acked_seq: int
     unacked: tuple[Extent, ...] = ()
+    # Chunks this node wrote after the pair parted that are in `unacked`,
+    # not in the snapshot's diff (a promoted node's writes as a demoted one).
+    own_chunks: int = 0
 
     @property
     def key(self) -> str:
@@ -81,17 +106,16 @@ class ResyncBase:
 
     def encode(self) -> dict:
         return {"v": self.VERSION, "generation": str(self.generation), "acked_seq": self.acked_seq,
-                "unacked": [list(e) for e in self.unacked]}
+                "unacked": [list(e) for e in self.unacked], "own_chunks": self.own_chunks}
 
     @classmethod
     def decode(cls, snapshot: int, raw: dict) -> ResyncBase:
         _version(raw, cls)
         return cls(snapshot, uuid.UUID(raw["generation"]), int(raw["acked_seq"]),
-                   tuple(tuple(e) for e in raw.get("unacked", ())))
+                   tuple(tuple(e) for e in raw.get("unacked", ())), int(raw.get("own_chunks", 0)))
 
     def with_unacked(self, more) -> ResyncBase:
-        return ResyncBase(self.snapshot, self.generation, self.acked_seq,
-                          self.unacked + tuple(tuple(e) for e in more))
+        return dataclasses.replace(self, unacked=self.unacked + tuple(tuple(e) for e in more))
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,17 +154,19 @@ class CommittedPoint:
     journal_epoch: int = 0
     journal_checkpoint: int = 0
     consistent: bool = True
+    history: tuple[uuid.UUID, ...] = ()  # the generations it held before, newest first
 
     def encode(self) -> dict:
         return {"v": self.VERSION, "generation": str(self.generation), "seq": self.seq,
                 "journal_epoch": self.journal_epoch, "journal_checkpoint": self.journal_checkpoint,
-                "consistent": self.consistent}
+                "consistent": self.consistent, "history": [str(g) for g in self.history]}
 
     @classmethod
     def decode(cls, raw: dict) -> CommittedPoint:
         _version(raw, cls)
         return cls(uuid.UUID(raw["generation"]), int(raw["seq"]), int(raw["journal_epoch"]),
-                   int(raw["journal_checkpoint"]), bool(raw["consistent"]))
+                   int(raw["journal_checkpoint"]), bool(raw["consistent"]),
+                   tuple(uuid.UUID(g) for g in raw.get("history", ())))
 
     @classmethod
     def from_legacy(cls, generation, seq, epoch, checkpoint, inconsistent) -> CommittedPoint:
@@ -213,18 +239,22 @@ class LocalChanges:
     digests: tuple[tuple[str, int, int, bytes], ...] = ()
     discarded: int | None = None
     chunks: int = 0
+    diverged: int = 0  # of those, chunks it wrote as a primary after the pair parted (not crash leftovers)
+    discard: bool = False  # demote --discard-my-data: they may lose to the primary's own such writes
 
     def encode(self) -> dict:
         return {"v": self.VERSION, "generation": str(self.generation), "extents": [list(e) for e in self.extents],
                 "digests": [[n, o, ln, d.hex()] for n, o, ln, d in self.digests],
-                "discarded": self.discarded, "chunks": self.chunks}
+                "discarded": self.discarded, "chunks": self.chunks, "diverged": self.diverged,
+                "discard": self.discard}
 
     @classmethod
     def decode(cls, raw: dict) -> LocalChanges:
         _version(raw, cls)
         return cls(uuid.UUID(raw["generation"]), tuple((str(n), int(o), int(ln)) for n, o, ln in raw["extents"]),
                    tuple((str(n), int(o), int(ln), bytes.fromhex(d)) for n, o, ln, d in raw.get("digests", ())),
-                   raw.get("discarded"), int(raw.get("chunks", 0)))
+                   raw.get("discarded"), int(raw.get("chunks", 0)), int(raw.get("diverged", 0)),
+                   bool(raw.get("discard", False)))
 
 
 def coalesce(extents: tuple, limit: int) -> tuple:

@@ -18,6 +18,7 @@ def _status(node, role: str, generation, seq: int, progress, own) -> Status:
         generation=None if generation in (None, NIL_UUID) else str(generation), seq=seq,
         last_resync=dataclasses.replace(node.last_resync), resync_progress=progress,
         snapshots=snapshot_list(node.node), volumes=[VolumeStatus(n, s, str(u)) for n, u, s in node.volume_infos()],
+        split_brain=None if node.split_brain is None else dataclasses.replace(node.split_brain),
         primary=own if role == PRIMARY else None, secondary=own if role == SECONDARY else None)
 
 

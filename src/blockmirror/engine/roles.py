@@ -30,8 +30,8 @@ from blockmirror.engine.activity import ActivityLog
 from blockmirror.engine.config import PrimaryConfig, SecondaryConfig
 from blockmirror.engine.events import Output
 from blockmirror.engine.records import (
-    ActivityRecord, CommittedPoint, LocalChanges, OpenRound, PairBinding, PrimaryPoint, RecordStore, ResyncBase,
-    VolumePairing,
+    ActivityRecord, CommittedPoint, LocalChanges, OpenRound, PrimaryPoint, RecordStore, ResyncBase, VolumePairing,
+    extend_history,
 )
 from blockmirror.engine.rounds import Geometry
 from blockmirror.errors import BlockmirrorError, NodeError
@@ -107,15 +107,22 @@ def promote(node, force: bool = False, now_ns: int | None = None) -> Promoted:
     pairing = store.pairing
     gen = point.generation if point.holds_image else None
     drop = (CommittedPoint.KEY, *CommittedPoint.LEGACY_KEYS, OpenRound.KEY, LocalChanges.KEY)
-    rows = RecordStore.rows(PrimaryPoint(gen, clean=True), delete=drop)
+    history = point.history if gen is not None else extend_history(point.generation, point.history)
+    rows = RecordStore.rows(PrimaryPoint(gen, True, history), delete=drop)
     if binding is not None:
         rows.update(RecordStore.rows(dataclasses.replace(binding, role=PRIMARY)))
     if pairing.primary_uuids:
         rows.update(RecordStore.rows(pairing))
     base = None
     if gen is not None:
-        info = node.snapshot("promoted", lambda sid: {**rows, **RecordStore.rows(ResyncBase(sid, gen, point.seq))},
-                             internal=True)
+        # Its image is G at S, except what it changed itself as a demoted node
+        # that no resync replaced yet: those chunks stay in the base's record.
+        own = store.local_changes if store.local_changes and store.local_changes.generation == gen else None
+        extra = () if own is None else (tuple((store.names.index(n), o, ln) for n, o, ln in own.extents)
+                                         + tuple((store.names.index(n), o, ln) for n, o, ln, _ in own.digests))
+        record = ResyncBase(0, gen, point.seq, extra, 0 if own is None else own.diverged)
+        info = node.snapshot("promoted", lambda sid: {
+            **rows, **RecordStore.rows(dataclasses.replace(record, snapshot=sid))}, internal=True)
         base = info.id
     else:
         node.set_state(rows)
@@ -130,6 +137,7 @@ class Demoted:
     changed_chunks: int
     discarded: int | None  # the snapshot keeping this node's own data
     discarded_label: str | None
+    diverged: int = 0  # of the changed chunks, those written as a primary after the pair parted
 
 
 def demote(node, discard: bool = False, config: PrimaryConfig = PrimaryConfig(),
@@ -142,8 +150,7 @@ def demote(node, discard: bool = False, config: PrimaryConfig = PrimaryConfig(),
     records = RecordStore(node)
     role = node_role(records)
     if role == SECONDARY:
-        raise NodeError(f"{node.path} is already a secondary",
-                        hint=f"run it: blockmirror secondary {node.path} --listen HOST:PORT --secret-file FILE")
+        return _discard_on_secondary(node, records, now_ns) if discard else _already_secondary(node)
     point = records.primary_point()
     geo = Geometry(list(node.volumes), [v.size for v in node.volumes.values()], node.chunk_size)
     bases = [b for b in records.resync_bases().values() if point.generation is not None
@@ -155,29 +162,34 @@ def demote(node, discard: bool = False, config: PrimaryConfig = PrimaryConfig(),
     if gen is not None:
         sets = geo.chunks_of(() if point.clean else ActivityLog(node, config.activity_region_bytes, records)
                              .hot_extents(geo.sizes))
+        written = geo.empty_sets()  # as a primary after the pair parted: the bases' diffs
         for b in bases:
             for vol, chunks in enumerate(geo.chunks_of(b.unacked)):
                 sets[vol] |= chunks
             diff = node.diff(b.snapshot)
             for vol, name in enumerate(geo.names):
-                sets[vol] |= diff[name]
+                written[vol] |= diff[name]
+        for vol in range(len(sets)):
+            sets[vol] |= written[vol]
         changed = sum(len(s) for s in sets)
+        diverged = sum(len(s) for s in written) + sum(b.own_chunks for b in bases)
         extents, digests = _describe(node, geo, sets, changed)
         seq = min((b.acked_seq for b in bases), default=0)
     else:  # never synced, or its bases are gone: the whole image is its own
         changed = sum(-(-v.size // node.chunk_size) for v in node.volumes.values())
-        extents, digests, seq = (), (), 0
+        extents, digests, seq, diverged = (), (), 0, 0
     discarded = label = None
     if changed and _holds_data(node):
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime((now_ns or time.time_ns()) / 1e9))
-        label = f"discarded-{stamp}"
+        label = _discard_label(now_ns)
         discarded = node.snapshot(label).id
     _remove(node, JOURNAL_NAME)  # a journal left from an earlier life as a secondary must not replay
     volume_uuids = records.volume_pairing().primary_uuids or {v.name: v.uuid for v in node.volumes.values()}
     drop = (PrimaryPoint.KEY, *PrimaryPoint.LEGACY_KEYS, ActivityRecord.KEY, *records.base_keys())
-    recs = [CommittedPoint(gen or NIL_UUID, seq, consistent=gen is not None), VolumePairing(dict(volume_uuids))]
+    history = point.history if gen is not None else extend_history(point.generation, point.history)
+    recs = [CommittedPoint(gen or NIL_UUID, seq, consistent=gen is not None, history=history),
+            VolumePairing(dict(volume_uuids))]
     if gen is not None and changed:
-        recs.append(LocalChanges(gen, extents, digests, discarded, changed))
+        recs.append(LocalChanges(gen, extents, digests, discarded, changed, diverged, discard))
     binding = records.pair_binding()
     if binding is not None:
         recs.append(dataclasses.replace(binding, role=SECONDARY))
@@ -185,7 +197,7 @@ def demote(node, discard: bool = False, config: PrimaryConfig = PrimaryConfig(),
     for snap in node.snapshots():
         if snap.internal:
             node.delete_snapshot(snap.id)
-    return Demoted(gen, changed, discarded, label)
+    return Demoted(gen, changed, discarded, label, diverged)
 
 
 def chunk_digest(data) -> bytes:
@@ -207,6 +219,34 @@ def _describe(node, geo: Geometry, sets, changed: int) -> tuple[tuple, tuple]:
             off, length = chunk * geo.chunk_size, geo.chunk_bytes(vol, chunk)
             digests.append((geo.names[vol], off, length, chunk_digest(volume.read(off, length))))
     return (), tuple(digests)
+
+
+def _already_secondary(node):
+    raise NodeError(f"{node.path} is already a secondary",
+                    hint=f"run it: blockmirror secondary {node.path} --listen HOST:PORT --secret-file FILE")
+
+
+def _discard_on_secondary(node, records: RecordStore, now_ns: int | None) -> Demoted:
+    """A secondary in a split brain: its data (its own writes as a demoted
+    primary, or a history its primary does not know) may now lose. Kept in
+    a discarded-... snapshot first if it has none yet."""
+    point = records.committed_point()
+    own = records.local_changes()
+    if own is not None and own.generation != point.generation:
+        own = None
+    if own is None:
+        chunks = sum(-(-v.size // node.chunk_size) for v in node.volumes.values()) if _holds_data(node) else 0
+        own = LocalChanges(point.generation, chunks=chunks)
+    label = next((s.label for s in node.snapshots() if s.id == own.discarded), None)
+    if own.discarded is None and own.chunks:
+        label = _discard_label(now_ns)
+        own = dataclasses.replace(own, discarded=node.snapshot(label).id)
+    records.save(dataclasses.replace(own, discard=True))
+    return Demoted(own.generation, own.chunks, own.discarded, label, own.diverged)
+
+
+def _discard_label(now_ns: int | None) -> str:
+    return "discarded-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime((now_ns or time.time_ns()) / 1e9))
 
 
 def _runs(bitmap):

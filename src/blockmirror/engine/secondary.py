@@ -43,7 +43,7 @@ from blockmirror.protocol import (
 from blockmirror.protocol.errors import ErrorCode, ProtocolError, RemoteProtocolError
 from blockmirror.protocol.handshake import READY_CHANGED_MAX
 from blockmirror.status import (
-    SECONDARY, ResyncProgress, ResyncSummary, State, Status,
+    SECONDARY, ResyncProgress, ResyncSummary, SplitBrainStatus, State, Status,
 )
 from blockmirror.storage import Node, WriteOp
 
@@ -74,6 +74,7 @@ class SecondaryNode:
         self._episode = ResyncSummary()
         self._episode_started: float | None = None
         self.round_progress: tuple[ResyncProgress, float] | None = None  # the round arriving, and its start
+        self.split_brain: SplitBrainStatus | None = None  # the primary refused the link for it
         self._out = Output()
         self.store = SecondaryStore(node, config, self._out)
         self._shown_state = self.state
@@ -126,7 +127,7 @@ class SecondaryNode:
     @property
     def state(self) -> State:
         if not self.linked:
-            return State.DISCONNECTED
+            return State.DISCONNECTED if self.split_brain is None else State.SPLIT_BRAIN
         if not self.store.point.holds_image or self.phase is S.FULL_ROUND:
             return State.INITIAL_SYNC
         return State.RESYNCING if self.phase is S.INCREMENTAL_ROUND else State.MIRRORING
@@ -149,10 +150,13 @@ class SecondaryNode:
         gen, seq = (point.generation, point.seq) if point.consistent else (NIL_UUID, 0)
         own = self.store.local_changes
         changed = digests = ()
+        diverged, discard = 0, False
         if own is not None and own.generation == gen:
             changed, digests = coalesce(own.extents, READY_CHANGED_MAX), own.digests
+            diverged, discard = own.diverged, own.discard
         return LocalNode(Role.SECONDARY, uuid.UUID(self.node.node_uuid), self.pair_uuid, self.pair_name,
-                         tuple(VolumeInfo(n, u, s) for n, u, s in self.volume_infos()), gen, seq, changed, digests)
+                         tuple(VolumeInfo(n, u, s) for n, u, s in self.volume_infos()), gen, seq, changed, digests,
+                         diverged, discard)
 
     def volume_infos(self) -> list[tuple[str, uuid.UUID, int]]:
         """A nil UUID until the first full sync pairs a volume with the primary's."""
@@ -186,6 +190,7 @@ class SecondaryNode:
         self.clock.up(now)
         self._episode = ResyncSummary()
         self._episode_started = None
+        self.split_brain = None
         self._move(S.LINKED, "link up")
         bind_at_handshake(self._out, self.store.records, self.pair_name, self.pair_uuid, SECONDARY)
 
@@ -195,6 +200,9 @@ class SecondaryNode:
         if self._got:
             self._end_batch(now)  # what arrived before the close is still good
         if self.link == event.link:
+            if event.refused == ErrorCode.SPLIT_BRAIN:
+                own = self.store.local_changes
+                self.split_brain = SplitBrainStatus(None, None if own is None else own.diverged)
             self._link_down(now, event.reason)
 
     def _link_down(self, now: float, reason: str) -> None:

@@ -17,7 +17,7 @@ import uuid
 from blockmirror.engine.config import SecondaryConfig
 from blockmirror.engine.journal import KIND_WRITE, RedoJournal
 from blockmirror.engine.records import (
-    FULL, INCREMENTAL, CommittedPoint, LocalChanges, OpenRound, RecordStore, VolumePairing,
+    FULL, INCREMENTAL, CommittedPoint, LocalChanges, OpenRound, RecordStore, VolumePairing, extend_history,
 )
 from blockmirror.storage import Node, WriteOp
 
@@ -179,7 +179,8 @@ class SecondaryStore:
             self.node.write_many(ops)
         self.node.flush()
         rnd = self.round
-        self.point = CommittedPoint(generation, seq, self.journal.epoch, self.journal.tail, consistent=True)
+        history = extend_history(self.point.generation, self.point.history)
+        self.point = CommittedPoint(generation, seq, self.journal.epoch, self.journal.tail, True, history)
         self.journaled_seq = seq
         recs = [self.point]
         if rnd is not None and rnd.kind == FULL:

@@ -267,18 +267,21 @@ class Connection:
             return None
         if isinstance(msg, Attach):
             ours = pairing.match_volumes(msg.volumes, self._local.volumes)
-            changed, digests = pairing.changed_on_wire(self._local, ours)
-            self._queue(Ready(self._local.committed_generation, self._local.committed_seq, ours, changed, digests))
-            return self._establish(msg.volumes, ours, self._local.committed_generation,
-                                   self._local.committed_seq, changed, digests)
+            local = self._local
+            changed, digests = pairing.changed_on_wire(local, ours)
+            ready = Ready(local.committed_generation, local.committed_seq, ours, changed, digests, local.diverged,
+                          local.discard)
+            self._queue(ready)
+            return self._establish(msg.volumes, ready)
         if isinstance(msg, Ready):
             pairing.match_volumes(self._local.volumes, msg.volumes)
-            return self._establish(self._local.volumes, msg.volumes, msg.committed_generation, msg.committed_seq,
-                                   msg.changed, msg.digests)
+            return self._establish(self._local.volumes, msg)
         raise AssertionError(f"not a handshake message: {msg!r}")
 
-    def _establish(self, primary_volumes: tuple[VolumeInfo, ...], secondary_volumes: tuple[VolumeInfo, ...],
-                   generation, seq: int, changed: tuple = (), digests: tuple = ()) -> Established:
+    def _establish(self, primary_volumes: tuple[VolumeInfo, ...], ready: Ready) -> Established:
+        """Both sides build the same Established from the primary's volumes
+        and the secondary's Ready."""
+        secondary_volumes, generation, seq = ready.volumes, ready.committed_generation, ready.committed_seq
         assert self.state is State.READY and self._hello_peer is not None
         self._stream = StreamOrder(primary_volumes, generation, seq)
         peer_volumes = secondary_volumes if self.role is Role.PRIMARY else primary_volumes
@@ -290,7 +293,9 @@ class Connection:
             peer_volumes=peer_volumes,
             committed_generation=generation,
             committed_seq=seq,
-            peer_changed=changed,
-            peer_digests=digests,
+            peer_changed=ready.changed,
+            peer_digests=ready.digests,
+            peer_diverged=ready.diverged,
+            peer_discard=ready.discard,
         )
         return self.established

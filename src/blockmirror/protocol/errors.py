@@ -39,6 +39,7 @@ class ErrorCode(enum.IntEnum):
     REFUSED = 16  # engine-level refusal, e.g. diverged generations
     BUSY = 17  # the secondary already serves a primary for this pair
     INTERNAL = 20
+    SPLIT_BRAIN = 21  # both nodes wrote since the last point they shared: neither image changes
 
 
 _HINTS: dict[ErrorCode, str] = {
@@ -48,7 +49,14 @@ _HINTS: dict[ErrorCode, str] = {
     ErrorCode.VOLUME_MISMATCH: "create the secondary's volumes with the primary's names and sizes",
     ErrorCode.UNSUPPORTED_VERSION: "run the same blockmirror version on both nodes",
     ErrorCode.MALFORMED_FRAME: "check that the address points at a blockmirror secondary",
+    ErrorCode.SPLIT_BRAIN: "stop the node whose writes should lose, run blockmirror demote DIR --discard-my-data "
+                           "on it, and start it as the secondary (its writes are kept in a discarded-... snapshot)",
 }
+
+
+def error_hint(code: ErrorCode) -> str | None:
+    """What a user can do about a refusal with this code."""
+    return _HINTS.get(code)
 
 
 def error_code_name(code: int) -> str:

@@ -29,6 +29,8 @@ class Established:
     committed_seq: int
     peer_changed: tuple[tuple[int, int, int], ...] = ()  # the secondary's own changes (Ready.changed)
     peer_digests: tuple[tuple[int, int, int, bytes], ...] = ()  # and what it may have changed (Ready.digests)
+    peer_diverged: int = 0  # Ready.diverged
+    peer_discard: bool = False  # Ready.discard
 
 
 @dataclass(frozen=True)

@@ -170,6 +170,7 @@ class Attach(Message):
 _READY_FIXED = struct.Struct(">16sQ")
 _CHANGED = struct.Struct(">HQQ")
 _DIGEST = struct.Struct(">HQI16s")
+_DIVERGED = struct.Struct(">QB")
 DIGEST_BYTES = 16
 # Bounds of Ready's two lists (together well under a frame): a demoted node
 # with more coalesces its extents and sends the rest without digests.
@@ -203,8 +204,11 @@ class Ready(Message):
     `changed`: extents a demoted node changed itself since that point (its
     own writes the primary lacks); the primary's resync sends them too.
     `digests`: chunks it may have changed, each with a digest of its bytes;
-    the primary sends those whose bytes differ at the shared point. Both
-    optional on the wire: absent when empty (the earlier format)."""
+    the primary sends those whose bytes differ at the shared point.
+    `diverged`: how many chunks it wrote as a primary after the pair parted
+    (not crash leftovers); with the primary's own such writes that is a
+    split brain, unless `discard` (its writes may lose). All optional on the
+    wire, in this order: absent when empty (the earlier format)."""
 
     TYPE: ClassVar[MessageType] = MessageType.READY
     committed_generation: uuid.UUID
@@ -212,19 +216,27 @@ class Ready(Message):
     volumes: tuple[VolumeInfo, ...]
     changed: tuple[ChangedExtent, ...] = ()
     digests: tuple[ChunkDigest, ...] = ()
+    diverged: int = 0
+    discard: bool = False
 
     def __post_init__(self) -> None:
         check_uuid("committed_generation", self.committed_generation)
         check_uint("committed_seq", self.committed_seq, 64)
         check_volumes(self.volumes)
         check_changed(self.changed, self.digests, len(self.volumes))
+        check_uint("diverged", self.diverged, 64)
+        if not isinstance(self.discard, bool):
+            raise TypeError("discard must be a bool")
 
     def _parts(self) -> list[Buffer]:
         out = _READY_FIXED.pack(self.committed_generation.bytes, self.committed_seq) + _encode_volumes(self.volumes)
-        if self.changed or self.digests:
+        tail = bool(self.diverged or self.discard)
+        if self.changed or self.digests or tail:
             out += U64.pack(len(self.changed)) + b"".join(_CHANGED.pack(*e) for e in self.changed)
-        if self.digests:
+        if self.digests or tail:
             out += U64.pack(len(self.digests)) + b"".join(_DIGEST.pack(*e) for e in self.digests)
+        if tail:
+            out += _DIVERGED.pack(self.diverged, int(self.discard))
         return [out]
 
     @classmethod
@@ -244,5 +256,8 @@ class Ready(Message):
             if count > READY_DIGESTS_MAX:
                 raise ValueError(f"{count} chunk digests; at most {READY_DIGESTS_MAX}")
             digests = tuple(r.unpack(_DIGEST) for _ in range(count))
+        diverged, discard = (0, 0) if r.at_end else r.unpack(_DIVERGED)
+        if discard > 1:
+            raise ValueError(f"discard flag {discard}")
         r.end()
-        return cls(uuid.UUID(bytes=generation), seq, volumes, changed, digests)
+        return cls(uuid.UUID(bytes=generation), seq, volumes, changed, digests, diverged, bool(discard))

@@ -37,6 +37,8 @@ class LocalNode:
     committed_seq: int = 0
     changed: tuple[tuple[str, int, int], ...] = ()
     digests: tuple[tuple[str, int, int, bytes], ...] = ()
+    diverged: int = 0  # chunks it wrote as a primary after the pair parted
+    discard: bool = False  # ... which may lose to the primary's (demote --discard-my-data)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "role", Role(self.role))

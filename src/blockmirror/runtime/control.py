@@ -1,7 +1,9 @@
 """The control socket: DIR/blockmirror.sock, a Unix stream socket that
 answers one JSON request per connection.
 
-Request: one line, `status` (or a JSON object {"command": "status"}).
+Request: one line, `status` (or a JSON object {"command": "status"}), or
+{"command": "snapshot", "label": L}: a user snapshot of every volume of a
+running primary (one pause), answered with its id, label and pause.
 Reply: one line of JSON, then the server closes. `blockmirror status DIR`
 is the client. The socket is created by the daemon that holds the node's
 lock, so a socket file left by a killed daemon is stale and replaced.
@@ -47,7 +49,7 @@ def _short_path(path: str):
 class ControlServer:
     def __init__(self, node_dir: str, handler):
         self.path = socket_path(node_dir)
-        self._handler = handler  # async (command: str) -> dict
+        self._handler = handler  # async (command: str, request: dict) -> dict
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
@@ -75,11 +77,12 @@ class ControlServer:
         try:
             line = await asyncio.wait_for(reader.readline(), 5.0)
             text = line[:REQUEST_BYTES_MAX].decode("utf-8", "replace").strip()
-            command = text
+            command, req = text, {}
             if text.startswith("{"):
-                command = json.loads(text).get("command", "")
+                req = json.loads(text)
+                command = req.get("command", "")
             try:
-                reply = await self._handler(command)
+                reply = await self._handler(command, req)
             except KeyError:
                 reply = {"error": f"unknown command {command!r}; try: status"}
             writer.write(json.dumps(reply).encode() + b"\n")
@@ -128,3 +131,8 @@ def request(node_dir: str, command: str = "status", timeout_s: float = 10.0) -> 
     if not buf:
         raise NodeError(f"the daemon on {node_dir} closed the control connection without answering")
     return json.loads(buf)
+
+
+def snapshot_reply(info) -> dict:
+    """The answer to a `snapshot` request."""
+    return {"id": info.id, "label": info.label, "pause_ms": round(info.pause_ns / 1e6, 3)}

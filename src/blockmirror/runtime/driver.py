@@ -114,7 +114,7 @@ class NodeDriver:
             if self.links.get(lid) is link:
                 del self.links[lid]
             self.on_link_closed(link, payload)
-            self._events.append(LinkClosed(lid, payload))
+            self._events.append(LinkClosed(lid, payload, link.peer_error_code))
         self._wake.set()
 
     def link_writable(self, link: LinkProtocol) -> None:
@@ -286,6 +286,13 @@ class NodeDriver:
         st.state_seconds = round(time.monotonic() - self.state_since, 3)
         st.engine_steps = self.steps
         return st
+
+    async def user_snapshot(self, label: str) -> dict:
+        """`blockmirror snapshot create` on a running node (control socket)."""
+        return {"error": f"a running {self.role} takes no user snapshots: its volumes follow its primary, and "
+                         f"may hold a resync round half-applied",
+                "hint": "snapshot the primary (blockmirror snapshot create PRIMARY_DIR --label L), or stop "
+                        "this daemon first"}
 
     # -- per role ----------------------------------------------------------------------------
     def current_link(self) -> LinkProtocol | None:

@@ -35,6 +35,7 @@ from blockmirror.runtime import tls
 from blockmirror.runtime.driver import NodeDriver
 from blockmirror.runtime.engine_export import PrimaryExport
 from blockmirror.runtime.enginethread import EngineThread
+from blockmirror.runtime.control import snapshot_reply
 from blockmirror.runtime.pairing import PairIdentity
 from blockmirror.runtime.transport import LinkProtocol
 from blockmirror.status import Status
@@ -103,6 +104,12 @@ class PrimaryDaemon(NodeDriver):
                 future.set_exception(exc)
 
     # -- the link ---------------------------------------------------------------------------
+    async def user_snapshot(self, label: str) -> dict:
+        """One pause of every volume, on the engine's thread between two
+        steps; a user snapshot, listed and exportable like any other."""
+        info = await self.engine_thread.call(self.node.user_snapshot, label)
+        return snapshot_reply(info)
+
     def send_budget(self) -> int:
         link = self.links.get(self.node.link) if self.node is not None and self.node.link is not None else None
         if link is None or not link.established or not link.writable:

@@ -103,6 +103,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
         self.peer = "?"
         self.established = False
         self.closed = False
+        self.peer_error_code: int | None = None  # the code of an Error frame the peer refused the link with
         self.close_reason = ""
         self._prestart = bytearray()
         self._scratch = bytearray(16 << 10)
@@ -464,6 +465,7 @@ class LinkProtocol(asyncio.BufferedProtocol):
                                else self._early_close("the peer closed the connection"))
                     return
                 elif isinstance(event, Error):
+                    self.peer_error_code = event.code
                     self.close(_peer_error_text(event))
                     return
                 else:

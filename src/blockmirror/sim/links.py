@@ -130,7 +130,8 @@ class Links:
         """The network closes the connection: both ends see it."""
         self._close_conn(None, reason)
 
-    def _close_conn(self, side: SimNode | None, reason: str, tell_self: bool = True) -> None:
+    def _close_conn(self, side: SimNode | None, reason: str, tell_self: bool = True,
+                    refused: int | None = None) -> None:
         """`side` closes its end (None: the network cut both ends). A node
         that closed it itself (`tell_self` False) already knows; a node that
         is down hears nothing; across a black hole the other end is not told
@@ -145,7 +146,7 @@ class Links:
                 continue
             if s is not side and side is not None and self.net.blackholed(self.now):
                 continue
-            s.events.append(LinkClosed(self._link_of(s, conn), reason))
+            s.events.append(LinkClosed(self._link_of(s, conn), reason, refused if s is side else None))
 
     def deliver(self) -> None:
         """Everything due arrives; each end takes what arrived as one batch
@@ -168,7 +169,8 @@ class Links:
             for event in pconn.events():
                 if isinstance(event, (ConnectionClosed, Error)):
                     self._queue(side, conn, msgs)
-                    self._close_conn(side, f"peer closed ({event})")
+                    self._close_conn(side, f"peer closed ({event})",
+                                     refused=event.code if isinstance(event, Error) else None)
                     return
                 if isinstance(event, Established):
                     self._queue(side, conn, msgs)

@@ -157,6 +157,9 @@ class CrashFileSystem:
         f.closed = False
         return f
 
+    def identity(self, path: str) -> str | None:
+        return None  # simulated directories are never copied
+
     def exists(self, path: str) -> bool:
         return path in self._visible or path in self._dirs or path in self._meta_keepers
 

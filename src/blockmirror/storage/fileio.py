@@ -98,6 +98,9 @@ class FileSystem(Protocol):
     def makedirs(self, path: str) -> None: ...
     def sync_dir(self, path: str) -> None:
         """Make creations and removals of entries in `path` durable."""
+    def identity(self, path: str) -> str | None:
+        """What tells this directory from a copy of it (None: no such
+        notion on this filesystem)."""
     def meta_uri(self, path: str, create: bool) -> str:
         """The SQLite URI of the metadata store at `path`."""
     def meta_commit(self, conn: sqlite3.Connection, what: str) -> None:
@@ -246,6 +249,14 @@ class OsFileSystem:
 
     def is_dir(self, path: str) -> bool:
         return os.path.isdir(path)
+
+    def identity(self, path: str) -> str | None:
+        """The inode numbers of the directory and its metadata store: a copy
+        (`cp -a`, a restored backup) has others; a rename within the
+        filesystem keeps them. (The device number is left out: it can change
+        across reboots.)"""
+        from blockmirror.storage.metadata import DB_NAME
+        return f"{os.stat(path).st_ino}:{os.stat(os.path.join(path, DB_NAME)).st_ino}"
 
     def lock_file(self, path: str) -> OsFileLock:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)

@@ -54,6 +54,7 @@ class Node:
         self._lock = threading.RLock()  # metadata, tables, COW files
         info = meta.node_info()
         self.node_uuid: str = info["node_uuid"]
+        self.copied_from: str | None = self._check_identity(info)
         self.chunk_size: int = info["chunk_size"]
         self.volumes: dict[str, Volume] = {}
         by_id: dict[int, Volume] = {}
@@ -121,6 +122,26 @@ class Node:
         return cls.open(path, fs=fs, clock_ns=clock_ns, monotonic_ns=monotonic_ns,
                         meta_synchronous=meta_synchronous, spare_limit_bytes=spare_limit_bytes,
                         pipeline=pipeline)
+
+    def _check_identity(self, info: dict) -> str | None:
+        """A directory copied from another node (or restored from a backup)
+        takes a node UUID of its own: it is a new node whose data history
+        forks from the original's. Returns the original's UUID if so."""
+        now = self.fs.identity(self.path)
+        if now is None or info.get("dir_identity") == now:
+            return None
+        copied = info.get("dir_identity") is not None
+        old = self.node_uuid
+        with self.meta.transaction("identity") as conn:
+            if copied:
+                self.node_uuid = str(uuid_mod.uuid4())
+                conn.execute("UPDATE node SET value=? WHERE key='node_uuid'", (self.node_uuid,))
+            conn.execute("INSERT OR REPLACE INTO node (key, value) VALUES ('dir_identity', ?)", (now,))
+        if not copied:
+            return None
+        log.warning("%s is a copy of node %s (or a restored backup of it): it is a new node %s, its data a "
+                    "fork of that node's history", self.path, old, self.node_uuid)
+        return old
 
     @classmethod
     def open(cls, path: str, fs: FileSystem | None = None,
