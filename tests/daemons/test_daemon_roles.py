@@ -59,6 +59,21 @@ def synced_pair(tmp_path):
     return p_dir, s_dir, secret
 
 
+def switch(to_primary: str, to_secondary: str, secret: str, port: int) -> None:
+    """A planned switchover of a pair stopped in sync: demote, promote,
+    start both in their new roles; nothing is resent, the images match."""
+    ok("demote", to_secondary)
+    ok("promote", to_primary)
+    s = start_secondary(to_secondary, secret, port)
+    p = start_primary(to_primary, secret, port)
+    try:
+        st = p.wait_for(converged, what="the switched pair mirroring")
+        assert sent(st) == ("incremental", 0), st["last_resync"]
+        assert_identical(p, s)
+    finally:
+        assert p.stop() == 0 and s.stop() == 0
+
+
 def sent(st: dict) -> tuple[str, int]:
     last = st["last_resync"]
     return last["kind"], last["chunks"]
@@ -80,17 +95,7 @@ def test_planned_switchover_resends_nothing(tmp_path):
         assert_identical(new_p, new_s)
     finally:
         assert new_p.stop() == 0 and new_s.stop() == 0
-    # and back: the same commands the other way round
-    ok("demote", b)
-    ok("promote", a)
-    p, s = start_secondary(b, secret, port), None
-    try:
-        s, p = p, start_primary(a, secret, port)
-        st = p.wait_for(converged, what="the pair switched back")
-        assert sent(st) == ("incremental", 0), st["last_resync"]
-        assert_identical(p, s)
-    finally:
-        assert p.stop() == 0 and s.stop() == 0
+    switch(to_primary=a, to_secondary=b, secret=secret, port=port)  # and back
 
 
 def test_failover_after_kill9_then_failback(tmp_path):
@@ -150,17 +155,7 @@ def test_failover_after_kill9_then_failback(tmp_path):
     ok("snapshot", "export", a, snap.group(1), "vol1", str(exported))
     assert exported.read_bytes() == lost_image
 
-    # Failback: the same commands the other way round; nothing to resend but what changed.
-    ok("demote", b)
-    ok("promote", a)
-    s2 = start_secondary(b, secret, port)
-    p2 = start_primary(a, secret, port)
-    try:
-        st = p2.wait_for(converged, what="failback")
-        assert sent(st) == ("incremental", 0), st["last_resync"]
-        assert_identical(p2, s2)
-    finally:
-        assert p2.stop() == 0 and s2.stop() == 0
+    switch(to_primary=a, to_secondary=b, secret=secret, port=port)  # failback
 
 
 def test_primary_on_a_secondary_is_refused_but_read_only_is_not(tmp_path):

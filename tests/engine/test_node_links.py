@@ -148,3 +148,18 @@ def test_a_region_is_hot_in_memory_only_once_its_record_is_committed(tmp_path):
     log.mark([(0, 0, 100)])  # the next write there commits it
     assert log.durable == {(0, 0)} and records.activity().regions == ((0, 0),)
     node.close()
+
+
+def test_a_user_snapshot_is_an_admin_command_answered_in_its_step(tmp_path):
+    from blockmirror.engine import TakeSnapshot
+
+    pair = Pair(tmp_path, {"a": 1 << 20})
+    pair.connect()
+    out = pair.step_primary([TakeSnapshot("t1", "before-upgrade")])
+    [(token, info)] = out.replies
+    assert token == "t1" and info.label == "before-upgrade" and not info.internal
+    pair.write("a", 0, b"n" * 4096)
+    pair.run()
+    assert pair.status()["state"] == "mirroring"
+    assert pair.pnode.read_snapshot(info.id, "a", 0, 4096) == bytes(4096)  # the image before the write
+    assert pair.snode.volumes["a"].read(0, 4096) == b"n" * 4096

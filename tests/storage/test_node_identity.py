@@ -33,6 +33,8 @@ def test_a_copied_directory_is_a_new_node_and_the_original_is_not(tmp_path):
     subprocess.run(["cp", "-a", moved, copy], check=True)
     lines = _Lines()
     logger = logging.getLogger("blockmirror.storage.node")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # whatever an earlier test (the simulator) set on its parents
     logger.addHandler(lines)
     try:
         with Node.open(copy) as node:
@@ -41,6 +43,7 @@ def test_a_copied_directory_is_a_new_node_and_the_original_is_not(tmp_path):
             new = node.node_uuid
     finally:
         logger.removeHandler(lines)
+        logger.setLevel(level)
     assert any(f"is a copy of node {original}" in line for line in lines.lines), lines.lines
     with Node.open(copy) as node:  # once: it is its own node from then on
         assert node.node_uuid == new and node.copied_from is None

@@ -74,7 +74,15 @@ class Stop:
     """Orderly shutdown: say goodbye, record what the peer lacks, mark clean."""
 
 
-Event = HostRequests | Accepted | LinkUp | Received | LinkClosed | Stop
+@dataclass(frozen=True, slots=True)
+class TakeSnapshot:
+    """Admin command (`blockmirror snapshot create` on a running primary): a
+    user snapshot of every volume, one pause. Answered in Output.replies."""
+    token: Any
+    label: str
+
+
+Event = HostRequests | Accepted | LinkUp | Received | LinkClosed | Stop | TakeSnapshot
 
 
 # -- outputs -----------------------------------------------------------------------------
@@ -122,6 +130,7 @@ class Output:
     logs: list[LogLine] = field(default_factory=list)
     state: str = ""
     next_timer: float = float("inf")
+    replies: list[tuple[Any, Any]] = field(default_factory=list)  # admin commands: (token, result or error)
 
     def log(self, level: int, text: str) -> None:
         self.logs.append(LogLine(level, text))

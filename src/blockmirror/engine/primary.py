@@ -32,7 +32,7 @@ from blockmirror.engine.activity import ActivityLog
 from blockmirror.engine.bases import ResyncBases
 from blockmirror.engine.config import PrimaryConfig
 from blockmirror.engine.events import (
-    CloseLink, Dial, HostRequests, LinkClosed, LinkUp, Output, Received, Stop,
+    CloseLink, Dial, HostRequests, LinkClosed, LinkUp, Output, Received, Stop, TakeSnapshot,
 )
 from blockmirror.engine.host_writes import HostWrites
 from blockmirror.engine.linkclock import Backoff, LinkClock
@@ -49,6 +49,7 @@ from blockmirror.engine.rounds import (
     MESSAGE_OVERHEAD_BYTES, Geometry, ResyncRound, RoundSender, full_round_chunks, incremental_round_chunks,
 )
 from blockmirror.engine.window import InflightWindow
+from blockmirror.errors import BlockmirrorError
 from blockmirror.protocol import (
     Ack, Error, Goodbye, Heartbeat, HeartbeatAck, LocalNode, ResyncCommitted, Role,
     VolumeInfo,
@@ -197,13 +198,17 @@ class PrimaryNode(HostWrites):
         self.last_pause_ns = info.pause_ns
         return info
 
-    def user_snapshot(self, label: str):
-        """A user's snapshot of every volume (one pause), between two steps.
-        It joins the chain: the resync bases' diffs still cover every write."""
-        info = self.node.snapshot(label)
+    def _on_take_snapshot(self, now: float, event: TakeSnapshot) -> None:
+        """A user's snapshot of every volume (one pause). It joins the chain:
+        the resync bases' diffs still cover every write."""
+        try:
+            info = self.node.snapshot(event.label)
+        except BlockmirrorError as exc:  # a full metadata store: the user is told, nothing changed
+            self._out.replies.append((event.token, exc))
+            return
         self.last_pause_ns = info.pause_ns
-        self._out.info(f"user snapshot {info.id} ({label}); writes paused {info.pause_ns / 1e6:.2f} ms")
-        return info
+        self._out.info(f"user snapshot {info.id} ({event.label}); writes paused {info.pause_ns / 1e6:.2f} ms")
+        self._out.replies.append((event.token, info))
 
     def volume_infos(self) -> list[tuple[str, uuid.UUID, int]]:
         """A promoted node keeps the pair's volume UUIDs it took as a secondary."""
@@ -455,4 +460,5 @@ class PrimaryNode(HostWrites):
         Received: _on_received,
         LinkClosed: _on_link_closed,
         Stop: _on_stop,
+        TakeSnapshot: _on_take_snapshot,
     }

@@ -85,6 +85,8 @@ class NodeDriver:
         self._events_bytes = 0
         self._host: list = []
         self._paused: set[LinkProtocol] = set()
+        self._admin: dict = {}  # admin commands awaiting their step's reply
+        self._admin_tokens = 0
         self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
@@ -247,6 +249,10 @@ class NodeDriver:
                 link.send(out.send)
         for line in out.logs:
             self.log.log(line.level, "%s", line.text)
+        for token, result in out.replies:
+            future = self._admin.pop(token, None)
+            if future is not None and not future.done():
+                future.set_result(result)
         if out.state and out.state != self.state:
             self.state = out.state
             self.state_since = time.monotonic()
@@ -286,6 +292,21 @@ class NodeDriver:
         st.state_seconds = round(time.monotonic() - self.state_since, 3)
         st.engine_steps = self.steps
         return st
+
+    async def admin(self, make_event):
+        """Run an admin command as an event of the node's next step;
+        `make_event(token)` builds it. Its reply (a result, or an error
+        raised here) comes in that step's Output.replies."""
+        self._admin_tokens += 1
+        token = ("admin", self._admin_tokens)
+        future = asyncio.get_running_loop().create_future()
+        self._admin[token] = future
+        self._events.append(make_event(token))
+        self._wake.set()
+        result = await future
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     async def user_snapshot(self, label: str) -> dict:
         """`blockmirror snapshot create` on a running node (control socket)."""

@@ -21,6 +21,7 @@ import time
 
 from blockmirror.engine import (
     Dial,
+    TakeSnapshot,
     HostFlush,
     HostWrite,
     PrimaryConfig,
@@ -107,7 +108,10 @@ class PrimaryDaemon(NodeDriver):
     async def user_snapshot(self, label: str) -> dict:
         """One pause of every volume, on the engine's thread between two
         steps; a user snapshot, listed and exportable like any other."""
-        info = await self.engine_thread.call(self.node.user_snapshot, label)
+        try:
+            info = await self.admin(lambda token: TakeSnapshot(token, label))
+        except BlockmirrorError as exc:
+            return {"error": f"the snapshot was not taken: {exc}", "hint": exc.hint}
         return snapshot_reply(info)
 
     def send_budget(self) -> int:
