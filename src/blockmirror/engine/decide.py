@@ -32,12 +32,15 @@ class Decision:
 
 
 def decide(node, names: list[str], bases: ResyncBases, generation, history: tuple,
-           est: Established) -> Decision:
+           est: Established, mutations: frozenset = frozenset()) -> Decision:
     refusal = _split_brain(bases, generation, history, est)
+    if "split-brain-as-incremental" in mutations:
+        refusal = None  # broken on purpose: a split brain resyncs as if the secondary had agreed to lose
     if refusal is not None:
         return refusal
     own = est.peer_changed or est.peer_digests
-    base, why = bases.choose(generation, est.committed_generation, est.committed_seq, bool(own))
+    base, why = bases.choose(generation, est.committed_generation, est.committed_seq,
+                             bool(own) or est.peer_demoted)
     if base is not None and own:
         differ = tuple((vol, off, length) for vol, off, length, digest in est.peer_digests
                        if chunk_digest(node.read_snapshot(base.snapshot, names[vol], off, length)) != digest)

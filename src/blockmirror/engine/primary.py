@@ -237,7 +237,8 @@ class PrimaryNode(HostWrites):
             return  # an attempt given up on: the driver is closing it
         est = event.established
         assert [v.name for v in est.volumes] == self.geo.names, "volume order is the primary's"
-        decision = decide(self.node, self.geo.names, self.bases, self.generation, self.history, est)
+        decision = decide(self.node, self.geo.names, self.bases, self.generation, self.history, est,
+                          self.config.mutations)
         if decision.refused is not None:
             self._refuse(now, event.link, decision)
             return

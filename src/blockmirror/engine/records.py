@@ -241,12 +241,16 @@ class LocalChanges:
     chunks: int = 0
     diverged: int = 0  # of those, chunks it wrote as a primary after the pair parted (not crash leftovers)
     discard: bool = False  # demote --discard-my-data: they may lose to the primary's own such writes
+    # Written by a demote: its seq names no point (any base of its generation
+    # fits, its changes cover what it wrote after the seq it saw acknowledged).
+    # False for a plain secondary told to discard: its image is its point's.
+    demoted: bool = True
 
     def encode(self) -> dict:
         return {"v": self.VERSION, "generation": str(self.generation), "extents": [list(e) for e in self.extents],
                 "digests": [[n, o, ln, d.hex()] for n, o, ln, d in self.digests],
                 "discarded": self.discarded, "chunks": self.chunks, "diverged": self.diverged,
-                "discard": self.discard}
+                "discard": self.discard, "demoted": self.demoted}
 
     @classmethod
     def decode(cls, raw: dict) -> LocalChanges:
@@ -254,7 +258,7 @@ class LocalChanges:
         return cls(uuid.UUID(raw["generation"]), tuple((str(n), int(o), int(ln)) for n, o, ln in raw["extents"]),
                    tuple((str(n), int(o), int(ln), bytes.fromhex(d)) for n, o, ln, d in raw.get("digests", ())),
                    raw.get("discarded"), int(raw.get("chunks", 0)), int(raw.get("diverged", 0)),
-                   bool(raw.get("discard", False)))
+                   bool(raw.get("discard", False)), bool(raw.get("demoted", True)))
 
 
 def coalesce(extents: tuple, limit: int) -> tuple:

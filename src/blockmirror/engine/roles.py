@@ -84,9 +84,11 @@ class Promoted:
     seq: int
     base: int | None  # the promotion snapshot
     rolled_back: bool
+    own_chunks: int = 0  # its own writes as a demoted node, kept (in the base's record)
+    own_extents: tuple = ()  # ... as (volume index, offset, length): what its first round may resend
 
 
-def promote(node, force: bool = False, now_ns: int | None = None) -> Promoted:
+def promote(node, force: bool = False, now_ns: int | None = None, mutations: frozenset = frozenset()) -> Promoted:
     """A stopped secondary becomes a primary, keeping its last consistent
     image. `force` is needed for a node that never completed a sync."""
     from blockmirror.engine.secondary_store import JOURNAL_NAME, SecondaryStore
@@ -97,7 +99,9 @@ def promote(node, force: bool = False, now_ns: int | None = None) -> Promoted:
         raise NodeError(f"{node.path} is already a primary", hint=f"serve it: blockmirror primary {node.path} --nbd ...")
     had_round = records.open_round() is not None
     out = Output()
-    store = SecondaryStore(node, SecondaryConfig(), out)  # recovery: journal replayed, an open round rolled back
+    # Recovery: the journal replayed, an open round rolled back.
+    broken = frozenset({"keep-open-round"}) if "promote-keeps-round" in mutations else frozenset()
+    store = SecondaryStore(node, SecondaryConfig(mutations=broken), out)
     point = store.point
     if not point.holds_image and not force:
         raise NodeError(f"{node.path} never completed a sync with its primary: its volumes hold no consistent image",
@@ -113,7 +117,7 @@ def promote(node, force: bool = False, now_ns: int | None = None) -> Promoted:
         rows.update(RecordStore.rows(dataclasses.replace(binding, role=PRIMARY)))
     if pairing.primary_uuids:
         rows.update(RecordStore.rows(pairing))
-    base = None
+    base, extra = None, ()
     if gen is not None:
         # Its image is G at S, except what it changed itself as a demoted node
         # that no resync replaced yet: those chunks stay in the base's record.
@@ -128,7 +132,10 @@ def promote(node, force: bool = False, now_ns: int | None = None) -> Promoted:
         node.set_state(rows)
     store.journal.file.close()
     _remove(node, JOURNAL_NAME)
-    return Promoted(gen, point.seq if gen is not None else 0, base, had_round)
+    own_chunks = 0
+    if gen is not None and store.local_changes is not None and store.local_changes.generation == gen:
+        own_chunks = store.local_changes.chunks
+    return Promoted(gen, point.seq if gen is not None else 0, base, had_round, own_chunks, extra)
 
 
 @dataclass(frozen=True)
@@ -171,6 +178,8 @@ def demote(node, discard: bool = False, config: PrimaryConfig = PrimaryConfig(),
                 written[vol] |= diff[name]
         for vol in range(len(sets)):
             sets[vol] |= written[vol]
+        if "demote-forgets-own" in config.mutations:
+            sets = geo.empty_sets()  # broken on purpose: its own chunks are never sent back
         changed = sum(len(s) for s in sets)
         diverged = sum(len(s) for s in written) + sum(b.own_chunks for b in bases)
         extents, digests = _describe(node, geo, sets, changed)
@@ -188,7 +197,7 @@ def demote(node, discard: bool = False, config: PrimaryConfig = PrimaryConfig(),
     history = point.history if gen is not None else extend_history(point.generation, point.history)
     recs = [CommittedPoint(gen or NIL_UUID, seq, consistent=gen is not None, history=history),
             VolumePairing(dict(volume_uuids))]
-    if gen is not None and changed:
+    if gen is not None:  # also with no chunk of its own: its seq names no point (it was a primary)
         recs.append(LocalChanges(gen, extents, digests, discarded, changed, diverged, discard))
     binding = records.pair_binding()
     if binding is not None:
@@ -236,7 +245,7 @@ def _discard_on_secondary(node, records: RecordStore, now_ns: int | None) -> Dem
         own = None
     if own is None:
         chunks = sum(-(-v.size // node.chunk_size) for v in node.volumes.values()) if _holds_data(node) else 0
-        own = LocalChanges(point.generation, chunks=chunks)
+        own = LocalChanges(point.generation, chunks=chunks, demoted=False)
     label = next((s.label for s in node.snapshots() if s.id == own.discarded), None)
     if own.discarded is None and own.chunks:
         label = _discard_label(now_ns)

@@ -150,13 +150,13 @@ class SecondaryNode:
         gen, seq = (point.generation, point.seq) if point.consistent else (NIL_UUID, 0)
         own = self.store.local_changes
         changed = digests = ()
-        diverged, discard = 0, False
+        diverged, discard, demoted = 0, False, False
         if own is not None and own.generation == gen:
             changed, digests = coalesce(own.extents, READY_CHANGED_MAX), own.digests
-            diverged, discard = own.diverged, own.discard
+            diverged, discard, demoted = own.diverged, own.discard, own.demoted
         return LocalNode(Role.SECONDARY, uuid.UUID(self.node.node_uuid), self.pair_uuid, self.pair_name,
                          tuple(VolumeInfo(n, u, s) for n, u, s in self.volume_infos()), gen, seq, changed, digests,
-                         diverged, discard)
+                         diverged, discard, demoted)
 
     def volume_infos(self) -> list[tuple[str, uuid.UUID, int]]:
         """A nil UUID until the first full sync pairs a volume with the primary's."""

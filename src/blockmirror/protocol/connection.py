@@ -270,7 +270,7 @@ class Connection:
             local = self._local
             changed, digests = pairing.changed_on_wire(local, ours)
             ready = Ready(local.committed_generation, local.committed_seq, ours, changed, digests, local.diverged,
-                          local.discard)
+                          local.discard, local.demoted)
             self._queue(ready)
             return self._establish(msg.volumes, ready)
         if isinstance(msg, Ready):
@@ -297,5 +297,6 @@ class Connection:
             peer_digests=ready.digests,
             peer_diverged=ready.diverged,
             peer_discard=ready.discard,
+            peer_demoted=ready.demoted,
         )
         return self.established

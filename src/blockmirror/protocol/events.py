@@ -31,6 +31,7 @@ class Established:
     peer_digests: tuple[tuple[int, int, int, bytes], ...] = ()  # and what it may have changed (Ready.digests)
     peer_diverged: int = 0  # Ready.diverged
     peer_discard: bool = False  # Ready.discard
+    peer_demoted: bool = False  # Ready.demoted
 
 
 @dataclass(frozen=True)

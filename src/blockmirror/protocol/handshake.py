@@ -170,7 +170,8 @@ class Attach(Message):
 _READY_FIXED = struct.Struct(">16sQ")
 _CHANGED = struct.Struct(">HQQ")
 _DIGEST = struct.Struct(">HQI16s")
-_DIVERGED = struct.Struct(">QB")
+_DIVERGED = struct.Struct(">QB")  # diverged, flags: 1 discard, 2 demoted
+_DEMOTED = 2
 DIGEST_BYTES = 16
 # Bounds of Ready's two lists (together well under a frame): a demoted node
 # with more coalesces its extents and sends the rest without digests.
@@ -207,8 +208,10 @@ class Ready(Message):
     the primary sends those whose bytes differ at the shared point.
     `diverged`: how many chunks it wrote as a primary after the pair parted
     (not crash leftovers); with the primary's own such writes that is a
-    split brain, unless `discard` (its writes may lose). All optional on the
-    wire, in this order: absent when empty (the earlier format)."""
+    split brain, unless `discard` (its writes may lose). `demoted`: its seq
+    names no point (it was a primary): any base of its generation fits, with
+    its changes. All optional on the wire, in this order: absent when empty
+    (the earlier format)."""
 
     TYPE: ClassVar[MessageType] = MessageType.READY
     committed_generation: uuid.UUID
@@ -218,6 +221,7 @@ class Ready(Message):
     digests: tuple[ChunkDigest, ...] = ()
     diverged: int = 0
     discard: bool = False
+    demoted: bool = False
 
     def __post_init__(self) -> None:
         check_uuid("committed_generation", self.committed_generation)
@@ -225,18 +229,18 @@ class Ready(Message):
         check_volumes(self.volumes)
         check_changed(self.changed, self.digests, len(self.volumes))
         check_uint("diverged", self.diverged, 64)
-        if not isinstance(self.discard, bool):
-            raise TypeError("discard must be a bool")
+        if not isinstance(self.discard, bool) or not isinstance(self.demoted, bool):
+            raise TypeError("discard and demoted must be bools")
 
     def _parts(self) -> list[Buffer]:
         out = _READY_FIXED.pack(self.committed_generation.bytes, self.committed_seq) + _encode_volumes(self.volumes)
-        tail = bool(self.diverged or self.discard)
+        tail = bool(self.diverged or self.discard or self.demoted)
         if self.changed or self.digests or tail:
             out += U64.pack(len(self.changed)) + b"".join(_CHANGED.pack(*e) for e in self.changed)
         if self.digests or tail:
             out += U64.pack(len(self.digests)) + b"".join(_DIGEST.pack(*e) for e in self.digests)
         if tail:
-            out += _DIVERGED.pack(self.diverged, int(self.discard))
+            out += _DIVERGED.pack(self.diverged, int(self.discard) | _DEMOTED * int(self.demoted))
         return [out]
 
     @classmethod
@@ -256,8 +260,9 @@ class Ready(Message):
             if count > READY_DIGESTS_MAX:
                 raise ValueError(f"{count} chunk digests; at most {READY_DIGESTS_MAX}")
             digests = tuple(r.unpack(_DIGEST) for _ in range(count))
-        diverged, discard = (0, 0) if r.at_end else r.unpack(_DIVERGED)
-        if discard > 1:
-            raise ValueError(f"discard flag {discard}")
+        diverged, flags = (0, 0) if r.at_end else r.unpack(_DIVERGED)
+        if flags & ~(1 | _DEMOTED):
+            raise ValueError(f"unknown Ready flags {flags:#x}")
         r.end()
-        return cls(uuid.UUID(bytes=generation), seq, volumes, changed, digests, diverged, bool(discard))
+        return cls(uuid.UUID(bytes=generation), seq, volumes, changed, digests, diverged, bool(flags & 1),
+                   bool(flags & _DEMOTED))

@@ -39,6 +39,7 @@ class LocalNode:
     digests: tuple[tuple[str, int, int, bytes], ...] = ()
     diverged: int = 0  # chunks it wrote as a primary after the pair parted
     discard: bool = False  # ... which may lose to the primary's (demote --discard-my-data)
+    demoted: bool = False  # its seq names no point: any base of its generation fits
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "role", Role(self.role))

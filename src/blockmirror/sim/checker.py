@@ -39,6 +39,11 @@ INVARIANTS = {
     "protocol-error": "no protocol error on a connection that carried no corrupted byte",
     "convergence": "after healing, the pair is mirroring, byte-identical, within the liveness bound",
     "primary-image": "after healing, the primary's volumes hold exactly the writes it applied",
+    "promoted-image": "a promoted secondary keeps exactly its last committed image (an open round rolled back), "
+                      "sync mode: with every write acknowledged to a host",
+    "discarded-snapshot": "a demoted node's discarded-... snapshot holds exactly its image as of the demotion",
+    "split-brain": "no resync overwrites what a demoted node wrote after the pair parted while its new primary "
+                   "wrote too, unless the node was demoted with --discard-my-data",
     "no-exception": "no unexpected exception escapes the code under test",
 }
 
@@ -61,6 +66,7 @@ class Checker:
         self.secondary_point = 0  # the newest point the secondary held
         self.sync_acked_point = 0  # sync mode: the newest point acknowledged to a host while mirroring
         self.claimed = (NIL, 0)  # (generation, seq) the secondary last acknowledged
+        self.full_allowed = False  # after a role change whose two sides name different points (once)
 
     def _point(self, generation: str, seq: int, what: str) -> int:
         point = self.model.point_of(generation, seq)
@@ -94,7 +100,7 @@ class Checker:
         if probe.generation == gen and probe.seq < seq:
             raise Violation("ack-durability", f"{when}: the secondary acknowledged seq {seq} but a crash now "
                                               f"recovers it to seq {probe.seq}")
-        if probe.inconsistent or probe.generation == NIL:
+        if probe.inconsistent or probe.generation == NIL or probe.own_changes:
             return
         point = self._point(probe.generation, probe.seq, f"{when}: a crash of the secondary would leave it")
         if _hash(probe.image) != self.model.hashes[point]:
@@ -105,6 +111,8 @@ class Checker:
 
     def export_read(self, view: SecondaryView, image: bytes | None) -> None:
         """A whole-image read of the secondary's export; None: it was refused."""
+        if view.own_changes:
+            return  # a demoted node serves its own last image until its first commit
         committed = view.up and not view.inconsistent and view.generation != NIL
         if image is None:
             if committed:
@@ -157,7 +165,8 @@ class Checker:
         `hot`: per volume, chunks an unclean primary stop may have changed unseen."""
         model = self.model
         if rnd.kind == "full":
-            if peer is not None and peer[0] in model.target_point:
+            allowed, self.full_allowed = self.full_allowed, False
+            if peer is not None and peer[0] in model.target_point and not allowed:
                 raise Violation("needless-full-sync", f"a full round started although the secondary reported "
                                                       f"generation {peer[0][:8]} seq {peer[1]}, which the "
                                                       f"primary made (it must hold a base for it)")
@@ -172,6 +181,27 @@ class Checker:
             if extra:
                 raise Violation("minimal-resync", f"a round names chunks {list(extra)[:8]} of v{vol} that were "
                                                   f"not written since its base")
+
+    # -- role changes ----------------------------------------------------------------------------
+    def promoted(self, generation: str, seq: int, image: bytes) -> None:
+        point = self._point(generation, seq, "the promoted secondary")
+        if _hash(image) != self.model.hashes[point]:
+            raise Violation("promoted-image", f"the promoted secondary's image is not its last committed point "
+                                              f"{point} (generation {generation[:8]} seq {seq})")
+        if self.opts.mode == "sync" and point < self.sync_acked_point:
+            raise Violation("promoted-image", f"the promoted secondary is at point {point}, missing the write "
+                                              f"acknowledged to the host at point {self.sync_acked_point}")
+
+    def split_brain_round(self, diverged: int, discard: bool, primary_wrote: bool) -> None:
+        if diverged and not discard and primary_wrote:
+            raise Violation("split-brain", f"a resync round started over the {diverged} chunks the secondary "
+                                           f"wrote as a primary after the pair parted, while the primary wrote "
+                                           f"too, without --discard-my-data")
+
+    def demoted(self, before: bytes, kept: bytes | None, changed: int) -> None:
+        if changed and kept is not None and kept != before:
+            raise Violation("discarded-snapshot", "the demoted node's discarded-... snapshot is not its image "
+                                                  "as of the demotion")
 
     # -- links, end of run -------------------------------------------------------------------
     def protocol_error(self, node: str, exc: Exception) -> None:

@@ -19,6 +19,7 @@ treats as fatal ("engine step failed; stopping"): the node's process stops
 
 from __future__ import annotations
 
+import contextlib
 import random
 import uuid
 
@@ -235,6 +236,41 @@ class Cluster(Links):
             side.fs.crash_at_step = None
             side.armed_on_restart = None
 
+    # -- role changes (rolechange.py) -------------------------------------------------------------
+    def crash_now(self, name: str, what: str = "crash") -> None:
+        """A power failure ('crash') or kill -9 ('kill') of `name` now, if it is up."""
+        side = self._side(name)
+        if side.up:
+            side.armed = what
+            self._died(side, "(role change)")
+        side.armed_on_restart = None
+
+    @contextlib.contextmanager
+    def open_disk(self, side: SimNode):
+        """The storage of a node whose process is down (its recovery runs)."""
+        assert not side.up and side.node is None
+        node = Node.open(side.path, fs=side.fs, clock_ns=self._clock_ns, monotonic_ns=self._clock_ns,
+                         meta_synchronous="OFF", pipeline=self.opts.pipeline)
+        try:
+            yield node
+        finally:
+            node.close()
+
+    def image_of(self, node: Node) -> bytes:
+        return self._image(node)
+
+    def snapshot_image(self, node: Node, snap: int) -> bytes:
+        return b"".join(node.read_snapshot(snap, n, 0, size) for n, size in zip(self.names, self.sizes))
+
+    def swap_roles(self) -> None:
+        self.primary, self.secondary = self.secondary, self.primary
+        self.primary.name, self.secondary.name = "primary", "secondary"
+
+    def restart_soon(self) -> None:
+        for side in (self.primary, self.secondary):
+            if not side.up:
+                side.restart_at = self.now + self.rng.uniform(0.1, 0.5)
+
     def filesystem(self, name: str) -> CrashFileSystem:
         return self._side(name).fs
 
@@ -296,8 +332,11 @@ class Cluster(Links):
     def primary_image(self) -> bytes:
         return self._image(self.primary.node)
 
-    def secondary_image(self) -> bytes:
-        return self._image(self.secondary.node)
+    def secondary_image(self) -> bytes | None:
+        """None if the node died in the read (a crash armed in a deferred
+        copy-on-write job: a demoted node keeps a user snapshot)."""
+        s = self.secondary
+        return self._call(s, self._image, s.node)
 
     def probe_secondary(self) -> DiskProbe:
         """Crash a copy of the secondary's disk and recover it with the engine."""
@@ -309,7 +348,8 @@ class Cluster(Links):
             node = Node.open(side.path, fs=clone, meta_synchronous="OFF")
             eng = SecondaryNode(node, self.sconfig, self.now, self.pair_uuid, PAIR_NAME)
             image = self._image(node)
-            return DiskProbe(str(eng.generation), eng.seq, eng.inconsistent, image)
+            return DiskProbe(str(eng.generation), eng.seq, eng.inconsistent, image,
+                             eng.store.local_changes is not None)
         finally:
             if node is not None:
                 node.close()
@@ -365,7 +405,7 @@ class Cluster(Links):
             return SecondaryView(False)
         e = s.engine
         return SecondaryView(True, str(e.generation), e.seq, e.inconsistent, e.round_open is not None,
-                             e.applied_batches)
+                             e.applied_batches, e.store.local_changes is not None)
 
     def next_time(self) -> float:
         times = [self.net.next_time()]

@@ -176,6 +176,11 @@ class FaultInjector:
             net.hold_in_flight(until)
             net.partition(until)  # no new connection either
 
+    def end_full(self) -> None:
+        """Every full disk has room again."""
+        for key in list(self.full_until):
+            self._set_full(key, False)
+
     def heal(self) -> None:
         self.cluster.net.heal()
         self.cluster.disarm()

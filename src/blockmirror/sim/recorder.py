@@ -19,7 +19,7 @@ from blockmirror.protocol import WRITE_DATA_MAX_BYTES
 from blockmirror.sim.checker import Checker
 from blockmirror.sim.model import DURABLE, HistoryModel, LastWriters
 from blockmirror.sim.options import Options
-from blockmirror.sim.views import RoundStart
+from blockmirror.sim.views import NIL, RoundStart
 
 
 class Recorder:
@@ -46,6 +46,11 @@ class Recorder:
         self.hot = [BitMap() for _ in opts.sizes]  # chunks an unclean primary stop may have changed unseen
         self.peer: tuple[str, int] | None = None
         self._last_checked = None
+        # After a role change, until the new secondary's first commit: what it wrote after
+        # the pair parted, whether it may lose, and whether the new primary wrote too.
+        self.demoted_diverged = 0
+        self.discard_granted = False
+        self.primary_wrote = False
 
     # -- the host ---------------------------------------------------------------------------
     def submitted(self, token: int, write: tuple[int, int, int, bool] | None) -> None:
@@ -71,6 +76,7 @@ class Recorder:
 
     # -- ClusterEvents ------------------------------------------------------------------------
     def write_applied(self, token, vol, offset, data, length, generation, first_seq, last_seq) -> None:
+        self.primary_wrote = True
         model = self.model
         if last_seq is None:
             model.apply(vol, offset, data, length)
@@ -90,6 +96,7 @@ class Recorder:
         self.peer = (peer_generation, peer_seq)
 
     def round_started(self, rnd: RoundStart) -> None:
+        self.checker.split_brain_round(self.demoted_diverged, self.discard_granted, self.primary_wrote)
         self.checker.round_started(rnd, self.peer, self.hot)
         model = self.model
         model.target_point[rnd.target_generation] = model.point
@@ -111,8 +118,12 @@ class Recorder:
         state = (view.generation, view.seq, view.applied_batches)
         if when == "after a batch" and state == self._last_checked:
             return  # nothing to check after heartbeats alone
+        image = self.cluster.secondary_image()
+        if image is None:
+            return  # it died reading: its recovery is checked when it restarts
+        self.demoted_diverged, self.discard_granted = 0, False  # it holds a point: its own writes are gone
         self._last_checked = state
-        self.checker.secondary(view, self.cluster.secondary_image(), when)
+        self.checker.secondary(view, image, when)
 
     def secondary_acked(self, seq: int) -> None:
         view = self.cluster.secondary_view()
@@ -147,6 +158,36 @@ class Recorder:
                     self.writers.write(*model.chunk_range(vol, c), self.last_token + 0.5)
         if self.cluster.secondary_view().up:
             self.probe(f"at a primary {how}")
+
+    # -- role changes (rolechange.py) --------------------------------------------------------
+    def promoted(self, generation: str, seq: int, image: bytes) -> None:
+        self.checker.promoted(generation, seq, image)
+
+    def demoted(self, before: bytes, kept: bytes | None, changed: int, diverged: int | None = None,
+                discard: bool = False) -> None:
+        """`diverged`: what a demotion from primary found it wrote after the
+        pair parted (None: a demoted secondary told to discard)."""
+        self.checker.demoted(before, kept, changed)
+        if diverged is not None:
+            self.demoted_diverged = diverged
+        self.discard_granted = discard or (diverged is None and self.discard_granted)
+
+    def roles_swapped(self, image: bytes, demoted_generation: str | None, promoted_generation: str) -> None:
+        """The history goes on from the promoted image; the new secondary is
+        judged from its first commit on."""
+        self.model.reset(image)
+        self.writers.settle()  # promote synced it
+        self.pending.clear()
+        self.applied_at.clear()
+        checker = self.checker
+        checker.secondary_point, checker.claimed, checker.sync_acked_point = 0, (NIL, 0), 0
+        # The old primary names its last confirmed point; a commit whose confirmation was lost
+        # may have moved the secondary past it: no base for it then, a full sync is right.
+        checker.full_allowed = demoted_generation is not None and demoted_generation != promoted_generation
+        self._last_checked = None
+        self.peer = None
+        self.primary_wrote = False
+        self.stats["role changes"] += 1
 
     def secondary_lost(self, how: str) -> None:
         self._last_checked = None

@@ -9,12 +9,14 @@ import time
 from collections import Counter
 
 from blockmirror.sim.faults import FAULT_KINDS, FIRED_MEANS
+from blockmirror.sim.rolechange import FIRED_MEANS as ROLE_CHANGE_FIRED_MEANS
 from blockmirror.sim.scenario import Result, run_seed
 
 # Deliberately broken engines (PrimaryConfig/SecondaryConfig `mutations`, or a
 # Connection parameter): the simulator must catch each.
 MUTATIONS = ("skip-unacked", "no-pause", "ack-before-durable", "round-in-place", "delete-base-early",
-             "no-frame-checksum", "flush-not-durable", "export-ignores-round", "reused-seq")
+             "no-frame-checksum", "flush-not-durable", "export-ignores-round", "reused-seq", "demote-forgets-own",
+             "promote-keeps-round", "split-brain-as-incremental")
 
 
 def replay_command(seed: int, mutations: frozenset) -> str:
@@ -67,12 +69,12 @@ def _summary(results: list[Result], elapsed: float, verbose: bool, out) -> None:
     print(f"scenarios: {len(results)} ({sum(r.mode == 'sync' for r in results)} sync, "
           f"{sum(r.mode == 'async' for r in results)} async, {large} large) in {elapsed:.1f}s, "
           f"{len(results) / max(elapsed, 1e-9):.0f}/s", file=out)
-    kinds = [k for k in (*FAULT_KINDS, "outage") if drawn[k]]
+    kinds = [k for k in (*FAULT_KINDS, "outage", *ROLE_CHANGE_FIRED_MEANS) if drawn[k]]
     print("faults fired (of drawn): " + (", ".join(f"{k} {fired[k]} ({drawn[k]})" for k in kinds) or "none"),
           file=out)
     if verbose:
         for k in kinds:
-            print(f"  {k} fired: {FIRED_MEANS[k]}", file=out)
+            print(f"  {k} fired: {FIRED_MEANS.get(k) or ROLE_CHANGE_FIRED_MEANS[k]}", file=out)
     print("events: " + (_counts(stats) or "none"), file=out)
     print(f"link bytes: {sum(r.bytes_sent for r in results)}", file=out)
     print(f"{len(results) - failed} passed, {failed} failed", file=out)

@@ -23,6 +23,7 @@ from blockmirror.sim.faults import FaultInjector, FaultLog
 from blockmirror.sim.model import HistoryModel
 from blockmirror.sim.options import CHUNK_BYTES, Options, derive
 from blockmirror.sim.recorder import Recorder
+from blockmirror.sim.rolechange import RoleChanges
 from blockmirror.sim.workload import Workload
 
 TRACE_LINES_KEPT = 60
@@ -66,6 +67,7 @@ class Scenario:
         self.faults = FaultInjector(opts, rng, self.cluster, self.fault_log, self.log)
         self.recorder.cluster, self.recorder.faults = self.cluster, self.faults
         self.workload = Workload(opts, rng, self.cluster, self.recorder, self.checker, self.stats)
+        self.roles = RoleChanges(seed, opts.safety_s, self.cluster, self.recorder, self.fault_log, self.log)
 
     def log(self, text: str) -> None:
         self.trace.append(f"{self.now:9.4f} {text}")
@@ -77,6 +79,7 @@ class Scenario:
         self.cluster.now = now = self.now
         if not self.healing:
             self.faults.step(now)
+        self.roles.step(now, self.faults, self.healing)
         self.cluster.restart_due()
         self.cluster.deliver()
         self.workload.step(now, self.healing)
@@ -89,6 +92,7 @@ class Scenario:
         times = [self.cluster.next_time(), self.workload.next_time(self.healing)]
         if not self.healing:
             times.append(self.faults.next_time())
+            times.append(self.roles.next_time())
         self.now = max(self.now + 1e-6, min(times))
 
     def _converged(self) -> bool:

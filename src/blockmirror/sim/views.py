@@ -38,11 +38,13 @@ class SecondaryView:
     inconsistent: bool = False  # a full round is under way
     round_open: bool = False
     applied_batches: int = 0
+    own_changes: bool = False  # a demoted node whose own writes no commit has replaced yet
 
     @property
     def holds_point(self) -> bool:
         """Its volumes are the image of the (generation, seq) it reports."""
-        return self.up and not self.inconsistent and not self.round_open and self.generation != NIL
+        return (self.up and not self.inconsistent and not self.round_open and self.generation != NIL
+                and not self.own_changes)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class DiskProbe:
     seq: int
     inconsistent: bool
     image: bytes
+    own_changes: bool = False
 
 
 @dataclass(frozen=True)
