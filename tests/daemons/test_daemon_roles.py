@@ -343,3 +343,52 @@ def test_a_user_snapshot_of_a_running_primary_survives_restarts(tmp_path):
     exported = tmp_path / "before.img"
     ok("snapshot", "export", a, str(snap), "vol0", str(exported))
     assert exported.read_bytes()[:4 << 20] == b"\x31" * (4 << 20)
+
+
+def test_a_resync_base_deleted_by_hand_forces_a_full_sync_never_a_silent_divergence(tmp_path):
+    """Bug 1: the link-down snapshot deleted (now only with --force), then a
+    restart: the primary says so and resyncs in full; the images match."""
+    a, b, secret = synced_pair(tmp_path)
+    port = free_port()
+    s = start_secondary(b, secret, port)
+    p = start_primary(a, secret, port)
+    p.wait_for(converged, what="mirroring")
+    assert s.stop() == 0
+    p.wait_for(lambda st: st["state"] == "disconnected", what="the link down")
+    qemu_io(p.uri("vol0"), "write -P 0x66 2M 256K")  # tracked by the link-down snapshot only
+    assert p.stop() == 0
+    listed = ok("snapshot", "list", a)
+    m = re.search(r"^\s*(\d+)\s+internal\s+link-down", listed, re.M)
+    assert m, listed
+    err, hint = refused("snapshot", "delete", a, m.group(1))
+    assert "internal" in err and "--force" in hint
+    ok("snapshot", "delete", "--force", a, m.group(1))
+    s = start_secondary(b, secret, port)
+    p = start_primary(a, secret, port)
+    try:
+        st = p.wait_for(converged, timeout_s=30, what="the resync without its base")
+        assert st["last_resync"]["kind"] == "full", st["last_resync"]
+        assert "was deleted" in p.log()
+        assert_identical(p, s)
+    finally:
+        assert p.stop() == 0 and s.stop() == 0
+
+
+def test_a_user_snapshot_of_a_stopped_secondary_survives_its_daemon(tmp_path):
+    a, b, secret = synced_pair(tmp_path)
+    out = ok("snapshot", "create", b, "--label", "before-upgrade")
+    snap = re.match(r"snapshot (\d+)", out).group(1)
+    port = free_port()
+    s = start_secondary(b, secret, port)
+    p = start_primary(a, secret, port)
+    try:
+        qemu_io(p.uri("vol0"), "write -P 0x42 0 1M")  # a resync round and live writes on the secondary
+        p.wait_for(converged, what="mirroring")
+        assert_identical(p, s)
+    finally:
+        assert p.stop() == 0 and s.stop() == 0
+    listed = ok("snapshot", "list", b)
+    assert re.search(rf"^\s*{snap}\s+user\s+before-upgrade", listed, re.M), listed
+    exported = tmp_path / "secondary-before.img"
+    ok("snapshot", "export", b, snap, "vol0", str(exported))
+    assert exported.read_bytes()[:4 << 20] == b"\x31" * (4 << 20)
