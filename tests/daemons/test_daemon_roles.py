@@ -4,6 +4,7 @@ running in the wrong role. Each ends with `qemu-img compare` of the nodes."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -57,6 +58,13 @@ def synced_pair(tmp_path):
     finally:
         assert p.stop() == 0 and s.stop() == 0
     return p_dir, s_dir, secret
+
+
+def exported(tmp_path, node_dir: str, snap, volume: str) -> bytes:
+    """A volume's image as of a snapshot, through `blockmirror snapshot export`."""
+    out = tmp_path / f"export-{os.path.basename(node_dir)}-{snap}-{volume}.img"
+    ok("snapshot", "export", node_dir, str(snap), volume, str(out))
+    return out.read_bytes()
 
 
 def switch(to_primary: str, to_secondary: str, secret: str, port: int) -> None:
@@ -151,9 +159,7 @@ def test_failover_after_kill9_then_failback(tmp_path):
     finally:
         assert new_p.stop() == 0 and new_s.stop() == 0
     # The old primary's last image is in its discarded-... snapshot.
-    exported = tmp_path / "discarded-vol1.img"
-    ok("snapshot", "export", a, snap.group(1), "vol1", str(exported))
-    assert exported.read_bytes() == lost_image
+    assert exported(tmp_path, a, snap.group(1), "vol1") == lost_image
 
     switch(to_primary=a, to_secondary=b, secret=secret, port=port)  # failback
 
@@ -271,9 +277,7 @@ def test_split_brain_is_refused_then_resolved_by_discarding_one_side(tmp_path):
         assert_identical(new_p, new_s)
     finally:
         assert new_p.stop() == 0 and new_s.stop() == 0
-    exported = tmp_path / "lost-vol0.img"
-    ok("snapshot", "export", a, snap.group(1), "vol0", str(exported))
-    assert exported.read_bytes() == a_image
+    assert exported(tmp_path, a, snap.group(1), "vol0") == a_image
 
 
 def test_a_copy_of_the_primary_never_lets_the_original_erase_what_it_wrote(tmp_path):
@@ -312,9 +316,7 @@ def test_a_copy_of_the_primary_never_lets_the_original_erase_what_it_wrote(tmp_p
         assert_identical(original, s)
     finally:
         assert original.stop() == 0 and s.stop() == 0
-    exported = tmp_path / "copy-vol0.img"
-    ok("snapshot", "export", b, snap.group(1), "vol0", str(exported))
-    assert exported.read_bytes() == copied
+    assert exported(tmp_path, b, snap.group(1), "vol0") == copied
 
 
 def test_a_user_snapshot_of_a_running_primary_survives_restarts(tmp_path):
@@ -340,9 +342,7 @@ def test_a_user_snapshot_of_a_running_primary_survives_restarts(tmp_path):
     assert p.stop() == 0
     listed = ok("snapshot", "list", a)
     assert re.search(rf"^\s*{snap}\s+user\s+before-upgrade", listed, re.M), listed
-    exported = tmp_path / "before.img"
-    ok("snapshot", "export", a, str(snap), "vol0", str(exported))
-    assert exported.read_bytes()[:4 << 20] == b"\x31" * (4 << 20)
+    assert exported(tmp_path, a, str(snap), "vol0")[:4 << 20] == b"\x31" * (4 << 20)
 
 
 def test_a_resync_base_deleted_by_hand_forces_a_full_sync_never_a_silent_divergence(tmp_path):
@@ -389,6 +389,4 @@ def test_a_user_snapshot_of_a_stopped_secondary_survives_its_daemon(tmp_path):
         assert p.stop() == 0 and s.stop() == 0
     listed = ok("snapshot", "list", b)
     assert re.search(rf"^\s*{snap}\s+user\s+before-upgrade", listed, re.M), listed
-    exported = tmp_path / "secondary-before.img"
-    ok("snapshot", "export", b, snap, "vol0", str(exported))
-    assert exported.read_bytes()[:4 << 20] == b"\x31" * (4 << 20)
+    assert exported(tmp_path, b, snap, "vol0")[:4 << 20] == b"\x31" * (4 << 20)
