@@ -127,6 +127,10 @@ class PrimaryStatus:
     peer: str = ""
     last_link_error: str | None = None
     connect_attempts: int = 0
+    out_of_sync_chunks: int = 0
+    out_of_sync_bytes: int = 0
+    lag_seconds: float = 0.0
+    unacked_bytes: int = 0
 
 
 @dataclass
@@ -143,6 +147,12 @@ class SecondaryStatus:
     # (pending until the first resync commits), and the snapshot keeping them.
     discarded_chunks: int = 0
     discarded_snapshot: int | None = None
+
+
+@dataclass
+class Totals:
+    """Counts since the daemon started."""
+    resync_bytes: int = 0  # primary: data bytes resync rounds sent (cut rounds too); secondary: received
 
 
 @dataclass
@@ -171,6 +181,7 @@ class Status:
     state_seconds: float = 0.0
     engine_steps: int = 0
     split_brain: SplitBrainStatus | None = None
+    totals: Totals = field(default_factory=lambda: Totals())
     primary: PrimaryStatus | None = None
     secondary: SecondaryStatus | None = None
 
@@ -201,7 +212,7 @@ class Status:
             volumes=[VolumeStatus(**v) for v in raw.get("volumes", [])],
             pair=sub("pair", PairStatus), node=raw.get("node", ""), link=sub("link", LinkStatus),
             state_seconds=raw.get("state_seconds", 0.0), engine_steps=raw.get("engine_steps", 0),
-            split_brain=sub("split_brain", SplitBrainStatus),
+            split_brain=sub("split_brain", SplitBrainStatus), totals=Totals(**(raw.get("totals") or {})),
             primary=own if raw["role"] == PRIMARY else None,
             secondary=own if raw["role"] == SECONDARY else None)
 
@@ -235,7 +246,7 @@ def schema_fields() -> dict[str, list[str]]:
     parts = {"common": Status, "primary": PrimaryStatus, "secondary": SecondaryStatus,
              "last_resync": ResyncSummary, "resync_progress": ResyncProgress, "snapshots": SnapshotStatus,
              "volumes": VolumeStatus, "pair": PairStatus, "link": LinkStatus, "round_open": RoundStatus,
-             "split_brain": SplitBrainStatus}
+             "split_brain": SplitBrainStatus, "totals": Totals}
     out = {}
     for name, cls in parts.items():
         out[name] = [f.name for f in fields(cls) if f.name not in (PRIMARY, SECONDARY)]

@@ -2,6 +2,8 @@
 
 import json
 import signal
+import subprocess
+import sys
 import uuid
 import urllib.request
 
@@ -70,6 +72,51 @@ def test_http_status_and_metrics(tmp_path):
         assert "blockmirror_peer_connected 1" in text
         assert f'blockmirror_volume_size_bytes{{volume="vol0"}} {VOLUMES["vol0"]}' in text
         assert "# TYPE blockmirror_last_resync_bytes gauge" in text
+    finally:
+        assert p.stop() == 0
+        assert s.stop() == 0
+
+
+def _metric(text: str, name: str) -> float:
+    import re
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    assert m, f"{name} not in /metrics"
+    return float(m.group(1))
+
+
+def test_out_of_sync_and_lag_are_visible_during_an_outage(tmp_path):
+    """During an outage the primary shows what the secondary lacks (the
+    chunks written since, in bytes), how old the oldest of them is, and after
+    the resync what it cost (totals.resync_bytes)."""
+    p_dir, s_dir, secret = make_nodes(tmp_path)
+    s = Daemon("secondary", s_dir, *secondary_args(secret))
+    p = Daemon("primary", p_dir, *primary_args(secret, s.listen, "--http", "127.0.0.1:0"))
+    try:
+        p.wait_for(converged, what="initial sync")
+        url = next(ln for ln in p.lines if ln.startswith("http on ")).split()[-1]
+        st = p.status()
+        assert (st["out_of_sync_bytes"], st["out_of_sync_chunks"], st["lag_seconds"], st["unacked_bytes"]) == (
+            0, 0, 0, 0), st
+        assert s.stop() == 0
+        p.wait_for(lambda st: st["state"] == "disconnected", what="the link down")
+        qemu_io(p.uri("vol0"), "write -P 0x21 1M 320K")  # 5 chunks
+        qemu_io(p.uri("vol1"), "write -P 0x22 0 64K")  # 1 chunk
+        text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
+        assert _metric(text, "blockmirror_out_of_sync_bytes") == 6 * 65536
+        assert _metric(text, "blockmirror_out_of_sync_chunks") == 6
+        assert _metric(text, "blockmirror_lag_seconds") > 0
+        assert "# HELP blockmirror_lag_seconds " in text and "# TYPE blockmirror_resync_bytes_total counter" in text
+        st = p.status()
+        assert st["out_of_sync_bytes"] == 6 * 65536 and st["lag_seconds"] > 0 and st["unacked_bytes"] == 0
+        table = subprocess.run([sys.executable, "-m", "blockmirror", "status", p_dir], capture_output=True,
+                               text=True, timeout=30).stdout
+        assert "out of sync  384 KiB (6 chunks)" in table, table
+        before = st["totals"]["resync_bytes"]
+        s.restart()
+        st = p.wait_for(converged, what="the resync")
+        assert st["totals"]["resync_bytes"] - before == 6 * 65536 == st["last_resync"]["bytes"]
+        assert (st["out_of_sync_bytes"], st["lag_seconds"]) == (0, 0)
+        assert_identical(p, s)
     finally:
         assert p.stop() == 0
         assert s.stop() == 0

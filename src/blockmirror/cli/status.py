@@ -43,7 +43,9 @@ def render(st: Status) -> str:
         if p.peer:
             rows.append(("peer", f"{p.peer} ({'connected' if st.peer_connected else 'not connected'})"))
         if p.mode:
-            rows.append(("lag", f"{p.lag_writes} writes, {format_size(p.inflight_bytes)} in flight"))
+            rows.append(("lag", f"{p.lag_seconds:.1f}s (oldest write the secondary lacks); {p.lag_writes} "
+                                f"writes, {format_size(p.inflight_bytes)} in flight"))
+            rows.append(("out of sync", f"{format_size(p.out_of_sync_bytes)} ({p.out_of_sync_chunks} chunks)"))
         if p.last_link_error and not st.peer_connected:
             rows.append(("last error", p.last_link_error))
     if st.secondary is not None:

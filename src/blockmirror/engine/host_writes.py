@@ -75,6 +75,8 @@ class HostWrites:
         live = self.phase in PRIMARY_LIVE
         if not live and self.round is not None:
             self.round.local_writes += len(batch)  # before the write: a failed one may have changed bytes
+        if not live and self.unsynced_since is None:
+            self.unsynced_since = self.now  # the oldest write the secondary lacks
         try:
             if live:
                 self.activity.mark(extents)
@@ -114,7 +116,8 @@ class HostWrites:
                 else:
                     queue.append(WriteZeroes(self.seq, vol, op.offset + pos, n))
                 last = pos + step >= op.nbytes
-                self.window.add(self.seq, it.token if (sync and last) else None, (vol, op.offset + pos, n))
+                self.window.add(self.seq, it.token if (sync and last) else None, (vol, op.offset + pos, n),
+                                self.now)
             if not sync:
                 self._out.completions.append((it.token, None))
             if self.observer:

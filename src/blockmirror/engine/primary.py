@@ -104,6 +104,9 @@ class PrimaryNode(HostWrites):
         self.link_failures = 0
         self.recovered_hot: list = []
         self.split_brain: SplitBrainStatus | None = None  # set by a refusal, cleared by a link that resyncs
+        self.now = now
+        self.unsynced_since: float | None = None  # no link or a round: the oldest write the secondary lacks
+        self._resync_bytes_ended = 0  # data bytes of the rounds that ended (committed or cut)
         self._out = Output()
         self._restore(now)
         self._shown_state = self.state
@@ -111,6 +114,7 @@ class PrimaryNode(HostWrites):
     # -- the driver's side -------------------------------------------------------------
     def step(self, now: float, events=(), send_budget: int = UNLIMITED) -> Output:
         """Handle `events` in order, then timers; returns what to do."""
+        self.now = now
         for event in events:
             self._handlers[type(event)](self, now, event)
         self._timers(now)
@@ -361,6 +365,7 @@ class PrimaryNode(HostWrites):
         if rnd.base is not None:
             self.bases.drop(rnd.base)
         self._episode.add_round(rnd.kind, rnd.chunks_sent, rnd.data_bytes_sent)
+        self._resync_bytes_ended += rnd.data_bytes_sent
         self.resync_chunks_total += rnd.chunks_sent
         self._out.info(f"round {rnd.id} committed: {rnd.chunks_sent} chunks, {rnd.data_bytes_sent} bytes in "
                        f"{now - rnd.started:.3f}s")
@@ -372,6 +377,7 @@ class PrimaryNode(HostWrites):
         self._episode.seconds = now - self._episode_started
         self.last_resync = self._episode
         self._move(P.MIRRORING, f"round {rnd.id} committed")
+        self.unsynced_since = None  # what is not on the secondary now is in the window
         self._out.info(f"mirroring (generation {self.generation})")
 
     def _on_link_closed(self, now: float, event: LinkClosed) -> None:
@@ -387,6 +393,11 @@ class PrimaryNode(HostWrites):
         self.link_failures += 1
         self._reconnect_at = now + self.backoff.next_delay()
         unacked = self.window.extents()
+        oldest = self.window.oldest_at()
+        if oldest is not None and (self.unsynced_since is None or oldest < self.unsynced_since):
+            self.unsynced_since = oldest
+        if rnd is not None:
+            self._resync_bytes_ended += rnd.data_bytes_sent
         if "no-pause" in self.config.mutations:
             # Broken on purpose: writes slip in between the failure and the snapshot.
             self._move(P.DISCONNECTED, reason)
@@ -451,6 +462,10 @@ class PrimaryNode(HostWrites):
     # -- status --------------------------------------------------------------------------------
     def status(self, now: float) -> Status:
         return primary_status(self, now)
+
+    def resync_bytes_total(self) -> int:
+        """Data bytes resync rounds handed to the link since this node started."""
+        return self._resync_bytes_ended + (self.round.data_bytes_sent if self.round is not None else 0)
 
     def round_started_at(self) -> float | None:
         return None if self.round is None else self.round.started

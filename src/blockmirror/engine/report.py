@@ -7,9 +7,10 @@ import dataclasses
 
 from blockmirror.protocol import NIL_UUID
 from blockmirror.status import (
-    PRIMARY, SECONDARY, PrimaryStatus, ResyncProgress, RoundStatus, SecondaryStatus, Status, VolumeStatus,
+    PRIMARY, SECONDARY, PrimaryStatus, ResyncProgress, RoundStatus, SecondaryStatus, Status, Totals, VolumeStatus,
     snapshot_list,
 )
+from blockmirror.engine.lag import lag_seconds, out_of_sync
 
 
 def _status(node, role: str, generation, seq: int, progress, own) -> Status:
@@ -36,7 +37,12 @@ def primary_status(p, now: float) -> Status:
         # After an unclean stop: the regions that joined the resync because
         # the primary could not know what the secondary had.
         unclean_restart_hot_bytes=sum(e[2] for e in p.recovered_hot))
-    return _status(p, PRIMARY, p.generation, p.seq, progress, own)
+    own.out_of_sync_chunks, own.out_of_sync_bytes = out_of_sync(p)
+    own.lag_seconds = round(lag_seconds(p, now), 3)
+    own.unacked_bytes = p.window.nbytes
+    st = _status(p, PRIMARY, p.generation, p.seq, progress, own)
+    st.totals = Totals(p.resync_bytes_total())
+    return st
 
 
 def secondary_status(s, now: float) -> Status:
@@ -51,4 +57,6 @@ def secondary_status(s, now: float) -> Status:
     own_changes = s.store.local_changes or s.store.replaced_changes
     if own_changes is not None:
         own.discarded_chunks, own.discarded_snapshot = own_changes.chunks, own_changes.discarded
-    return _status(s, SECONDARY, point.generation, point.seq, progress, own)
+    st = _status(s, SECONDARY, point.generation, point.seq, progress, own)
+    st.totals = Totals(s.resync_bytes_received)
+    return st

@@ -75,6 +75,7 @@ class SecondaryNode:
         self._episode_started: float | None = None
         self.round_progress: tuple[ResyncProgress, float] | None = None  # the round arriving, and its start
         self.split_brain: SplitBrainStatus | None = None  # the primary refused the link for it
+        self.resync_bytes_received = 0  # data bytes of resync rounds since start (cut rounds too)
         self._out = Output()
         self.store = SecondaryStore(node, config, self._out)
         self._shown_state = self.state
@@ -246,6 +247,7 @@ class SecondaryNode:
             store.append(msg.seq, msg.volume, KIND_ZERO, msg.offset, msg.length_bytes, None)
         elif isinstance(msg, ResyncData):
             self._round_ops.append(WriteOp(store.names[msg.volume], msg.offset, msg.data))
+            self.resync_bytes_received += len(msg.data)
             self._count(msg.length_bytes, data=True)
         elif isinstance(msg, ResyncZeroes):
             self._round_ops.append(WriteOp(store.names[msg.volume], msg.offset, None, msg.length_bytes, "zero"))

@@ -21,6 +21,7 @@ class _Entry:
     token: Any  # sync mode: the host write that completes with this seq; else None
     extent: Extent
     nbytes: int
+    at: float  # when it was sent (the lag is the age of the oldest)
 
 
 class InflightWindow:
@@ -46,9 +47,9 @@ class InflightWindow:
         return (self.nbytes + more_bytes > self.bytes_max
                 or len(self._entries) + batch_writes >= self.writes_max)
 
-    def add(self, seq: int, token: Any, extent: Extent) -> None:
+    def add(self, seq: int, token: Any, extent: Extent, at: float = 0.0) -> None:
         n = extent[2]
-        self._entries[seq] = _Entry(token, extent, n)
+        self._entries[seq] = _Entry(token, extent, n, at)
         self.nbytes += n
 
     def add_flush(self, seq: int, token: Any) -> None:
@@ -76,6 +77,10 @@ class InflightWindow:
     def entries(self) -> list[tuple[int, int]]:
         """(seq, bytes) of every write in flight."""
         return [(seq, e.nbytes) for seq, e in self._entries.items()]
+
+    def oldest_at(self) -> float | None:
+        """When the oldest write in flight was sent (None: none is)."""
+        return next(iter(self._entries.values())).at if self._entries else None
 
     def extents(self) -> list[Extent]:
         return [e.extent for e in self._entries.values()]

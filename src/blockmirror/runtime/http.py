@@ -105,6 +105,16 @@ def metrics_text(st: Status) -> str:
         metric("link_failures_total", "counter", "Link failures since start.", [({}, p.link_failures)])
         metric("write_pause_seconds", "gauge", "Host write pause of the last snapshot.",
                [({}, p.write_pause_ms / 1000)])
+        metric("out_of_sync_bytes", "gauge", "Bytes the secondary lacks: what a resync would send now, or what "
+               "is left of the one under way, or the writes in flight.", [({}, p.out_of_sync_bytes)])
+        metric("out_of_sync_chunks", "gauge", "Chunks the secondary lacks (as out_of_sync_bytes).",
+               [({}, p.out_of_sync_chunks)])
+        metric("lag_seconds", "gauge", "Age of the oldest write the secondary does not hold (0: none).",
+               [({}, p.lag_seconds)])
+        metric("unacked_bytes", "gauge", "Bytes of mirrored writes sent and not yet acknowledged.",
+               [({}, p.unacked_bytes)])
+    metric("resync_bytes_total", "counter", "Data bytes of resync rounds since the daemon started (sent by the "
+           "primary, received by the secondary; rounds cut short too).", [({}, st.totals.resync_bytes)])
     if st.secondary is not None:
         metric("seq", "gauge", "Last applied sequence number.", [({}, st.seq)])
         metric("consistent", "gauge", "1 when the volumes hold a consistent image.",
