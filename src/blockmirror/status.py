@@ -131,6 +131,7 @@ class PrimaryStatus:
     out_of_sync_bytes: int = 0
     lag_seconds: float = 0.0
     unacked_bytes: int = 0
+    rpo_exceeded: bool = False  # --rpo-warn: the lag is past it
 
 
 @dataclass

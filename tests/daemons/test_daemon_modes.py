@@ -90,7 +90,7 @@ def test_out_of_sync_and_lag_are_visible_during_an_outage(tmp_path):
     the resync what it cost (totals.resync_bytes)."""
     p_dir, s_dir, secret = make_nodes(tmp_path)
     s = Daemon("secondary", s_dir, *secondary_args(secret))
-    p = Daemon("primary", p_dir, *primary_args(secret, s.listen, "--http", "127.0.0.1:0"))
+    p = Daemon("primary", p_dir, *primary_args(secret, s.listen, "--http", "127.0.0.1:0", "--rpo-warn", "0.3"))
     try:
         p.wait_for(converged, what="initial sync")
         url = next(ln for ln in p.lines if ln.startswith("http on ")).split()[-1]
@@ -106,8 +106,10 @@ def test_out_of_sync_and_lag_are_visible_during_an_outage(tmp_path):
         assert _metric(text, "blockmirror_out_of_sync_chunks") == 6
         assert _metric(text, "blockmirror_lag_seconds") > 0
         assert "# HELP blockmirror_lag_seconds " in text and "# TYPE blockmirror_resync_bytes_total counter" in text
-        st = p.status()
-        assert st["out_of_sync_bytes"] == 6 * 65536 and st["lag_seconds"] > 0 and st["unacked_bytes"] == 0
+        st = p.wait_for(lambda st: st["rpo_exceeded"], what="the lag past --rpo-warn")
+        assert "exceeds --rpo-warn 0.3s" in p.log() and _metric(
+            urllib.request.urlopen(url + "/metrics", timeout=10).read().decode(), "blockmirror_rpo_exceeded") == 1
+        assert st["out_of_sync_bytes"] == 6 * 65536 and st["lag_seconds"] > 0.3 and st["unacked_bytes"] == 0
         table = subprocess.run([sys.executable, "-m", "blockmirror", "status", p_dir], capture_output=True,
                                text=True, timeout=30).stdout
         assert "out of sync  384 KiB (6 chunks)" in table, table
@@ -116,6 +118,7 @@ def test_out_of_sync_and_lag_are_visible_during_an_outage(tmp_path):
         st = p.wait_for(converged, what="the resync")
         assert st["totals"]["resync_bytes"] - before == 6 * 65536 == st["last_resync"]["bytes"]
         assert (st["out_of_sync_bytes"], st["lag_seconds"]) == (0, 0)
+        assert not p.wait_for(lambda st: not st["rpo_exceeded"], what="the lag back under")["rpo_exceeded"]
         assert_identical(p, s)
     finally:
         assert p.stop() == 0

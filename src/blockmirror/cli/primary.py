@@ -66,6 +66,9 @@ def register(subparsers) -> None:
                         help="async mode: most bytes the secondary may lag behind (default 32MiB)")
     parser.add_argument("--reconnect-max", type=positive_seconds, metavar="SECONDS",
                         help="longest wait between reconnect attempts (default 10)")
+    parser.add_argument("--rpo-warn", type=positive_seconds, metavar="SECONDS",
+                        help="log a warning (and set blockmirror_rpo_exceeded) while the oldest write the "
+                             "secondary lacks is older than this (default: never)")
     add_link_flags(parser)
     add_config_flag(parser)
     parser.set_defaults(func=run, _parser=parser)
@@ -85,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     host, port = parse_host_port(args.nbd)
     if args.peer is None:
         for flag, given in (("--secret-file", args.secret_file), ("--http", args.http),
-                            ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key), ("--tls-ca", args.tls_ca)):
+                            ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key), ("--tls-ca", args.tls_ca),
+                            ("--rpo-warn", args.rpo_warn)):
             if given:
                 raise ConfigError(f"{flag} needs --peer", hint="give the secondary's address with --peer HOST:PORT")
         setup_logging(args.log_level)
@@ -178,7 +182,7 @@ def _run_mirrored(args, host: str, port: int) -> int:
     tls_context = tls.client_context(tls_files) if tls_files is not None else None
     config = PrimaryConfig(mode=args.mode, window_bytes_max=window, link_timeout_s=args.link_timeout,
                            heartbeat_interval_s=heartbeat_for(args),
-                           reconnect_max_s=max(args.reconnect_max, 0.2))
+                           reconnect_max_s=max(args.reconnect_max, 0.2), rpo_warn_s=args.rpo_warn)
     setup_logging(args.log_level)
     node = Node.open(args.dir)
     try:

@@ -24,6 +24,7 @@ class PrimaryConfig:
     # While mirroring, start the volumes' writeback after this many bytes of
     # host writes, so the activity checkpoint's flush has little to wait for.
     writeback_kick_bytes: int = 16 << 20
+    rpo_warn_s: float | None = None  # warn while the lag (oldest write the secondary lacks) exceeds it
     # Deliberately broken behaviours, for the test suite's mutation checks only.
     mutations: frozenset = frozenset()
 

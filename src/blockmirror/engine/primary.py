@@ -35,6 +35,7 @@ from blockmirror.engine.events import (
     CloseLink, Dial, HostRequests, LinkClosed, LinkUp, Output, Received, Stop, TakeSnapshot,
 )
 from blockmirror.engine.host_writes import HostWrites
+from blockmirror.engine.lag import lag_seconds
 from blockmirror.engine.linkclock import Backoff, LinkClock
 from blockmirror.engine.phases import (
     PRIMARY_IN_ROUND, PRIMARY_LINKED, PRIMARY_SENDING_ROUND, PRIMARY_TRANSITIONS, PRIMARY_WAITING,
@@ -107,6 +108,7 @@ class PrimaryNode(HostWrites):
         self.now = now
         self.unsynced_since: float | None = None  # no link or a round: the oldest write the secondary lacks
         self._resync_bytes_ended = 0  # data bytes of the rounds that ended (committed or cut)
+        self.rpo_exceeded = False
         self._out = Output()
         self._restore(now)
         self._shown_state = self.state
@@ -426,6 +428,7 @@ class PrimaryNode(HostWrites):
 
     # -- timers and stop ---------------------------------------------------------------------
     def _timers(self, now: float) -> None:
+        self._check_rpo(now)
         if now >= self._next_activity_checkpoint:
             self._next_activity_checkpoint = now + self.config.activity_checkpoint_s
             self.activity.checkpoint()
@@ -439,6 +442,20 @@ class PrimaryNode(HostWrites):
             self._link_down(now, reason)
         elif self.linked and self.clock.heartbeat_due(now):
             self.outbox.append(Heartbeat(int(now * 1000) & 0xFFFFFFFFFFFFFFFF))
+
+    def _check_rpo(self, now: float) -> None:
+        """--rpo-warn: one warning when the lag passes it, one line when back under."""
+        limit = self.config.rpo_warn_s
+        if limit is None:
+            return
+        lag = lag_seconds(self, now)
+        if lag > limit and not self.rpo_exceeded:
+            self.rpo_exceeded = True
+            self._out.warning(f"lag {lag:.1f}s exceeds --rpo-warn {limit:g}s: the secondary lacks writes older "
+                              f"than that ({self.state})")
+        elif lag <= limit and self.rpo_exceeded:
+            self.rpo_exceeded = False
+            self._out.info(f"lag back under --rpo-warn {limit:g}s")
 
     def _on_stop(self, now: float, event: Stop) -> None:
         """Orderly stop: record what the secondary lacks, mark the stop clean."""

@@ -40,6 +40,7 @@ def primary_status(p, now: float) -> Status:
     own.out_of_sync_chunks, own.out_of_sync_bytes = out_of_sync(p)
     own.lag_seconds = round(lag_seconds(p, now), 3)
     own.unacked_bytes = p.window.nbytes
+    own.rpo_exceeded = p.rpo_exceeded
     st = _status(p, PRIMARY, p.generation, p.seq, progress, own)
     st.totals = Totals(p.resync_bytes_total())
     return st

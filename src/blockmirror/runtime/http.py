@@ -113,6 +113,7 @@ def metrics_text(st: Status) -> str:
                [({}, p.lag_seconds)])
         metric("unacked_bytes", "gauge", "Bytes of mirrored writes sent and not yet acknowledged.",
                [({}, p.unacked_bytes)])
+        metric("rpo_exceeded", "gauge", "1 while lag_seconds is past --rpo-warn.", [({}, 1 if p.rpo_exceeded else 0)])
     metric("resync_bytes_total", "counter", "Data bytes of resync rounds since the daemon started (sent by the "
            "primary, received by the secondary; rounds cut short too).", [({}, st.totals.resync_bytes)])
     if st.secondary is not None:
