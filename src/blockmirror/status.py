@@ -11,6 +11,7 @@ holds that page to this file.
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import asdict, dataclass, field, fields
 
 
@@ -132,6 +133,7 @@ class PrimaryStatus:
     lag_seconds: float = 0.0
     unacked_bytes: int = 0
     rpo_exceeded: bool = False  # --rpo-warn: the lag is past it
+    secondary_consistent_at: str | None = None  # wall clock (UTC) of the newest point the secondary holds
 
 
 @dataclass
@@ -148,6 +150,7 @@ class SecondaryStatus:
     # (pending until the first resync commits), and the snapshot keeping them.
     discarded_chunks: int = 0
     discarded_snapshot: int | None = None
+    consistent_at: str | None = None  # wall clock (UTC): its image is the primary's as of then
 
 
 @dataclass
@@ -216,6 +219,12 @@ class Status:
             split_brain=sub("split_brain", SplitBrainStatus), totals=Totals(**(raw.get("totals") or {})),
             primary=own if raw["role"] == PRIMARY else None,
             secondary=own if raw["role"] == SECONDARY else None)
+
+
+def wall_clock(seconds_ago: float) -> str:
+    """An instant `seconds_ago` before now, as UTC ISO 8601 (milliseconds)."""
+    t = time.time() - max(seconds_ago, 0.0)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
 
 
 def snapshot_list(node) -> list[SnapshotStatus]:

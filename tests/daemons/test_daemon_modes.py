@@ -4,6 +4,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 import uuid
 import urllib.request
 
@@ -77,6 +78,11 @@ def test_http_status_and_metrics(tmp_path):
         assert s.stop() == 0
 
 
+def _utc(text: str) -> float:
+    import calendar
+    return calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")) + int(text[20:23]) / 1000
+
+
 def _metric(text: str, name: str) -> float:
     import re
     m = re.search(rf"^{name} (\S+)$", text, re.M)
@@ -97,6 +103,10 @@ def test_out_of_sync_and_lag_are_visible_during_an_outage(tmp_path):
         st = p.status()
         assert (st["out_of_sync_bytes"], st["out_of_sync_chunks"], st["lag_seconds"], st["unacked_bytes"]) == (
             0, 0, 0, 0), st
+        now = time.time()
+        assert abs(_utc(st["secondary_consistent_at"]) - now) < 5
+        assert abs(_utc(s.wait_for(lambda x: x["consistent_at"] is not None, what="the secondary's time")
+                        ["consistent_at"]) - now) < 5
         assert s.stop() == 0
         p.wait_for(lambda st: st["state"] == "disconnected", what="the link down")
         qemu_io(p.uri("vol0"), "write -P 0x21 1M 320K")  # 5 chunks
@@ -107,6 +117,7 @@ def test_out_of_sync_and_lag_are_visible_during_an_outage(tmp_path):
         assert _metric(text, "blockmirror_lag_seconds") > 0
         assert "# HELP blockmirror_lag_seconds " in text and "# TYPE blockmirror_resync_bytes_total counter" in text
         st = p.wait_for(lambda st: st["rpo_exceeded"], what="the lag past --rpo-warn")
+        assert time.time() - _utc(st["secondary_consistent_at"]) >= st["lag_seconds"] - 0.5
         assert "exceeds --rpo-warn 0.3s" in p.log() and _metric(
             urllib.request.urlopen(url + "/metrics", timeout=10).read().decode(), "blockmirror_rpo_exceeded") == 1
         assert st["out_of_sync_bytes"] == 6 * 65536 and st["lag_seconds"] > 0.3 and st["unacked_bytes"] == 0

@@ -76,6 +76,10 @@ class SecondaryNode:
         self.round_progress: tuple[ResyncProgress, float] | None = None  # the round arriving, and its start
         self.split_brain: SplitBrainStatus | None = None  # the primary refused the link for it
         self.resync_bytes_received = 0  # data bytes of resync rounds since start (cut rounds too)
+        # When its image was last known to be the primary's, as of the stream (monotonic): the last
+        # message heard while linked outside a round, or a round's commit. None: not since it started.
+        self.consistent_as_of: float | None = None
+        self._round_began_at: float | None = None
         self._out = Output()
         self.store = SecondaryStore(node, config, self._out)
         self._shown_state = self.state
@@ -226,6 +230,8 @@ class SecondaryNode:
         if event.link != self.link:
             return
         self.clock.heard(now)
+        if self.phase is S.LINKED and self.store.point.holds_image:
+            self.consistent_as_of = now
         try:
             for msg in event.messages:
                 self._on_message(now, msg)
@@ -287,6 +293,7 @@ class SecondaryNode:
             self.outbox.append(Ack(ack))
 
     def _begin(self, now: float, msg: ResyncBegin) -> None:
+        self._round_began_at = now
         self._end_batch(now)  # the round starts from a clean journal: everything before it applied and synced
         if self.link is None:
             return
@@ -312,6 +319,7 @@ class SecondaryNode:
     def _commit(self, now: float, msg: ResyncCommit) -> None:
         ops, self._round_ops = self._round_ops, []
         rnd = self.store.commit_round(ops, msg.generation, msg.seq, self._primary_uuids)
+        self.consistent_as_of = self._round_began_at  # the round's image is the primary's as of its start
         if self.observer is not None:
             self.observer.secondary_committed(msg.generation, msg.seq)
         self._out.info(f"round {msg.round_id} committed: generation {msg.generation} at seq {msg.seq}")

@@ -39,7 +39,7 @@ from blockmirror.runtime.enginethread import EngineThread
 from blockmirror.runtime.control import snapshot_reply
 from blockmirror.runtime.pairing import PairIdentity
 from blockmirror.runtime.transport import LinkProtocol
-from blockmirror.status import Status
+from blockmirror.status import Status, wall_clock
 from blockmirror.storage import Node, WriteOp
 
 log = logging.getLogger("blockmirror.primary")
@@ -188,6 +188,8 @@ class PrimaryDaemon(NodeDriver):
             if started is not None:
                 prog.timed(started, time.monotonic())
         own = st.primary
+        if st.generation is not None:  # the secondary holds a point: as old as the oldest write it lacks
+            own.secondary_consistent_at = wall_clock(own.lag_seconds)
         own.peer = self.peer_text
         own.last_link_error = self.last_link_error
         own.connect_attempts = self.connects

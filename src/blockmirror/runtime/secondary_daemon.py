@@ -36,7 +36,7 @@ from blockmirror.runtime.engine_export import SecondaryExport
 from blockmirror.runtime.enginethread import EngineThread
 from blockmirror.runtime.pairing import PairIdentity
 from blockmirror.runtime.transport import LinkProtocol
-from blockmirror.status import Status
+from blockmirror.status import Status, wall_clock
 from blockmirror.storage import Node
 
 log = logging.getLogger("blockmirror.secondary")
@@ -204,6 +204,9 @@ class SecondaryDaemon(NodeDriver):
         own.tls_failures = self.tls_failures
         own.connections_accepted = self.accepted_count
         own.busy_refusals = self.busy_refusals
+        as_of = self.node.consistent_as_of
+        if as_of is not None and own.consistent:
+            own.consistent_at = wall_clock(time.monotonic() - as_of)
 
     # -- shutdown ------------------------------------------------------------------------------------
     async def close(self) -> None:
