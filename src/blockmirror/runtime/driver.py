@@ -18,6 +18,7 @@ free space (`send_budget`) before stepping.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import ctypes
 import ctypes.util
@@ -68,7 +69,7 @@ def tune_malloc() -> bool:
     return ok
 
 
-class NodeDriver:
+class NodeDriver(abc.ABC):
     """Feeds one node (PrimaryNode or SecondaryNode). A daemon subclasses it
     for its I/O: `start_link` (dial or answer), `complete` (host requests)."""
 
@@ -323,9 +324,9 @@ class NodeDriver:
     async def add_status(self, st: Status, link: LinkProtocol | None) -> None:
         """The role's own status fields."""
 
+    @abc.abstractmethod
     def start_link(self, start) -> None:
         """A Dial (primary) or Answer (secondary) from the node."""
-        raise NotImplementedError
 
     def complete(self, completions) -> None:
         """Host requests the node completed (primary)."""

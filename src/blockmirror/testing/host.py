@@ -5,6 +5,7 @@ measures each write for a benchmark)."""
 
 from __future__ import annotations
 
+import abc
 import random
 import threading
 import time
@@ -55,7 +56,7 @@ def _retire(h: nbd.NBD, in_flight: list) -> None:
     in_flight[:] = [(cookie, buf) for cookie, buf in in_flight if not h.aio_command_completed(cookie)]
 
 
-class _WriterThread(threading.Thread):
+class _WriterThread(threading.Thread, abc.ABC):
     """Connects to each of `uris`, writes until stopped; an NBD error ends
     the writing and is kept in `errors`. Starts at once."""
 
@@ -83,8 +84,9 @@ class _WriterThread(threading.Thread):
                 except nbd.Error:
                     pass
 
+    @abc.abstractmethod
     def _write_until_stopped(self, handles: list[nbd.NBD]) -> None:
-        raise NotImplementedError
+        """The subclass's writes, until `_stopping` is set."""
 
     def wait_writes(self, n: int, timeout_s: float = 20) -> None:
         """Until `n` more writes have completed."""
