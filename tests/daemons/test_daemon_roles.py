@@ -82,6 +82,22 @@ def switch(to_primary: str, to_secondary: str, secret: str, port: int) -> None:
         assert p.stop() == 0 and s.stop() == 0
 
 
+def parted_pair(tmp_path, write: str) -> tuple[str, str, str, int]:
+    """A synced pair that parted: the secondary stopped, the primary went on
+    with `write` (a qemu-io command on vol0), then stopped too:
+    (primary dir, secondary dir, secret, port)."""
+    a, b, secret = synced_pair(tmp_path)
+    port = free_port()
+    s = start_secondary(b, secret, port)
+    p = start_primary(a, secret, port)
+    p.wait_for(converged, what="mirroring")
+    assert s.stop() == 0
+    p.wait_for(lambda st: st["state"] == "disconnected", what="the link down")
+    qemu_io(p.uri("vol0"), write)
+    assert p.stop() == 0
+    return a, b, secret, port
+
+
 def sent(st: dict) -> tuple[str, int]:
     last = st["last_resync"]
     return last["kind"], last["chunks"]
@@ -234,16 +250,8 @@ def test_promote_and_demote_refusals(tmp_path):
 
 
 def test_split_brain_is_refused_then_resolved_by_discarding_one_side(tmp_path):
-    a, b, secret = synced_pair(tmp_path)
     # The pair parts; the primary goes on serving (3 chunks of its own).
-    port = free_port()
-    s = start_secondary(b, secret, port)
-    p = start_primary(a, secret, port)
-    p.wait_for(converged, what="mirroring")
-    assert s.stop() == 0
-    p.wait_for(lambda st: st["state"] == "disconnected", what="the link down")
-    qemu_io(p.uri("vol0"), "write -P 0xa1 5M 192K")
-    assert p.stop() == 0
+    a, b, secret, port = parted_pair(tmp_path, "write -P 0xa1 5M 192K")
     a_image = read_volume(a, "vol0")
     # Meanwhile the secondary was promoted and served 2 chunks of its own.
     ok("promote", b)
@@ -348,15 +356,7 @@ def test_a_user_snapshot_of_a_running_primary_survives_restarts(tmp_path):
 def test_a_resync_base_deleted_by_hand_forces_a_full_sync_never_a_silent_divergence(tmp_path):
     """Bug 1: the link-down snapshot deleted (now only with --force), then a
     restart: the primary says so and resyncs in full; the images match."""
-    a, b, secret = synced_pair(tmp_path)
-    port = free_port()
-    s = start_secondary(b, secret, port)
-    p = start_primary(a, secret, port)
-    p.wait_for(converged, what="mirroring")
-    assert s.stop() == 0
-    p.wait_for(lambda st: st["state"] == "disconnected", what="the link down")
-    qemu_io(p.uri("vol0"), "write -P 0x66 2M 256K")  # tracked by the link-down snapshot only
-    assert p.stop() == 0
+    a, b, secret, port = parted_pair(tmp_path, "write -P 0x66 2M 256K")  # tracked by the link-down snapshot only
     listed = ok("snapshot", "list", a)
     m = re.search(r"^\s*(\d+)\s+internal\s+link-down", listed, re.M)
     assert m, listed

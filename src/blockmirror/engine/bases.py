@@ -37,11 +37,6 @@ class ResyncBases:
         stale = tuple(k for k in self.records.base_keys() if int(k[len(ResyncBase.PREFIX):]) not in bases)
         return RecordStore.rows(*(b.with_unacked(hot) for b in bases.values() if hot), delete=stale), bases
 
-    def newest(self, generation) -> ResyncBase | None:
-        """The newest base recorded for `generation` (None: none)."""
-        fits = [b for b in self.all().values() if generation is not None and b.generation == generation]
-        return max(fits, key=lambda b: b.snapshot) if fits else None
-
     def lost(self) -> list[int]:
         """Bases whose record outlived their snapshot: deleted by hand
         (`snapshot delete --force`). What changed since them is unknown."""

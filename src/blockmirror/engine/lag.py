@@ -22,11 +22,7 @@ def out_of_sync(p) -> tuple[int, int]:
     sets = geo.chunks_of(p.window.extents())
     if p.phase in PRIMARY_IN_ROUND and p.round is not None:
         rnd = p.round
-        left = geo.empty_sets()
-        for vol, chunks in enumerate(rnd.chunks):
-            left[vol] |= chunks
-        done = rnd.chunks_sent
-        chunks = max(rnd.total_chunks - done, 0)
+        chunks = max(rnd.total_chunks - rnd.chunks_sent, 0)
         since = p.node.diff(rnd.target)
         for vol, name in enumerate(geo.names):
             sets[vol] |= since[name] - rnd.chunks[vol]
@@ -34,7 +30,7 @@ def out_of_sync(p) -> tuple[int, int]:
         nbytes = geo.chunk_set_bytes(sets) + (rnd.total_bytes - rnd.data_bytes_sent if rnd.total_chunks else 0)
         return chunks + extra, max(nbytes, 0)
     if p.phase not in PRIMARY_LIVE:
-        base = p.bases.newest(p.generation)
+        base = p.bases.find(p.generation, 0, peer_changed=True)  # any base of that generation
         more = full_round_chunks(p.node, geo) if base is None else incremental_round_chunks(p.node, geo, base)
         for vol, chunks in enumerate(more):
             sets[vol] |= chunks

@@ -72,14 +72,6 @@ class PrimaryPoint:
         return cls(_uuid_or_none(raw.get("generation")), bool(raw.get("clean", True)),
                    tuple(uuid.UUID(g) for g in raw.get("history", ())))
 
-    def knows(self, generation: uuid.UUID) -> bool:
-        """`generation` is a point of this node's own history."""
-        return generation == self.generation or generation in self.history
-
-    def advanced(self, generation: uuid.UUID) -> PrimaryPoint:
-        """The next confirmed generation; the current one joins the history."""
-        return PrimaryPoint(generation, self.clean, extend_history(self.generation, self.history))
-
     @classmethod
     def from_legacy(cls, generation, clean) -> PrimaryPoint:
         return cls(_uuid_or_none(generation), True if clean is None else bool(clean))

@@ -170,7 +170,7 @@ class Recorder:
         self.checker.demoted(before, kept, changed)
         if diverged is not None:
             self.demoted_diverged = diverged
-        self.discard_granted = discard or (diverged is None and self.discard_granted)
+        self.discard_granted = discard
 
     def roles_swapped(self, image: bytes, demoted_generation: str | None, promoted_generation: str) -> None:
         """The history goes on from the promoted image; the new secondary is

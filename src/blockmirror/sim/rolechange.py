@@ -45,9 +45,7 @@ class RoleChanges:
         self.recorder = recorder
         self.fault_log = fault_log
         self.trace = trace
-        self.safety_s = safety_s
         self.resolved_at = float("-inf")
-        self.in_round_by = None
         self.next_at = self.rng.uniform(0.5, safety_s) if self.rng.random() < ROLE_CHANGE_SHARE else float("inf")
         self.in_round_by = self.next_at + 3.0 if self.rng.random() < 0.5 else None
         self._round_batches: int | None = None
