@@ -9,6 +9,8 @@ daemons.
 - `pair`: a secondary, an optional fault proxy and a primary dialling it;
 - `proxy`: the fault proxy as a separate process, with the client API of
   the in-process `blockmirror.faultproxy.FaultProxyThread`;
+- `interrupt`: a resync round interrupted part-way (link cut, kill -9 of
+  either daemon) and resumed, and its bytes counted per attempt;
 - `host`: a host writing through NBD (python libnbd);
 - `tools`: external programs (qemu-io, qemu-img, nbdcopy) and loopback ports;
 - `procstat`: memory and CPU readings of a process from /proc.
