@@ -19,6 +19,7 @@ def reproduce() -> str:
 make bench                                              # everything below, quick mode (~15 min), rewrites this file
 .venv/bin/python bench/run.py --full                    # real sizes (6.4 GiB changed in 64 GiB), more runs (long)
 .venv/bin/python bench/run.py --only 1 --only 6         # some benchmarks (numbers on stdout, docs untouched)
+.venv/bin/python bench/run.py --only resume             # benchmark 9: a resync interrupted half-way and resumed
 .venv/bin/python bench/run.py --smoke                   # tiny sizes, seconds: the test suite runs this
 .venv/bin/python bench/run.py --dir /mnt/x              # put the data on another filesystem
 .venv/bin/python bench/storage_bench.py [--full]        # the storage layer alone (run.py runs it first)
@@ -328,10 +329,50 @@ def render(cfg, mode, res, m, elapsed, argv_text) -> str:
           f"{g(n8 + '.secondary_rss_after_mib'):.1f} |"]
     L += ["", f"- Resync of the {ch8 / GiB:.2f} GiB: {g(n8 + '.resync_seconds'):.2f} s (median)."]
 
+    # 9
+    rate9 = cfg["b9_rate"]
+    ch9 = cfg["b9_changed"]
+    L += ["", "### 9. Resync resumed after an interruption", ""]
+    L.append(f"One pair through a fault proxy process (`python -m blockmirror.faultproxy`) whose link is "
+             f"limited to {size_label(rate9, ' ')}/s each way, two volumes of {size_label(ch9 * 3 // 2, ' ')} "
+             f"and {size_label(ch9 // 2, ' ')} pre-filled with non-zero data. Each run picks half of each "
+             f"volume's 64 KiB chunks at random ({size_label(ch9, ' ')} in all); for each case (the order "
+             f"rotating run by run) an outage (`cut`) during which those chunks get fresh random data "
+             f"through NBD, then `heal`: the resync runs at the limited rate, and is left alone "
+             f"(*uninterrupted*) or, once the secondary's `resync_progress` shows half of the "
+             f"round received, interrupted: the link cut (RST both ways), the secondary killed (SIGKILL) or "
+             f"the primary killed (SIGKILL); the link is held down until the surviving daemons show "
+             f"`disconnected`, then the killed daemon is started again and the link healed at the same rate "
+             f"(blockmirror.testing.interrupt, shared with tests/daemons/test_daemon_resume.py). "
+             f"{cfg['b9_runs']} runs.")
+    L += ["", "*Data bytes* are the resync data bytes the secondary received in both attempts "
+              "(`totals.resync_bytes` per process: a restarted secondary counts from zero, a killed one's "
+              "count is its last status before the kill). The primary's own count is not used: it includes "
+              "what was handed to its socket but still sat in its send buffer (up to 8 MiB), the kernel's "
+              "or the proxy's when the round was cut, and never crossed the link. *Wire bytes* are every byte "
+              "the proxy read from either side (data, frame headers, acks, heartbeats, and what it still "
+              "held when the link was cut). *s to converge* is the time the link was in use: from `heal` to "
+              "the interruption, plus from the resume (restarting a killed daemon included) to the primary "
+              "mirroring with nothing unacknowledged; not the time the link was held down in between."]
+    L += ["", "| case | interrupted at | changed bytes | data bytes | data / changed | wire / changed | "
+              "s to converge | / uninterrupted |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for case, title in (("uninterrupted", "uninterrupted"), ("cut", "link cut"),
+                        ("kill9_secondary", "kill -9 of the secondary"), ("kill9_primary", "kill -9 of the primary")):
+        n = f"resume.{case}"
+        at = "-" if case == "uninterrupted" else f"{g(n + '.interrupted_at'):.0f}%"
+        rel = "1.00x" if case == "uninterrupted" else f"{g(n + '.seconds_to_uninterrupted'):.2f}x"
+        L.append(f"| {title} | {at} | {g(n + '.changed_bytes'):,.0f} | {g(n + '.data_bytes'):,.0f} | "
+                 f"{g(n + '.data_ratio'):.3f}x | {g(n + '.wire_ratio'):.3f}x | {g(n + '.seconds'):.2f} | {rel} |")
+    worst9 = g("resume.worst_data_ratio")
+    at9 = g("resume.cut.interrupted_at") / 100
+    L += ["", f"- Target: an interrupted round resumes from what the secondary made durable, so the resync "
+              f"sends <= 1.1x the changed bytes across both attempts: {_met(worst9 <= 1.1)} (worst "
+              f"{worst9:.3f}x; a round started over costs about 1 + {at9:.2f} = {1 + at9:.2f}x)."]
+
     # timing
     L += ["", "### Time taken", "", "| benchmark | s |", "|---|---:|"]
     for key, title in (("storage", "storage_bench.py"), ("b1", "1 + 3"), ("b2", "2"), ("b4", "4 + 5"),
-                       ("b6", "6"), ("b7", "7"), ("b8", "8")):
+                       ("b6", "6"), ("b7", "7"), ("b8", "8"), ("b9", "9")):
         name = f"bench.{key}_elapsed"
         if name in v:
             L.append(f"| {title} | {g(name):.0f} |")

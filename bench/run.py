@@ -27,6 +27,10 @@ Benchmarks:
 6. write pause at link failure, 8 volumes of 1 GiB and of 64 GiB.
 7. writes during an outage (first writes, rewrites) against mirroring.
 8. peak memory (VmHWM) of both daemons across a resync of a 64 GiB volume.
+9. a resync interrupted half-way (link cut, kill -9 of the secondary, kill -9
+   of the primary) against an uninterrupted one: data bytes across both
+   attempts against the changed bytes, and the time to converge
+   (`--only resume`).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ import time
 
 from blockmirror.testing import procstat
 from blockmirror.testing.host import WriteLatencyRecorder, aio_write, connect
+from blockmirror.testing.interrupt import CUT, KILL9_PRIMARY, KILL9_SECONDARY, ResyncMeter, interrupt_resync, \
+    resume_resync
 from blockmirror.testing.nodes import CHUNK
 from blockmirror.testing.pair import Pair
 
@@ -62,7 +68,8 @@ MODES = {
         b5_writes=100,
         b6_sets=[(8, 16 * MiB), (8, 1 * GiB)], b6_cuts=2,
         b7_vol=32 * MiB, b7_chunks=64,
-        b8_vol=1 * GiB, b8_changed=2 * MiB, b8_runs=1),
+        b8_vol=1 * GiB, b8_changed=2 * MiB, b8_runs=1,
+        b9_changed=16 * MiB, b9_rate=32 * MiB, b9_runs=1),
     "quick": dict(
         runs=5,
         b1_vol=4 * GiB, b1_fracs=[0.01, 0.10],
@@ -71,7 +78,8 @@ MODES = {
         b5_writes=2000,
         b6_sets=[(8, 1 * GiB), (8, 64 * GiB)], b6_cuts=16,
         b7_vol=1 * GiB, b7_chunks=4096,
-        b8_vol=64 * GiB, b8_changed=(4 * GiB) // 10 // CHUNK * CHUNK, b8_runs=5),
+        b8_vol=64 * GiB, b8_changed=(4 * GiB) // 10 // CHUNK * CHUNK, b8_runs=5,
+        b9_changed=512 * MiB, b9_rate=64 * MiB, b9_runs=3),
     "full": dict(
         runs=9,
         b1_vol=4 * GiB, b1_fracs=[0.01, 0.10],
@@ -80,7 +88,8 @@ MODES = {
         b5_writes=5000,
         b6_sets=[(8, 1 * GiB), (8, 64 * GiB)], b6_cuts=20,
         b7_vol=1 * GiB, b7_chunks=8192,
-        b8_vol=64 * GiB, b8_changed=(64 * GiB) // 10 // CHUNK * CHUNK, b8_runs=5),
+        b8_vol=64 * GiB, b8_changed=(64 * GiB) // 10 // CHUNK * CHUNK, b8_runs=5,
+        b9_changed=1 * GiB, b9_rate=64 * MiB, b9_runs=5),
 }
 
 
@@ -572,10 +581,100 @@ def bench_memory(cfg, root, res) -> None:
     res.add(f"{n}.resync_seconds", median(r["resync"]["seconds"] for r in rows), "s", "{:.2f}")
 
 
+# -- 9. a resync interrupted half-way -------------------------------------------------------------
+UNINTERRUPTED = "uninterrupted"
+RESUME_CASES = (UNINTERRUPTED, CUT, KILL9_SECONDARY, KILL9_PRIMARY)
+RESUME_AT = 0.5  # the share of the round's data the secondary has received when it is interrupted
+
+
+def prefill_volumes(volumes: dict[str, int]):
+    """A `prefill` for Pair: `prefill_file` into each of the primary's volumes."""
+    def fill(node_dir: str) -> None:
+        for name, size in volumes.items():
+            prefill_volume(size, name)(node_dir)
+    return fill
+
+
+def resume_case(pair: Pair, case: str, picks: dict[str, list[int]], seed: int) -> dict:
+    """One outage during which the chunks `picks` (by volume) get fresh
+    data, then the resync on the rate-limited link, interrupted at
+    RESUME_AT by `case` (or not) and resumed at the same rate. Changed and
+    received bytes, proxy bytes, and seconds: the link's time in both
+    attempts plus restarting a killed daemon, not the time the link is held
+    down in between."""
+    p = pair.primary
+    pair.proxy.cut()
+    p.wait_for(lambda st: st["state"] == "disconnected" and not st["peer_connected"], 60, "link-down detection")
+    changed = 0
+    for i, (vol, chunks) in enumerate(picks.items()):
+        aio_write(p.uri(vol), fresh_writes(chunks, seed + i), qd=QD)
+        changed += len(chunks) * CHUNK
+    settle()
+    meter = ResyncMeter(pair)
+    start = time.perf_counter()
+    pair.proxy.heal()
+    held, fraction = 0.0, None
+    if case != UNINTERRUPTED:
+        cut = interrupt_resync(pair, case, RESUME_AT, meter)
+        held = time.perf_counter() - cut.at
+        fraction = cut.fraction
+        resume_resync(pair, rate_bps=None)  # the same link again
+    st = pair.wait_converged()
+    seconds = time.perf_counter() - start - held
+    if st["last_resync"]["kind"] != "incremental":
+        raise BenchError(f"{case}: the resync was a full sync ({st['last_resync']})")
+    return {"changed": changed, "data": meter.total("secondary"), "wire": meter.total("proxy"),
+            "attempts": meter.attempts(), "seconds": seconds, "fraction": fraction}
+
+
+def bench_resume(cfg, root, res) -> None:
+    changed, rate = cfg["b9_changed"], cfg["b9_rate"]
+    # Half of each volume's chunks change, 3/4 of them in vol0.
+    vols = {"vol0": changed * 3 // 2, "vol1": changed // 2}
+    base = os.path.join(root, "b9")
+    note(f"[9] resync resumed after an interruption: {size_label(changed)} changed in random chunks of "
+         f"{' + '.join(size_label(s) for s in vols.values())} pre-filled volumes, link limited to "
+         f"{size_label(rate)}/s, interrupted at {RESUME_AT:.0%}")
+    pair = setups.pair(base, vols, proxy="process", prefill=prefill_volumes(vols))
+    try:
+        pair.wait_converged(timeout_s=1800)
+        pair.proxy.rate(rate)
+        rng = random.Random(99)
+        rows = {c: [] for c in RESUME_CASES}
+        for run in range(cfg["b9_runs"]):
+            # The same chunks for every case of a run, fresh data each time.
+            picks = {v: sorted(rng.sample(range(s // CHUNK), s // CHUNK // 2)) for v, s in vols.items()}
+            for case in RESUME_CASES[run % 4:] + RESUME_CASES[:run % 4]:
+                r = resume_case(pair, case, picks, rng.getrandbits(64))
+                rows[case].append(r)
+                settle()
+                at = "" if r["fraction"] is None else f" at {r['fraction']:.0%}"
+                note(f"    run {run} {case}{at}: {r['data'] / r['changed']:.3f}x the changed bytes "
+                     f"(per attempt {r['attempts']}), {r['seconds']:.2f}s")
+        for case in RESUME_CASES:
+            n = f"resume.{case.replace('-', '_')}"
+            rs = rows[case]
+            res.add(f"{n}.changed_bytes", median(r["changed"] for r in rs), "B", "{:.0f}")
+            res.add(f"{n}.data_bytes", median(r["data"] for r in rs), "B", "{:.0f}")
+            res.add(f"{n}.data_ratio", median(r["data"] / r["changed"] for r in rs), "x", "{:.3f}")
+            res.add(f"{n}.wire_bytes", median(r["wire"] for r in rs), "B", "{:.0f}")
+            res.add(f"{n}.wire_ratio", median(r["wire"] / r["changed"] for r in rs), "x", "{:.3f}")
+            res.add(f"{n}.seconds", median(r["seconds"] for r in rs), "s", "{:.2f}")
+            if case != UNINTERRUPTED:
+                res.add(f"{n}.interrupted_at", median(r["fraction"] for r in rs) * 100, "%", "{:.0f}")
+                res.add(f"{n}.seconds_to_uninterrupted",
+                        median(r["seconds"] / u["seconds"] for r, u in zip(rs, rows[UNINTERRUPTED])), "x", "{:.2f}")
+        res.add("resume.worst_data_ratio", max(res[f"resume.{c.replace('-', '_')}.data_ratio"]
+                                               for c in RESUME_CASES[1:]), "x", "{:.3f}")
+    finally:
+        pair.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 BENCHES = {"1": bench_rsync, "2": bench_size, "4": bench_nbd, "6": bench_pause, "7": bench_outage_writes,
-           "8": bench_memory}
-# 3 is measured inside 1 (same runs), 5 inside 4 (same daemons).
-ALIASES = {"3": "1", "5": "4"}
+           "8": bench_memory, "9": bench_resume}
+# 3 is measured inside 1 (same runs), 5 inside 4 (same daemons); names for some.
+ALIASES = {"3": "1", "5": "4", "resume": "9"}
 
 
 # -- docs ----------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """`make bench` cannot rot: `bench/run.py --smoke` (tiny sizes, real
-daemons, rsync, nbdcopy, nbdkit, the fault proxy; seconds) exits 0, prints
-every benchmark's result lines, renders its docs sections into a scratch
-file and removes its temporary data. No timing is asserted: benchmarks are
-scripts, their numbers live in docs/BENCHMARKS.md."""
+daemons, rsync, nbdcopy, nbdkit, the fault proxy, resyncs interrupted and
+resumed; seconds) exits 0, prints every benchmark's result lines, renders
+its docs sections into a scratch file and removes its temporary data. No
+timing is asserted: benchmarks are scripts, their numbers live in
+docs/BENCHMARKS.md."""
 
 import os
 import re
@@ -40,6 +41,10 @@ EXPECTED = {
     "7 outage writes": [rf"outage\.write64k\.(mirroring|first|rewrite)_mb_s: {NUM} MB/s",
                         rf"outage\.write64k\.(first|rewrite)_to_mirroring: {NUM} x"],
     "8 peak memory": [rf"memory\.\w+\.(primary|secondary)_peak_mib: {NUM} MiB"],
+    "9 resumed resync": [rf"resume\.(uninterrupted|cut|kill9_\w+)\.(changed|data|wire)_bytes: {NUM} B",
+                         rf"resume\.(cut|kill9_secondary|kill9_primary)\.data_ratio: {NUM} x",
+                         rf"resume\.(cut|kill9_secondary|kill9_primary)\.seconds_to_uninterrupted: {NUM} x",
+                         rf"resume\.worst_data_ratio: {NUM} x"],
     "end": [rf"bench\.elapsed: {NUM} s"],
 }
 
@@ -62,6 +67,7 @@ def test_bench_run_smoke(tmp_path):
     text = doc.read_text()
     for heading in ("## Machine", "## How to reproduce", "## Mirroring", "### 1. Resync vs rsync",
                     "### 6. Write pause at link failure", "### 8. Peak memory of the daemons",
+                    "### 9. Resync resumed after an interruption",
                     "| case | primary | secondary | nbdcopy | total CPU-s/GiB", "| bare mirror (no NBD) |",
                     "| bare resync / raw |"):
         assert heading in text
