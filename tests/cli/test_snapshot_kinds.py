@@ -145,7 +145,7 @@ def test_every_label_the_engines_snapshot_with_is_described():
     # and its delete refusal would not say what deleting it costs.
     labels = set()
     for path in glob.glob(os.path.join(os.path.dirname(blockmirror.engine.__file__), "*.py")):
-        labels.update(re.findall(r'snapshot\("([\w-]+)"', open(path).read()))
+        labels.update(re.findall(r'snapshot(?:_with)?\("([\w-]+)"', open(path).read()))
     assert labels == set(INTERNAL_ROLES)
 
 

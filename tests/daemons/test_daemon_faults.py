@@ -68,8 +68,9 @@ def test_kill9_of_the_primary_during_initial_sync(new_pair):
     p.restart()
     st = p.wait_for(converged, timeout_s=30, what="convergence after kill -9 of the primary during initial sync")
     assert st["last_resync"]["kind"] == "full" and st["snapshots"] == []
-    # No generation was ever committed: the restarted primary starts the first sync over.
-    assert p.log().count("full sync: no common base") == 2
+    # The restarted primary resumes the first sync where the secondary had made it durable.
+    assert p.log().count("full sync: no common base") == 1
+    assert re.search(r"round 1 resumed at \d+%", p.log()), p.log()
     writer = HotAreaWriter(p.uri("vol0"), area_bytes=2 << 20, seed=23)
     try:
         writer.wait_writes(20)

@@ -33,6 +33,8 @@ CAUGHT_BY = {
     "demote-forgets-own": ("consistency", 20),
     "promote-keeps-round": ("promoted-image", 20),
     "split-brain-as-incremental": ("split-brain", 40),
+    "cursor-before-sync": ("consistency", 70),
+    "resume-from-start": ("resume-minimal", 15),
 }
 
 

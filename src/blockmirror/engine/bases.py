@@ -6,7 +6,8 @@ A base is made by the link-down snapshot (step 66, with step 68's list), by
 a restart with no base, and by every round's target once its commit is on
 its way. A reconnect resyncs from the base that matches the secondary; the
 others go. Snapshots without a record (a user's, the target of a round that
-never sent its commit) are not bases; only internal ones are deleted.
+never sent its commit) are not bases; only internal ones are deleted, never
+a `pinned` one (the target of the round under way, which may resume).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class ResyncBases:
     def __init__(self, node, records: RecordStore):
         self.node = node
         self.records = records
+        self.pinned: set[int] = set()  # snapshots kept when their base record goes (a resumable round's target)
 
     def all(self) -> dict[int, ResyncBase]:
         return self.records.resync_bases()
@@ -32,7 +34,7 @@ class ResyncBases:
         unacknowledged writes. Returns the rows to commit and the bases."""
         bases = self.all()
         for snap in self.node.snapshots():
-            if snap.internal and snap.id not in bases:
+            if snap.internal and snap.id not in bases and snap.id not in self.pinned:
                 self.node.delete_snapshot(snap.id)
         stale = tuple(k for k in self.records.base_keys() if int(k[len(ResyncBase.PREFIX):]) not in bases)
         return RecordStore.rows(*(b.with_unacked(hot) for b in bases.values() if hot), delete=stale), bases
@@ -48,7 +50,8 @@ class ResyncBases:
 
     def drop(self, snapshot: int) -> None:
         self.records.save(delete=(f"{ResyncBase.PREFIX}{snapshot}",))
-        self.node.delete_snapshot(snapshot)
+        if snapshot not in self.pinned:
+            self.node.delete_snapshot(snapshot)
 
     def find(self, peer_gen: uuid.UUID, peer_seq: int, peer_changed: bool = False,
              bases: dict | None = None) -> ResyncBase | None:

@@ -42,4 +42,8 @@ class SecondaryConfig:
     # Start the volumes' writeback after this many bytes applied, so the
     # journal checkpoint's flush has little to wait for (Acks wait behind it).
     writeback_kick_bytes: int = 16 << 20
+    # A resync round's progress is made durable (volumes synced, resume point
+    # recorded) after this many bytes or seconds: what an interruption re-sends.
+    round_checkpoint_bytes: int = 16 << 20
+    round_checkpoint_s: float = 0.25
     mutations: frozenset = frozenset()  # test suite's mutation checks only

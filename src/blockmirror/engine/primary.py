@@ -18,6 +18,10 @@ the handlers below, one per event:
   becomes the base and the old base is
   deleted (step 80). The first round small enough is the last: writes after
   its snapshot are mirrored behind its commit.
+- a round cut by a link failure or a crash keeps its target snapshot and
+  its record (PrimaryRound) until the secondary confirms its commit; when
+  the secondary offers the same round open at the next handshake, it
+  resumes from the secondary's resume point instead of starting over.
 - unclean restart: the activity log's hot regions join the resync.
 """
 
@@ -42,7 +46,9 @@ from blockmirror.engine.phases import (
     PhaseMachine,
 )
 from blockmirror.engine.phases import PrimaryPhase as P
-from blockmirror.engine.records import ActivityRecord, PrimaryPoint, RecordStore, ResyncBase, extend_history
+from blockmirror.engine.records import (
+    ActivityRecord, PrimaryPoint, PrimaryRound, RecordStore, ResyncBase, extend_history,
+)
 from blockmirror.engine.report import primary_status
 from blockmirror.engine.decide import Decision, decide
 from blockmirror.engine.roles import bind_at_handshake
@@ -52,11 +58,11 @@ from blockmirror.engine.rounds import (
 from blockmirror.engine.window import InflightWindow
 from blockmirror.errors import BlockmirrorError
 from blockmirror.protocol import (
-    Ack, Error, Goodbye, Heartbeat, HeartbeatAck, LocalNode, ResyncCommitted, Role,
+    NIL_UUID, Ack, Error, Goodbye, Heartbeat, HeartbeatAck, LocalNode, ResyncCommitted, Role,
     VolumeInfo,
 )
 from blockmirror.protocol.errors import ErrorCode, error_hint
-from blockmirror.status import FULL, PRIMARY, ResyncSummary, SplitBrainStatus, State, Status
+from blockmirror.status import FULL, INCREMENTAL, PRIMARY, ResyncSummary, SplitBrainStatus, State, Status
 from blockmirror.storage import Node
 
 UNLIMITED = 1 << 62
@@ -89,6 +95,7 @@ class PrimaryNode(HostWrites):
         self.live_queue: deque = deque()  # FINAL_SENDING: mirrored writes wait behind the commit
         self.waiting: deque = deque()  # host requests not yet admitted (window full)
         self.round: ResyncRound | None = None
+        self.open_round: PrimaryRound | None = None  # the round to resume, until its commit is confirmed
         self.link: int | None = None  # the established link
         self.attempt: int | None = None  # the link being dialled
         self._links = 0
@@ -176,6 +183,7 @@ class PrimaryNode(HostWrites):
         if not point.clean:
             self._out.warning(f"unclean stop: {len(hot)} hot regions join the resync")
         lost = self.bases.lost()
+        self._restore_round()
         rows, bases = self.bases.restore(hot)
         if lost and self.generation is not None:
             # Deleted by hand: what changed since it is known nowhere. The
@@ -193,13 +201,40 @@ class PrimaryNode(HostWrites):
         self.node.set_state(rows)
         self.activity.clear()
 
+    def _restore_round(self) -> None:
+        """The round a crash or stop cut keeps its target snapshot, if that
+        and its base still exist."""
+        rec = self.records.primary_round()
+        if rec is None:
+            return
+        live = {s.id for s in self.node.snapshots()}
+        if rec.target in live and (rec.base is None or rec.base in live) and len(rec.chunks) == len(self.geo.names):
+            self.open_round = rec
+            self.bases.pinned = {rec.target}
+            self._round_ids = max(self._round_ids, rec.id)
+            return
+        self.records.save(delete=(PrimaryRound.KEY,))
+
+    def _forget_round(self, why: str) -> None:
+        """The cut round will not resume: its target goes (unless it is a base)."""
+        rec, self.open_round = self.open_round, None
+        if rec is None:
+            return
+        self.bases.pinned = set()
+        self.records.save(delete=(PrimaryRound.KEY,))
+        if rec.target not in self.bases.all() and rec.target in {s.id for s in self.node.snapshots()}:
+            self.node.delete_snapshot(rec.target)
+        self._out.info(f"round {rec.id} is not resumed: {why}")
+
     def _point(self, clean: bool) -> PrimaryPoint:
         return PrimaryPoint(self.generation, clean, self.history)
 
     def _snapshot(self, label: str, base=None):
         """Steps 64-70 in one call: pause, snapshot every volume, record
         (the base record commits with the snapshot), resume."""
-        rows = None if base is None else (lambda sid: RecordStore.rows(base(sid)))
+        return self._snapshot_with(label, None if base is None else (lambda sid: RecordStore.rows(base(sid))))
+
+    def _snapshot_with(self, label: str, rows):
         info = self.node.snapshot(label, rows, internal=True)
         self.last_pause_ns = info.pause_ns
         return info
@@ -259,8 +294,56 @@ class PrimaryNode(HostWrites):
         self._episode = ResyncSummary()
         self._episode_started = now
         bind_at_handshake(self._out, self.records, self.local.pair_name, self.local.pair_uuid, PRIMARY)
+        why_not = self._why_not_resume(decision, est)
+        if why_not is None:
+            self._resume_round(now, est)
+            return
+        self._forget_round(why_not)
         self._out.log(logging.INFO if decision.base is not None else logging.WARNING, decision.why)
         self._start_round(now, decision.base, decision.why)
+
+    def _why_not_resume(self, decision: Decision, est) -> str | None:
+        """None when the secondary holds open the round this node cut, from
+        the same point: it can continue."""
+        rec = self.open_round
+        if rec is None:
+            return "no round to resume"
+        mark = est.peer_round
+        if mark is None or (mark[0], mark[1]) != (rec.id, rec.target_generation):
+            return "the secondary does not hold it open"
+        if est.peer_changed or est.peer_digests or est.peer_demoted:
+            return "the secondary changed data of its own"
+        if rec.base is None:
+            ok = decision.base is None and est.committed_generation == rec.base_generation
+        else:
+            ok = decision.base is not None and decision.base.snapshot == rec.base
+        if not ok or est.committed_seq != rec.commit_seq:
+            return "the secondary is not at the round's base"
+        if not 0 <= mark[2] < len(self.geo.names) or mark[3] > self.geo.sizes[mark[2]]:
+            return "its resume point is outside the volumes"
+        return None
+
+    def _resume_round(self, now: float, est) -> None:
+        """Continue the cut round from the secondary's resume point."""
+        rec = self.open_round
+        mark = (est.peer_round[2], est.peer_round[3])
+        at = (0, 0) if "resume-from-start" in self.config.mutations else mark  # broken on purpose: resends all
+        rnd = self.rounds.resume(rec, at, self.recovered_hot, now)
+        rnd.resume = mark
+        # Host writes since T (its diff) or hot regions to carry need another
+        # round; with neither, this one can be the last.
+        rnd.local_writes = sum(len(c) for c in self.node.diff(rec.target).values()) + len(rnd.carry)
+        self.rounds_this_link += 1
+        self.round = rnd
+        done = rnd.resumed_bytes / max(rnd.resumed_bytes + rnd.total_bytes, 1)
+        why = (f"round {rnd.id} resumed at {done:.0%} ({rnd.resumed_bytes} bytes already on the secondary, "
+               f"{rnd.total_bytes} to send)")
+        self._move(P.SENDING, why)
+        self.outbox.append(rnd.begin())
+        if self.observer:
+            self.observer.round_resumed(rnd.target_generation, rnd.base_generation, rnd.commit_seq, rnd.kind,
+                                        rnd.chunks, rnd.start)
+        self._out.info(why)
 
     def _refuse(self, now: float, link: int, decision: Decision) -> None:
         """Split brain: the link is refused with SPLIT_BRAIN, neither image
@@ -274,7 +357,9 @@ class PrimaryNode(HostWrites):
 
     def _start_round(self, now: float, base: ResyncBase | None, why: str) -> None:
         self._round_ids += 1
-        info = self._snapshot("resync-target")
+        # The chunks first (the base's diff up to now is the diff up to T: the
+        # step takes no write in between), then T and the round's record in
+        # one commit.
         if base is None:
             chunks = full_round_chunks(self.node, self.geo)
         else:
@@ -282,10 +367,20 @@ class PrimaryNode(HostWrites):
                                               with_unacked="skip-unacked" not in self.config.mutations)
         self.rounds_this_link += 1
         target_gen = uuid.UUID(int=self.rng.getrandbits(128), version=4)
-        rnd = self.rounds.plan(self._round_ids, base, chunks, info.id, target_gen, self.seq,
-                               self.config.final_round_bytes_max, self.rounds_this_link >= self.config.rounds_max,
-                               now)
-        self.round = rnd
+        kind = FULL if base is None else INCREMENTAL
+        base_sid, base_gen = (None, NIL_UUID) if base is None else (base.snapshot, base.generation)
+        rec = {}
+
+        def record(sid: int) -> dict:
+            rec["r"] = PrimaryRound(self._round_ids, kind, base_sid, base_gen, sid, target_gen, self.seq, tuple(chunks))
+            return RecordStore.rows(rec["r"])
+
+        info = self._snapshot_with("resync-target", record)
+        rnd = self.round = self.rounds.plan(self._round_ids, base, chunks, info.id, target_gen, self.seq,
+                                            self.config.final_round_bytes_max,
+                                            self.rounds_this_link >= self.config.rounds_max, now)
+        self.open_round = rec["r"]
+        self.bases.pinned = {rnd.target}
         self._move(P.FINAL_SENDING if rnd.final else P.SENDING, why)
         self.outbox.append(rnd.begin())
         if self.observer:
@@ -363,7 +458,8 @@ class PrimaryNode(HostWrites):
             "commit confirmation of another round"
         self.history = extend_history(self.generation, self.history)
         self.generation = rnd.target_generation
-        self.records.save(self._point(clean=False), rnd.as_base())
+        self.records.save(self._point(clean=False), rnd.as_base(), delete=(PrimaryRound.KEY,))
+        self.open_round, self.bases.pinned = None, set()
         if rnd.base is not None:
             self.bases.drop(rnd.base)
         self._episode.add_round(rnd.kind, rnd.chunks_sent, rnd.data_bytes_sent)
@@ -408,9 +504,10 @@ class PrimaryNode(HostWrites):
             gen, acked = self.generation, self.acked
             self._snapshot("link-down", lambda sid: ResyncBase(sid, gen, acked, tuple(unacked)))
         elif phase in PRIMARY_SENDING_ROUND:
-            # The round never committed: T merges into the base, which still
-            # tracks every change since the secondary's generation.
-            self.node.delete_snapshot(rnd.target)
+            # The round never committed: T stays, with the round's record, for
+            # it to resume; the base still tracks every change since the
+            # secondary's generation, whatever happens to T.
+            pass
         else:
             # The commit may or may not have landed: T is the base if it did.
             self.bases.keep(rnd.as_base())

@@ -12,10 +12,13 @@ in the current form at the next update.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import uuid
 from dataclasses import dataclass, field
 from typing import ClassVar
+
+from pyroaring import BitMap
 
 from blockmirror.protocol import NIL_UUID
 
@@ -129,6 +132,38 @@ class ActivityRecord:
         return cls(tuple(tuple(r) for r in raw["regions"]))
 
 
+@dataclass(frozen=True, slots=True)
+class PrimaryRound:
+    """The resync round under way, kept until the secondary confirms its
+    commit so that an interrupted round can resume: its target snapshot
+    (`target`, read for the round's data), the base it started from
+    (`base`, None for a full round) and the chunks it sends, per volume in
+    wire order. Committed with the target snapshot in one transaction."""
+    KEY: ClassVar[str] = "primary.round"
+    VERSION: ClassVar[int] = 1
+    id: int
+    kind: str
+    base: int | None
+    base_generation: uuid.UUID
+    target: int
+    target_generation: uuid.UUID
+    commit_seq: int
+    chunks: tuple[BitMap, ...]
+
+    def encode(self) -> dict:
+        return {"v": self.VERSION, "id": self.id, "kind": self.kind, "base": self.base,
+                "base_generation": str(self.base_generation), "target": self.target,
+                "target_generation": str(self.target_generation), "commit_seq": self.commit_seq,
+                "chunks": [base64.b64encode(c.serialize()).decode() for c in self.chunks]}
+
+    @classmethod
+    def decode(cls, raw: dict) -> PrimaryRound:
+        _version(raw, cls)
+        return cls(int(raw["id"]), raw["kind"], raw["base"], uuid.UUID(raw["base_generation"]), int(raw["target"]),
+                   uuid.UUID(raw["target_generation"]), int(raw["commit_seq"]),
+                   tuple(BitMap.deserialize(base64.b64decode(c)) for c in raw["chunks"]))
+
+
 # -- secondary ---------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -178,22 +213,28 @@ INCREMENTAL = "incremental"
 @dataclass(frozen=True, slots=True)
 class OpenRound:
     """A resync round the secondary has begun and not committed. An
-    incremental round names its safety snapshot (the pre-round image)."""
+    incremental round names its safety snapshot (the pre-round image).
+    `cursor` (volume name, offset): every extent of the round before it, in
+    the round's disk order, is applied and synced; the primary resumes the
+    round there (None: nothing yet)."""
     KEY: ClassVar[str] = "secondary.round"
     VERSION: ClassVar[int] = 1
     id: int
     kind: str
     target_generation: uuid.UUID
     safety: int | None = None
+    cursor: tuple[str, int] | None = None
 
     def encode(self) -> dict:
         return {"v": self.VERSION, "id": self.id, "kind": self.kind, "target": str(self.target_generation),
-                "safety": self.safety}
+                "safety": self.safety, "cursor": None if self.cursor is None else list(self.cursor)}
 
     @classmethod
     def decode(cls, raw: dict) -> OpenRound:
         _version(raw, cls)
-        return cls(int(raw["id"]), raw["kind"], uuid.UUID(raw["target"]), raw.get("safety"))
+        cursor = raw.get("cursor")
+        return cls(int(raw["id"]), raw["kind"], uuid.UUID(raw["target"]), raw.get("safety"),
+                   None if cursor is None else (str(cursor[0]), int(cursor[1])))
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,6 +391,10 @@ class RecordStore:
         if raw is not None:
             return CommittedPoint.decode(raw)
         return CommittedPoint.from_legacy(*(self.node.get_state(k) for k in CommittedPoint.LEGACY_KEYS))
+
+    def primary_round(self) -> PrimaryRound | None:
+        raw = self.node.get_state(PrimaryRound.KEY)
+        return None if raw is None else PrimaryRound.decode(raw)
 
     def open_round(self) -> OpenRound | None:
         raw = self.node.get_state(OpenRound.KEY)

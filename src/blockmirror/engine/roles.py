@@ -30,7 +30,8 @@ from blockmirror.engine.activity import ActivityLog
 from blockmirror.engine.config import PrimaryConfig, SecondaryConfig
 from blockmirror.engine.events import Output
 from blockmirror.engine.records import (
-    ActivityRecord, CommittedPoint, LocalChanges, OpenRound, PrimaryPoint, RecordStore, ResyncBase, VolumePairing,
+    ActivityRecord, CommittedPoint, LocalChanges, OpenRound, PrimaryPoint, PrimaryRound, RecordStore, ResyncBase,
+    VolumePairing,
     extend_history,
 )
 from blockmirror.engine.rounds import Geometry
@@ -99,7 +100,7 @@ def promote(node, force: bool = False, now_ns: int | None = None, mutations: fro
         raise NodeError(f"{node.path} is already a primary", hint=f"serve it: blockmirror primary {node.path} --nbd ...")
     had_round = records.open_round() is not None
     out = Output()
-    # Recovery: the journal replayed, an open round rolled back.
+    # Recovery: the journal replayed; below, an open round rolled back.
     broken = frozenset({"keep-open-round"}) if "promote-keeps-round" in mutations else frozenset()
     store = SecondaryStore(node, SecondaryConfig(mutations=broken), out)
     point = store.point
@@ -107,6 +108,7 @@ def promote(node, force: bool = False, now_ns: int | None = None, mutations: fro
         raise NodeError(f"{node.path} never completed a sync with its primary: its volumes hold no consistent image",
                         hint=f"if this is the only copy left, promote it anyway: blockmirror promote {node.path} "
                              f"--force (its next sync to a peer is a full one)")
+    store.abandon_round()  # a primary does not continue its old primary's round: back to the last image
     binding = records.pair_binding()
     pairing = store.pairing
     gen = point.generation if point.holds_image else None
@@ -193,7 +195,7 @@ def demote(node, discard: bool = False, config: PrimaryConfig = PrimaryConfig(),
         discarded = node.snapshot(label).id
     _remove(node, JOURNAL_NAME)  # a journal left from an earlier life as a secondary must not replay
     volume_uuids = records.volume_pairing().primary_uuids or {v.name: v.uuid for v in node.volumes.values()}
-    drop = (PrimaryPoint.KEY, *PrimaryPoint.LEGACY_KEYS, ActivityRecord.KEY, *records.base_keys())
+    drop = (PrimaryPoint.KEY, *PrimaryPoint.LEGACY_KEYS, ActivityRecord.KEY, PrimaryRound.KEY, *records.base_keys())
     history = point.history if gen is not None else extend_history(point.generation, point.history)
     recs = [CommittedPoint(gen or NIL_UUID, seq, consistent=gen is not None, history=history),
             VolumePairing(dict(volume_uuids))]

@@ -19,7 +19,7 @@ from typing import Iterator
 
 from pyroaring import BitMap
 
-from blockmirror.engine.records import FULL, INCREMENTAL, ResyncBase
+from blockmirror.engine.records import FULL, INCREMENTAL, PrimaryRound, ResyncBase
 from blockmirror.protocol import (
     NIL_UUID,
     ResyncBegin,
@@ -110,11 +110,20 @@ class ResyncRound:
     data_bytes_sent: int = 0
     chunks_sent: int = 0
     local_writes: int = 0  # host writes applied (not mirrored) since T while not final
+    start: tuple[int, int] = (0, 0)  # (volume index, chunk) of its first extent: past (0, 0) when resumed
+    resume: tuple[int, int] | None = None  # (volume index, offset): the secondary's resume point
+    resumed_bytes: int = 0  # bytes already on the secondary when it resumed
+    carry: tuple = ()  # extents its target, as a base, records as unacknowledged (hot regions)
     _cursor: Iterator | None = field(default=None, repr=False)
 
     def begin(self) -> ResyncBegin:
         return ResyncBegin(self.id, self.base_generation, self.target_generation, max(self.extent_count, 1),
-                           self.total_bytes)
+                           self.total_bytes, self.resume)
+
+    def record(self) -> PrimaryRound:
+        """What it takes to resume this round (its chunks as planned)."""
+        return PrimaryRound(self.id, self.kind, self.base, self.base_generation, self.target,
+                            self.target_generation, self.commit_seq, tuple(self.chunks))
 
     def commit(self) -> ResyncCommit:
         return ResyncCommit(self.id, self.target_generation, self.commit_seq, self.extents_sent,
@@ -122,7 +131,7 @@ class ResyncRound:
 
     def as_base(self) -> ResyncBase:
         """T as the base of the generation this round gives the secondary."""
-        return ResyncBase(self.target, self.target_generation, self.commit_seq, ())
+        return ResyncBase(self.target, self.target_generation, self.commit_seq, tuple(self.carry))
 
 
 class RoundSender:
@@ -142,6 +151,30 @@ class RoundSender:
                           NIL_UUID if base is None else base.generation, target, target_generation,
                           total_bytes <= final_bytes_max or last_allowed, commit_seq, chunks, now,
                           total_chunks=sum(len(c) for c in chunks), total_bytes=total_bytes)
+        rnd.extent_count = sum(1 for _ in self._extents(rnd))
+        rnd._cursor = self._extents(rnd)
+        return rnd
+
+    def resume(self, rec: PrimaryRound, at: tuple[int, int], carry: tuple, now: float) -> ResyncRound:
+        """The round `rec` from the secondary's resume point `at` (volume
+        index, offset): only the extents from there on. Not final: host
+        writes after its snapshot are left for the next round (unless, at
+        its commit, there were none)."""
+        vol, offset = at
+        first = -(-offset // self.geo.chunk_size)
+        chunks = []
+        for v, c in enumerate(rec.chunks):
+            c = BitMap(c)
+            if v < vol:
+                c.clear()
+            elif v == vol and first:
+                c.remove_range(0, first)
+            chunks.append(c)
+        left = self.geo.chunk_set_bytes(chunks)
+        rnd = ResyncRound(rec.id, rec.kind, rec.base, rec.base_generation, rec.target, rec.target_generation,
+                          False, rec.commit_seq, chunks, now, total_chunks=sum(len(c) for c in chunks),
+                          total_bytes=left, local_writes=1, start=(vol, first), resume=(vol, offset),
+                          resumed_bytes=self.geo.chunk_set_bytes(list(rec.chunks)) - left, carry=tuple(carry))
         rnd.extent_count = sum(1 for _ in self._extents(rnd))
         rnd._cursor = self._extents(rnd)
         return rnd
@@ -190,8 +223,11 @@ class RoundSender:
         """('data', vol, first, count) in disk order; a full round also
         covers every hole with ('zero', ...)."""
         full = rnd.kind == FULL
+        start_vol, start_chunk = rnd.start
         for vol, chunks in enumerate(rnd.chunks):
-            pos = 0
+            if vol < start_vol:
+                continue
+            pos = start_chunk if vol == start_vol else 0
             for first, count in self._runs(chunks):
                 if full and first > pos:
                     yield from self._zero_runs(vol, pos, first)

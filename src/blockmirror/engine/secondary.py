@@ -9,10 +9,13 @@ and applies the Output; the phases are in phases.py.
 - An incremental round is applied in place under a safety snapshot taken at
   ResyncBegin (the storage engine's copy-on-write keeps the pre-round image);
   ResyncCommit syncs the volumes and commits the new generation, then drops
-  the snapshot. A crash or link failure mid-round rolls the volumes back
-  from the snapshot (secondary_rounds.py).
+  the snapshot.
 - A full round (no common base) writes in place with the node marked
   inconsistent until its commit.
+- A round interrupted by a link failure, a crash or a stop stays open with
+  its resume point (secondary_store.py): the handshake offers it, and a
+  ResyncBegin with `resume` continues it; any other ResyncBegin rolls it
+  back first.
 - The read-only export reads `read_image`: the last committed image, never a
   half-applied round; nothing before the first complete sync.
 """
@@ -68,6 +71,8 @@ class SecondaryNode:
         self.outbox: list = []
         self._last_checkpoint = now
         self._round_ops: list[WriteOp] = []
+        self._round_pos: tuple[str, int] | None = None  # end of the last round extent received
+        self._round_bytes = 0  # ... and the bytes received since the last end of batch
         self._got = False  # messages received since the last end of batch
         self._primary_uuids: dict[str, str] = {}
         self.last_resync = ResyncSummary()
@@ -159,9 +164,13 @@ class SecondaryNode:
         if own is not None and own.generation == gen:
             changed, digests = coalesce(own.extents, READY_CHANGED_MAX), own.digests
             diverged, discard, demoted = own.diverged, own.discard, own.demoted
+        rnd = self.store.round
+        mark = None
+        if rnd is not None and rnd.cursor is not None:
+            mark = (rnd.id, rnd.target_generation, *rnd.cursor)
         return LocalNode(Role.SECONDARY, uuid.UUID(self.node.node_uuid), self.pair_uuid, self.pair_name,
                          tuple(VolumeInfo(n, u, s) for n, u, s in self.volume_infos()), gen, seq, changed, digests,
-                         diverged, discard, demoted)
+                         diverged, discard, demoted, mark)
 
     def volume_infos(self) -> list[tuple[str, uuid.UUID, int]]:
         """A nil UUID until the first full sync pairs a volume with the primary's."""
@@ -217,7 +226,8 @@ class SecondaryNode:
         self._round_ops.clear()
         self._got = False
         self.round_progress = None
-        self.store.link_down()
+        self._round_pos, self._round_bytes = None, 0
+        self.store.link_down(now)
         self._move(S.DISCONNECTED, f"link down: {reason}")
 
     def _fail_link(self, now: float, reason: str, error: Error | None = None) -> None:
@@ -254,10 +264,10 @@ class SecondaryNode:
         elif isinstance(msg, ResyncData):
             self._round_ops.append(WriteOp(store.names[msg.volume], msg.offset, msg.data))
             self.resync_bytes_received += len(msg.data)
-            self._count(msg.length_bytes, data=True)
+            self._round_extent(msg.volume, msg.offset, msg.length_bytes, data=True)
         elif isinstance(msg, ResyncZeroes):
             self._round_ops.append(WriteOp(store.names[msg.volume], msg.offset, None, msg.length_bytes, "zero"))
-            self._count(msg.length_bytes, data=False)
+            self._round_extent(msg.volume, msg.offset, msg.length_bytes, data=False)
         elif isinstance(msg, Heartbeat):
             self.outbox.append(HeartbeatAck(msg.token))
         elif isinstance(msg, ResyncBegin):
@@ -285,6 +295,8 @@ class SecondaryNode:
             if self._round_ops:
                 ops, self._round_ops = self._round_ops, []
                 self.store.apply(ops)
+                self.store.round_applied(self._round_pos, self._round_bytes, now)
+                self._round_bytes = 0
             ack = self.store.end_of_batch()
         except BlockmirrorError as exc:
             self._fail_link(now, f"cannot store the primary's data: {exc}")
@@ -298,19 +310,40 @@ class SecondaryNode:
         if self.link is None:
             return
         full = msg.base_generation == NIL_UUID
-        if not full and msg.base_generation != self.store.point.generation:
-            raise RemoteProtocolError(ErrorCode.REFUSED, f"round {msg.round_id} starts from generation "
-                                                         f"{msg.base_generation}; this secondary holds "
-                                                         f"{self.store.point.generation}")
-        self.store.begin_round(msg.round_id, FULL if full else INCREMENTAL, msg.target_generation,
-                               in_place="round-in-place" in self.config.mutations)
         kind = FULL if full else INCREMENTAL
+        store = self.store
+        if msg.resume is not None:
+            self._resume(msg, kind)
+        else:
+            if not full and msg.base_generation != store.point.generation:
+                raise RemoteProtocolError(ErrorCode.REFUSED, f"round {msg.round_id} starts from generation "
+                                                             f"{msg.base_generation}; this secondary holds "
+                                                             f"{store.point.generation}")
+            store.begin_round(msg.round_id, kind, msg.target_generation, now,
+                              in_place="round-in-place" in self.config.mutations)
+        self._round_pos, self._round_bytes = store.round.cursor if store.round else None, 0
         self.round_progress = (ResyncProgress(msg.round_id, kind, 0, bytes_total=msg.data_bytes_max), now)
         if self._episode_started is None:
             self._episode_started = now
-        self._move(S.FULL_ROUND if full else S.INCREMENTAL_ROUND, f"resync round {msg.round_id} begins")
+        self._move(S.FULL_ROUND if full else S.INCREMENTAL_ROUND,
+                   f"resync round {msg.round_id} {'resumes' if msg.resume else 'begins'}")
 
-    def _count(self, nbytes: int, data: bool) -> None:
+    def _resume(self, msg: ResyncBegin, kind: str) -> None:
+        """Continue the open round where its data is durable; anything else
+        is refused and changes nothing."""
+        rnd = self.store.round
+        names = self.store.names
+        pos = None if rnd is None or rnd.cursor is None or rnd.cursor[0] not in names else (
+            names.index(rnd.cursor[0]), rnd.cursor[1])
+        if (rnd is None or (rnd.id, rnd.target_generation, rnd.kind) != (msg.round_id, msg.target_generation, kind)
+                or pos != tuple(msg.resume)):
+            raise RemoteProtocolError(ErrorCode.RESYNC_ERROR, f"round {msg.round_id} resumes at {msg.resume}, but "
+                                                              f"this secondary holds no such open round")
+        self.store.resume_round(self._round_began_at)
+
+    def _round_extent(self, volume: int, offset: int, nbytes: int, data: bool) -> None:
+        self._round_pos = (self.store.names[volume], offset + nbytes)
+        self._round_bytes += nbytes if data else 0
         if self.round_progress is not None and data:  # like the primary: zero extents (holes) are not counted
             prog = self.round_progress[0]
             prog.chunks_done += -(-nbytes // self.node.chunk_size)

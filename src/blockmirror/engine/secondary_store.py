@@ -1,11 +1,14 @@
 """What the secondary keeps on disk, and how it stays consistent across a
 crash: the committed point, the redo journal of live writes, and the open
-resync round with its safety snapshot.
+resync round with its safety snapshot and resume point.
 
-Recovery (at open) rolls an interrupted incremental round back from its
-safety snapshot, leaves an interrupted full round inconsistent, then replays
-the journal from the last checkpoint: the volumes hold writes 1..n of the
-committed generation, never n+1 without n.
+An interrupted round (link failure, crash, stop) stays open: its data up to
+the recorded resume point is durable, the safety snapshot keeps serving the
+pre-round image, and the primary may continue it from that point. It is
+rolled back from the safety snapshot (incremental) or left inconsistent
+(full) only when the primary starts another round instead, or at promote.
+Recovery replays the journal from the last checkpoint: the volumes hold
+writes 1..n of the committed generation, never n+1 without n.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ class SecondaryStore:
         self.replaced_changes: LocalChanges | None = None  # ... once a commit replaced them
         self.round: OpenRound | None = None
         self._pending_writes: list[WriteOp] = []  # journaled, applied after the sync
+        self._round_pos: tuple[str, int] | None = None  # end of the round's last applied extent
+        self._round_unsynced = 0  # round bytes applied since the resume point was last recorded
+        self._round_synced_at = 0.0
         self.applied_batches = 0  # batches written to the volumes (the simulator's checker watches it)
         self._recover()
 
@@ -50,17 +56,22 @@ class SecondaryStore:
             node.fs.sync_dir(node.path)
         self.journal = RedoJournal(jfile, self.point.journal_epoch, self.point.journal_checkpoint)
         rnd = self.records.open_round()
+        live = {s.id for s in node.snapshots()}
+        if rnd is not None and rnd.kind == INCREMENTAL and rnd.safety not in live:
+            # Deleted by hand: the pre-round image is gone and the volumes are torn.
+            self.out.warning(f"the safety snapshot of interrupted round {rnd.id} is gone: the image is not "
+                             f"consistent until a full sync")
+            self.point = dataclasses.replace(self.point, consistent=False)
+            self.records.save(self.point, delete=(OpenRound.KEY,))
+            rnd = None
         if rnd is not None:
-            if rnd.kind == INCREMENTAL and "keep-open-round" in self.config.mutations:
-                self.records.save(delete=(OpenRound.KEY,))  # broken on purpose: the half-applied round stays
-            elif rnd.kind == INCREMENTAL:
-                self._roll_back(rnd)
-            else:
-                self.out.warning(f"full sync round {rnd.id} was interrupted; the secondary stays inconsistent")
-                self.records.save(delete=(OpenRound.KEY,))
+            self.round = rnd
+            self.out.info(f"{rnd.kind} round {rnd.id} was interrupted; it stays open to resume at "
+                          f"{rnd.cursor[0]}:{rnd.cursor[1]}" if rnd.cursor else
+                          f"{rnd.kind} round {rnd.id} was interrupted; it stays open")
         # A safety snapshot with no open round is left from a crash after commit.
         for snap in node.snapshots():
-            if snap.internal:
+            if snap.internal and (rnd is None or snap.id != rnd.safety):
                 node.delete_snapshot(snap.id)
         seq, end, ops = self.point.seq, self.point.journal_checkpoint, []
         for rec in self.journal.replay(self.point.journal_checkpoint, self.point.seq):
@@ -77,6 +88,22 @@ class SecondaryStore:
         self.point = dataclasses.replace(self.point, seq=seq)
         self.journaled_seq = seq
         self.checkpoint(force=True)
+
+    def abandon_round(self) -> None:
+        """The open round will not be continued: roll an incremental one
+        back to the pre-round image, leave a full one inconsistent."""
+        rnd, self.round = self.round, None
+        if rnd is None:
+            return
+        if rnd.kind == FULL:
+            self.records.save(delete=(OpenRound.KEY,))
+            self.out.warning(f"full sync round {rnd.id} is abandoned; the secondary stays inconsistent")
+        elif "keep-open-round" in self.config.mutations:
+            self.records.save(delete=(OpenRound.KEY,))  # broken on purpose: the half-applied round stays
+        else:
+            self._roll_back(rnd)
+        if rnd.safety is not None:
+            self.node.delete_snapshot(rnd.safety)
 
     def _roll_back(self, rnd: OpenRound) -> None:
         """Undo a half-applied incremental round: copy the safety snapshot's
@@ -144,22 +171,53 @@ class SecondaryStore:
         self.checkpoint()
         return ack
 
-    def link_down(self) -> None:
-        """Records not yet synced were never acknowledged: drop them; an open
-        incremental round rolls back."""
+    def link_down(self, now: float) -> None:
+        """Records not yet synced were never acknowledged: drop them. An
+        open round stays open, its progress made durable, to resume."""
         self.journal.discard_pending()
         self._pending_writes.clear()
         self.journaled_seq = self.point.seq
+        if self.round is not None:
+            self.sync_round(now)
+
+    # -- round progress ------------------------------------------------------------------------
+    def round_applied(self, pos: tuple[str, int], nbytes: int, now: float) -> None:
+        """Round extents up to `pos` are applied (not yet synced); past the
+        checkpoint bytes or seconds, make them durable with their resume point."""
+        self._round_pos = pos
+        self._round_unsynced += nbytes
+        if (self._round_unsynced >= self.config.round_checkpoint_bytes
+                or now - self._round_synced_at >= self.config.round_checkpoint_s):
+            self.sync_round(now)
+
+    def sync_round(self, now: float) -> None:
+        """Volumes synced, then the resume point recorded: a crash after it
+        resumes there."""
         rnd = self.round
-        if rnd is not None and rnd.kind == INCREMENTAL:
-            self._roll_back(rnd)
-            self.node.delete_snapshot(rnd.safety)
+        self._round_synced_at = now
+        if rnd is None or self._round_pos is None or self._round_pos == rnd.cursor:
+            return
+        if "cursor-before-sync" not in self.config.mutations:
+            self.node.flush()  # (broken on purpose by the mutation: a crash may lose what the point claims)
+        self.round = dataclasses.replace(rnd, cursor=self._round_pos)
+        self.records.save(self.round)
+        self._round_unsynced = 0
 
     # -- rounds ------------------------------------------------------------------------------
-    def begin_round(self, round_id: int, kind: str, target: uuid.UUID, in_place: bool = False) -> None:
+    def resume_round(self, now: float) -> None:
         self.checkpoint(force=True)
+        self._round_pos, self._round_unsynced, self._round_synced_at = self.round.cursor, 0, now
+        self.out.info(f"{self.round.kind} round {self.round.id} resumes at {self.round.cursor[0]}:"
+                      f"{self.round.cursor[1]}")
+
+    def begin_round(self, round_id: int, kind: str, target: uuid.UUID, now: float, in_place: bool = False) -> None:
+        if self.round is not None:
+            self.abandon_round()
+        self.checkpoint(force=True)
+        start = (self.names[0], 0)
+        self._round_pos, self._round_unsynced, self._round_synced_at = start, 0, now
         if kind == FULL:
-            self.round = OpenRound(round_id, FULL, target)
+            self.round = OpenRound(round_id, FULL, target, cursor=start)
             self.point = dataclasses.replace(self.point, consistent=False)
             self.records.save(self.round, self.point)
             self.out.info(f"full sync round {round_id} begins (target generation {target})")
@@ -169,7 +227,7 @@ class SecondaryStore:
             # A crash between these two commits leaves a stray snapshot and no
             # round: recovery deletes the snapshot, nothing was applied yet.
             safety = self.node.snapshot("resync-safety", internal=True)
-            self.round = OpenRound(round_id, INCREMENTAL, target, safety.id)
+            self.round = OpenRound(round_id, INCREMENTAL, target, safety.id, start)
             self.records.save(self.round)
             self.out.info(f"incremental round {round_id} begins ({self.point.generation} -> {target})")
 

@@ -270,7 +270,7 @@ class Connection:
             local = self._local
             changed, digests = pairing.changed_on_wire(local, ours)
             ready = Ready(local.committed_generation, local.committed_seq, ours, changed, digests, local.diverged,
-                          local.discard, local.demoted)
+                          local.discard, local.demoted, pairing.round_on_wire(local, msg.volumes))
             self._queue(ready)
             return self._establish(msg.volumes, ready)
         if isinstance(msg, Ready):
@@ -298,5 +298,6 @@ class Connection:
             peer_diverged=ready.diverged,
             peer_discard=ready.discard,
             peer_demoted=ready.demoted,
+            peer_round=ready.open_round,
         )
         return self.established

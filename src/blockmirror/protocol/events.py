@@ -32,6 +32,7 @@ class Established:
     peer_diverged: int = 0  # Ready.diverged
     peer_discard: bool = False  # Ready.discard
     peer_demoted: bool = False  # Ready.demoted
+    peer_round: tuple | None = None  # Ready.open_round: (round id, target generation, volume index, offset)
 
 
 @dataclass(frozen=True)

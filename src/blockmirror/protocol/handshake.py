@@ -16,6 +16,7 @@ from blockmirror.protocol.codec import (
     U16,
     U64,
     Message,
+    NIL_UUID,
     MessageType,
     Reader,
     check_name,
@@ -170,8 +171,10 @@ class Attach(Message):
 _READY_FIXED = struct.Struct(">16sQ")
 _CHANGED = struct.Struct(">HQQ")
 _DIGEST = struct.Struct(">HQI16s")
-_DIVERGED = struct.Struct(">QB")  # diverged, flags: 1 discard, 2 demoted
+_DIVERGED = struct.Struct(">QB")  # diverged, flags: 1 discard, 2 demoted, 4 an open round follows
 _DEMOTED = 2
+_ROUND_FOLLOWS = 4
+_ROUND = struct.Struct(">Q16sHQ")  # round id, target generation, resume volume index, resume offset
 DIGEST_BYTES = 16
 # Bounds of Ready's two lists (together well under a frame): a demoted node
 # with more coalesces its extents and sends the rest without digests.
@@ -180,6 +183,24 @@ READY_DIGESTS_MAX = 80_000
 
 ChangedExtent = tuple[int, int, int]  # (volume index in the primary's order, offset, length)
 ChunkDigest = tuple[int, int, int, bytes]  # (volume index, offset, length, BLAKE2b-128 of those bytes)
+# A resync round the secondary holds open: (round id, target generation, and where to resume: the
+# volume index and offset before which every extent of the round, in disk order, is durable).
+RoundMark = tuple[int, uuid.UUID, int, int]
+
+
+def check_round_mark(mark, volumes: int) -> None:
+    if mark is None:
+        return
+    if not isinstance(mark, tuple) or len(mark) != 4:
+        raise TypeError("open_round must be (round id, target generation, volume index, offset)")
+    round_id, target, vol, off = mark
+    check_uint("open round id", round_id, 64)
+    check_uuid("open round target", target)
+    if target == NIL_UUID:
+        raise ValueError("an open round's target generation is not nil")
+    if not 0 <= vol < volumes:
+        raise ValueError(f"open round resumes at volume index {vol}; there are {volumes} volumes")
+    check_uint("open round offset", off, 64)
 
 
 def check_changed(changed: tuple, digests: tuple, volumes: int) -> None:
@@ -210,8 +231,10 @@ class Ready(Message):
     (not crash leftovers); with the primary's own such writes that is a
     split brain, unless `discard` (its writes may lose). `demoted`: its seq
     names no point (it was a primary): any base of its generation fits, with
-    its changes. All optional on the wire, in this order: absent when empty
-    (the earlier format)."""
+    its changes. `open_round`: a resync round it holds open (kept durable
+    across a link failure or a crash) and where it can resume (RoundMark).
+    All optional on the wire, in this order: absent when empty (the earlier
+    format)."""
 
     TYPE: ClassVar[MessageType] = MessageType.READY
     committed_generation: uuid.UUID
@@ -222,25 +245,31 @@ class Ready(Message):
     diverged: int = 0
     discard: bool = False
     demoted: bool = False
+    open_round: RoundMark | None = None
 
     def __post_init__(self) -> None:
         check_uuid("committed_generation", self.committed_generation)
         check_uint("committed_seq", self.committed_seq, 64)
         check_volumes(self.volumes)
         check_changed(self.changed, self.digests, len(self.volumes))
+        check_round_mark(self.open_round, len(self.volumes))
         check_uint("diverged", self.diverged, 64)
         if not isinstance(self.discard, bool) or not isinstance(self.demoted, bool):
             raise TypeError("discard and demoted must be bools")
 
     def _parts(self) -> list[Buffer]:
         out = _READY_FIXED.pack(self.committed_generation.bytes, self.committed_seq) + _encode_volumes(self.volumes)
-        tail = bool(self.diverged or self.discard or self.demoted)
+        tail = bool(self.diverged or self.discard or self.demoted or self.open_round)
         if self.changed or self.digests or tail:
             out += U64.pack(len(self.changed)) + b"".join(_CHANGED.pack(*e) for e in self.changed)
         if self.digests or tail:
             out += U64.pack(len(self.digests)) + b"".join(_DIGEST.pack(*e) for e in self.digests)
         if tail:
-            out += _DIVERGED.pack(self.diverged, int(self.discard) | _DEMOTED * int(self.demoted))
+            flags = int(self.discard) | _DEMOTED * int(self.demoted) | _ROUND_FOLLOWS * (self.open_round is not None)
+            out += _DIVERGED.pack(self.diverged, flags)
+        if self.open_round is not None:
+            round_id, target, vol, off = self.open_round
+            out += _ROUND.pack(round_id, target.bytes, vol, off)
         return [out]
 
     @classmethod
@@ -261,8 +290,12 @@ class Ready(Message):
                 raise ValueError(f"{count} chunk digests; at most {READY_DIGESTS_MAX}")
             digests = tuple(r.unpack(_DIGEST) for _ in range(count))
         diverged, flags = (0, 0) if r.at_end else r.unpack(_DIVERGED)
-        if flags & ~(1 | _DEMOTED):
+        if flags & ~(1 | _DEMOTED | _ROUND_FOLLOWS):
             raise ValueError(f"unknown Ready flags {flags:#x}")
+        mark = None
+        if flags & _ROUND_FOLLOWS:
+            round_id, target, vol, off = r.unpack(_ROUND)
+            mark = (round_id, uuid.UUID(bytes=target), vol, off)
         r.end()
         return cls(uuid.UUID(bytes=generation), seq, volumes, changed, digests, diverged, bool(flags & 1),
-                   bool(flags & _DEMOTED))
+                   bool(flags & _DEMOTED), mark)

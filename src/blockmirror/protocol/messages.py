@@ -87,6 +87,7 @@ class HeartbeatAck(U64Message):
 # Resync rounds ---------------------------------------------------------------------
 
 _RESYNC_BEGIN = struct.Struct(">Q16s16sQQ")
+_RESUME = struct.Struct(">HQ")  # volume index, offset
 _RESYNC_COMMIT = struct.Struct(">Q16sQQQ")
 _RESYNC_COMMITTED = struct.Struct(">Q16sQ")
 
@@ -95,7 +96,12 @@ _RESYNC_COMMITTED = struct.Struct(">Q16sQ")
 class ResyncBegin(Message):
     """Opens a round that moves the secondary from `base_generation` (nil: no
     common base, full copy) to `target_generation`. The two maxima are upper
-    bounds so the secondary can reserve journal space or refuse up front."""
+    bounds so the secondary can reserve journal space or refuse up front.
+
+    `resume`: (volume index, offset) continues the round of this id and
+    target that the secondary holds open (its Ready.open_round): the extents
+    follow from that position, the ones before it are already durable there.
+    Absent (the earlier format) for a new round."""
 
     TYPE: ClassVar[MessageType] = MessageType.RESYNC_BEGIN
     round_id: int
@@ -103,6 +109,7 @@ class ResyncBegin(Message):
     target_generation: uuid.UUID
     extent_count_max: int
     data_bytes_max: int
+    resume: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         check_uint("round_id", self.round_id, 64)
@@ -114,17 +121,23 @@ class ResyncBegin(Message):
             raise ValueError("target_generation must not be nil")
         if self.target_generation == self.base_generation:
             raise ValueError("target_generation must differ from base_generation")
+        if self.resume is not None:
+            vol, off = self.resume
+            check_uint("resume volume", vol, 16)
+            check_uint("resume offset", off, 64)
 
     def _parts(self) -> list[Buffer]:
-        return [_RESYNC_BEGIN.pack(self.round_id, self.base_generation.bytes, self.target_generation.bytes,
-                                   self.extent_count_max, self.data_bytes_max)]
+        out = _RESYNC_BEGIN.pack(self.round_id, self.base_generation.bytes, self.target_generation.bytes,
+                                 self.extent_count_max, self.data_bytes_max)
+        return [out if self.resume is None else out + _RESUME.pack(*self.resume)]
 
     @classmethod
     def _decode(cls, view: memoryview) -> ResyncBegin:
-        if len(view) != _RESYNC_BEGIN.size:
+        if len(view) not in (_RESYNC_BEGIN.size, _RESYNC_BEGIN.size + _RESUME.size):
             raise ValueError("bad ResyncBegin length")
         round_id, base, target, count, data_bytes = _RESYNC_BEGIN.unpack_from(view)
-        return cls(round_id, uuid.UUID(bytes=base), uuid.UUID(bytes=target), count, data_bytes)
+        resume = _RESUME.unpack_from(view, _RESYNC_BEGIN.size) if len(view) > _RESYNC_BEGIN.size else None
+        return cls(round_id, uuid.UUID(bytes=base), uuid.UUID(bytes=target), count, data_bytes, resume)
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,7 @@ class LocalNode:
     diverged: int = 0  # chunks it wrote as a primary after the pair parted
     discard: bool = False  # ... which may lose to the primary's (demote --discard-my-data)
     demoted: bool = False  # its seq names no point: any base of its generation fits
+    open_round: tuple | None = None  # (round id, target generation, volume name, offset): a round it can resume
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "role", Role(self.role))
@@ -77,6 +78,16 @@ def changed_on_wire(local: LocalNode, ordered: tuple[VolumeInfo, ...]) -> tuple[
     index = {v.name: i for i, v in enumerate(ordered)}
     return (tuple((index[name], *rest) for name, *rest in local.changed if name in index),
             tuple((index[name], *rest) for name, *rest in local.digests if name in index))
+
+
+def round_on_wire(local: LocalNode, ordered: tuple[VolumeInfo, ...]):
+    """The secondary's open round (Ready.open_round) with the primary's
+    volume index."""
+    if local.open_round is None:
+        return None
+    round_id, target, name, offset = local.open_round
+    index = {v.name: i for i, v in enumerate(ordered)}
+    return None if name not in index else (round_id, target, index[name], offset)
 
 
 def match_volumes(primary: tuple[VolumeInfo, ...], secondary: tuple[VolumeInfo, ...]) -> tuple[VolumeInfo, ...]:

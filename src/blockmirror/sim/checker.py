@@ -33,6 +33,8 @@ INVARIANTS = {
                       "flight of an unclean stop)",
     "needless-full-sync": "no full round while the secondary reported a generation the primary made, so a base "
                           "for it must exist",
+    "resume-minimal": "a resumed round continues a round the primary started, at the point the secondary offered: "
+                      "it names only that round's chunks from there on (never what the secondary already holds)",
     "export-image": "the secondary's export serves exactly its last committed image, during rounds too",
     "export-refusal": "the export refuses reads before the first complete sync, and only then",
     "primary-read": "a host read of the primary returns the writes applied so far",
@@ -181,6 +183,25 @@ class Checker:
             if extra:
                 raise Violation("minimal-resync", f"a round names chunks {list(extra)[:8]} of v{vol} that were "
                                                   f"not written since its base")
+
+    def round_resumed(self, rnd: RoundStart, start: tuple[int, int], started: RoundStart | None,
+                      offered) -> None:
+        """`started`: the round as it began (None: not in this run's record);
+        `offered`: the open round in the secondary's handshake."""
+        if started is None or offered is None or str(offered[1]) != rnd.target_generation:
+            raise Violation("resume-minimal", f"a round to generation {rnd.target_generation[:8]} resumed that "
+                                              f"the secondary did not offer or the primary never started")
+        chunk_size = self.model.chunk_size
+        first = (offered[2], -(-offered[3] // chunk_size))
+        if tuple(start) != first:
+            raise Violation("resume-minimal", f"a round resumed at v{start[0]} chunk {start[1]}, not where the "
+                                              f"secondary offered (v{first[0]} chunk {first[1]})")
+        for vol, chunks in enumerate(rnd.chunks):
+            extra = chunks - started.chunks[vol]
+            before = [c for c in chunks if (vol, c) < first]
+            if extra or before:
+                raise Violation("resume-minimal", f"a resumed round names chunks {list(extra)[:4]} of v{vol} its "
+                                                  f"round never named, or {before[:4]} before the resume point")
 
     # -- role changes ----------------------------------------------------------------------------
     def promoted(self, generation: str, seq: int, image: bytes) -> None:

@@ -25,6 +25,7 @@ import uuid
 
 from blockmirror.engine import HostRequests, NoConsistentImage, PrimaryNode, PrimaryPhase, SecondaryNode, Stop
 from blockmirror.engine.phases import PRIMARY_LIVE
+from blockmirror.engine.records import INCREMENTAL
 from blockmirror.errors import BlockmirrorError, NoSpace
 from blockmirror.protocol import WRITE_DATA_MAX_BYTES, ProtocolError
 from blockmirror.sim.faults import RECOVERY_STEPS_AHEAD_MAX
@@ -73,6 +74,9 @@ class _Observer:
 
     def round_started(self, target_gen, base_gen, commit_seq, kind, chunks) -> None:
         self.events.round_started(RoundStart(kind, str(target_gen), str(base_gen), commit_seq, chunks))
+
+    def round_resumed(self, target_gen, base_gen, commit_seq, kind, chunks, start) -> None:
+        self.events.round_resumed(RoundStart(kind, str(target_gen), str(base_gen), commit_seq, chunks), start)
 
     def secondary_committed(self, generation, seq) -> None:
         pass  # the checker sees the commit's effect after the batch
@@ -332,6 +336,18 @@ class Cluster(Links):
     def primary_image(self) -> bytes:
         return self._image(self.primary.node)
 
+    def _committed_image(self, eng: SecondaryNode, node: Node) -> bytes:
+        """The image the secondary's point names: while an incremental round
+        is open (cut, kept to resume), its safety snapshot's; else the volumes."""
+        rnd = eng.round_open
+        if rnd is not None and rnd.kind == INCREMENTAL:
+            return self.snapshot_image(node, rnd.safety)
+        return self._image(node)
+
+    def secondary_committed_image(self) -> bytes | None:
+        s = self.secondary
+        return self._call(s, self._committed_image, s.engine, s.node)
+
     def secondary_image(self) -> bytes | None:
         """None if the node died in the read (a crash armed in a deferred
         copy-on-write job: a demoted node keeps a user snapshot)."""
@@ -347,7 +363,7 @@ class Cluster(Links):
             clone.crash(random.Random(self.rng.random()))
             node = Node.open(side.path, fs=clone, meta_synchronous="OFF")
             eng = SecondaryNode(node, self.sconfig, self.now, self.pair_uuid, PAIR_NAME)
-            image = self._image(node)
+            image = self._committed_image(eng, node)
             return DiskProbe(str(eng.generation), eng.seq, eng.inconsistent, image,
                              eng.store.local_changes is not None)
         finally:

@@ -176,7 +176,8 @@ class Links:
                     self._queue(side, conn, msgs)
                     msgs = []
                     if side is self.primary:
-                        self.events.link_established(str(event.committed_generation), event.committed_seq)
+                        self.events.link_established(str(event.committed_generation), event.committed_seq,
+                                                     event.peer_round)
                     side.events.append(LinkUp(self._link_of(side, conn), event))
                 else:
                     msgs.append(event)

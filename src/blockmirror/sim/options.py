@@ -54,6 +54,7 @@ class Options:
     resync_extent_bytes_max: int = 16 * 1024
     activity_region_bytes: int = 2 * CHUNK_BYTES
     journal_checkpoint_bytes: int = 64 * 1024
+    round_checkpoint_bytes: int = 8 * 1024
     safety_s: float = SAFETY_S
     liveness_s: float = LIVENESS_S
 
@@ -73,6 +74,7 @@ class Options:
     def secondary_config(self) -> SecondaryConfig:
         return SecondaryConfig(heartbeat_interval_s=0.5, link_timeout_s=2.0,
                                journal_checkpoint_bytes=self.journal_checkpoint_bytes, journal_checkpoint_s=2.0,
+                               round_checkpoint_bytes=self.round_checkpoint_bytes, round_checkpoint_s=0.5,
                                mutations=self.mutations)
 
     def describe(self) -> list[str]:

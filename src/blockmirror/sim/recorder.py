@@ -45,6 +45,8 @@ class Recorder:
         self.last_token = 0
         self.hot = [BitMap() for _ in opts.sizes]  # chunks an unclean primary stop may have changed unseen
         self.peer: tuple[str, int] | None = None
+        self.peer_round = None  # the open round the secondary offered in this link's handshake
+        self.rounds: dict[str, RoundStart] = {}  # rounds as started, by target generation
         self._last_checked = None
         # After a role change, until the new secondary's first commit: what it wrote after
         # the pair parted, whether it may lose, and whether the new primary wrote too.
@@ -92,12 +94,14 @@ class Recorder:
         start = model.starts[vol] + offset
         self.writers.write(start, start + length, token)
 
-    def link_established(self, peer_generation: str, peer_seq: int) -> None:
+    def link_established(self, peer_generation: str, peer_seq: int, peer_round=None) -> None:
         self.peer = (peer_generation, peer_seq)
+        self.peer_round = peer_round
 
     def round_started(self, rnd: RoundStart) -> None:
         self.checker.split_brain_round(self.demoted_diverged, self.discard_granted, self.primary_wrote)
         self.checker.round_started(rnd, self.peer, self.hot)
+        self.rounds[rnd.target_generation] = rnd
         model = self.model
         model.target_point[rnd.target_generation] = model.point
         model.seq_point[(rnd.target_generation, rnd.commit_seq)] = model.point
@@ -106,6 +110,14 @@ class Recorder:
         self.stats["chunks named by rounds"] += sum(len(c) for c in rnd.chunks)
         self.trace(f"round {rnd.kind} {sum(len(c) for c in rnd.chunks)} chunks")
 
+    def round_resumed(self, rnd: RoundStart, start: tuple[int, int]) -> None:
+        """A cut round continues: its snapshot's point was recorded when it started."""
+        self.checker.round_resumed(rnd, start, self.rounds.get(rnd.target_generation), self.peer_round)
+        self.stats["rounds resumed"] += 1
+        self.stats["chunks named by rounds"] += sum(len(c) for c in rnd.chunks)
+        self.trace(f"round {rnd.kind} resumed at v{start[0]} chunk {start[1]}: "
+                   f"{sum(len(c) for c in rnd.chunks)} chunks")
+
     def recovered_hot(self, extents: list) -> None:
         for vol, off, length in extents:
             if length:
@@ -113,6 +125,12 @@ class Recorder:
 
     def secondary_changed(self, when: str) -> None:
         view = self.cluster.secondary_view()
+        if view.round_open and when == "after recovery" and not view.own_changes and not view.inconsistent \
+                and view.generation != NIL:
+            image = self.cluster.secondary_committed_image()  # a round kept open to resume: its pre-round image
+            if image is not None:
+                self.checker.secondary(view, image, when)
+            return
         if not view.holds_point:
             return
         state = (view.generation, view.seq, view.applied_batches)

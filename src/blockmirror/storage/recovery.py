@@ -38,11 +38,17 @@ def recover_records(meta: MetaStore, pool: CowPool, tables: ExceptionTables, liv
     """Commit the rows of the last process's records past the committed
     tails of the live snapshots' COW files; returns this process's epoch."""
     rows, tails = [], {}
-    for name in pool.names():
+    names = pool.names()
+    if any(cow_key(name) for name in names):
+        # After a process death a file's entry may be only in the page cache:
+        # on disk before anything relies on it (rows committed here or later),
+        # or a power failure could drop the file under committed rows.
+        pool.sync_dir()
+    for name in names:
         key = cow_key(name)
         if key is None:
             continue
-        pool.entries_synced([key])  # listed at open: its entry is on disk
+        pool.entries_synced([key])  # listed at open, and the directory synced: its entry is on disk
         file, vid = key
         if file not in live or vid not in vids:
             continue  # only a live snapshot's file can hold uncommitted records
