@@ -15,7 +15,8 @@ DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "STATUS.md")
 SECTIONS = {"common": "## Common fields", "primary": "## Primary fields", "secondary": "## Secondary fields",
             "last_resync": "### `last_resync`", "resync_progress": "### `resync_progress`",
             "snapshots": "### `snapshots` (each)", "volumes": "### `volumes` (each)", "link": "### `link`",
-            "split_brain": "### `split_brain`", "totals": "### `totals`"}
+            "split_brain": "### `split_brain`", "totals": "### `totals`", "verify": "### `verify`",
+            "last_verify": "### `last_verify`"}
 
 
 def _section(text: str, title: str) -> str:

@@ -78,6 +78,32 @@ class ResyncProgress:
 
 
 @dataclass
+class VerifySummary:
+    """The last verify that ended (status `last_verify`)."""
+    id: int = 0
+    chunks: int = 0  # chunks compared
+    out_of_sync_chunks: int = 0
+    repaired_chunks: int = 0
+    seconds: float = 0.0
+    volumes: list[str] = field(default_factory=list)
+    result: str = ""  # identical | out-of-sync | repaired | cancelled
+    out_of_sync: list[dict] = field(default_factory=list)  # {volume, offset, length}, at most 1000 (engine/verify.py)
+
+
+@dataclass
+class VerifyProgress:
+    """The verify under way (status `verify`)."""
+    id: int
+    state: str  # verifying | paused | repairing
+    chunks_done: int
+    chunks_total: int
+    out_of_sync_chunks: int
+    seconds: float = 0.0
+    rate_bps: int = 0
+    eta_s: float | None = None
+
+
+@dataclass
 class SnapshotStatus:
     id: int
     label: str
@@ -134,6 +160,8 @@ class PrimaryStatus:
     unacked_bytes: int = 0
     rpo_exceeded: bool = False  # --rpo-warn: the lag is past it
     secondary_consistent_at: str | None = None  # wall clock (UTC) of the newest point the secondary holds
+    verify: VerifyProgress | None = None  # `blockmirror verify` under way
+    last_verify: VerifySummary | None = None  # the last one that ended since the daemon started
 
 
 @dataclass
@@ -207,6 +235,9 @@ class Status:
         own = own_cls(**{f.name: raw[f.name] for f in fields(own_cls) if f.name in raw})
         if isinstance(own, SecondaryStatus) and isinstance(own.round_open, dict):
             own.round_open = RoundStatus(**own.round_open)
+        if isinstance(own, PrimaryStatus):
+            own.verify = None if own.verify is None else VerifyProgress(**own.verify)
+            own.last_verify = None if own.last_verify is None else VerifySummary(**own.last_verify)
         return cls(
             role=raw["role"], state=State(raw["state"]), phase=raw.get("phase", ""),
             peer_connected=raw["peer_connected"], generation=raw.get("generation"), seq=raw.get("seq", 0),
@@ -256,7 +287,8 @@ def schema_fields() -> dict[str, list[str]]:
     parts = {"common": Status, "primary": PrimaryStatus, "secondary": SecondaryStatus,
              "last_resync": ResyncSummary, "resync_progress": ResyncProgress, "snapshots": SnapshotStatus,
              "volumes": VolumeStatus, "pair": PairStatus, "link": LinkStatus, "round_open": RoundStatus,
-             "split_brain": SplitBrainStatus, "totals": Totals}
+             "split_brain": SplitBrainStatus, "totals": Totals, "verify": VerifyProgress,
+             "last_verify": VerifySummary}
     out = {}
     for name, cls in parts.items():
         out[name] = [f.name for f in fields(cls) if f.name not in (PRIMARY, SECONDARY)]

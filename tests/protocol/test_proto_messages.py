@@ -27,6 +27,8 @@ from blockmirror.protocol import (
     ResyncCommitted,
     ResyncData,
     ResyncZeroes,
+    VerifyReply,
+    VerifyRequest,
     Role,
     VolumeInfo,
     Write,
@@ -79,6 +81,10 @@ TABLE = [
      "424d 01 30 00000038 f4c483d78213e609",
      "0000000000000003 11111111111141118111111111111111 22222222222242228222222222222222"
      " 000000000000000a 00000000000a0000"),
+    (ResyncBegin(3, G1, G2, 10, 655360, (1, 65536)),  # resumes an open round at volume 1, offset 64 KiB
+     "424d 01 30 00000042 deab66238521b479",
+     "0000000000000003 11111111111141118111111111111111 22222222222242228222222222222222"
+     " 000000000000000a 00000000000a0000 0001 0000000000010000"),
     (ResyncData(3, 1, 512, b"abc"),
      "424d 01 31 00000015 4ff71ddbb7a38b03",
      "0000000000000003 0001 0000000000000200 616263"),
@@ -91,6 +97,12 @@ TABLE = [
     (ResyncCommitted(3, G2, 9),
      "424d 01 34 00000020 41cbc8b48c94c990",
      "0000000000000003 22222222222242228222222222222222 0000000000000009"),
+    (VerifyRequest(5, 1, 65536, 131072, 65536),
+     "424d 01 40 0000001e b53005812c3cbeed",
+     "0000000000000005 0001 0000000000010000 0000000000020000 00010000"),
+    (VerifyReply(5, (b"\xab" * 16, b"\xcd" * 16)),
+     "424d 01 41 00000028 d9c09016bf9cb9bf",
+     "0000000000000005 abababababababababababababababab cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd"),
     (Error(ErrorCode.VOLUME_MISMATCH, "volume 'db'"),
      "424d 01 7e 0000000f 948f5e5c410f3cd0",
      "000b 000b 766f6c756d652027646227"),

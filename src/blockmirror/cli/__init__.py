@@ -10,7 +10,7 @@ from blockmirror import __version__
 from blockmirror.errors import BlockmirrorError
 
 # Subcommand modules, in the order `--help` lists them.
-SUBCOMMANDS = ["init", "info", "snapshot", "diff", "primary", "secondary", "roles", "status", "simulate"]
+SUBCOMMANDS = ["init", "info", "snapshot", "diff", "primary", "secondary", "roles", "status", "verify", "simulate"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -211,6 +211,8 @@ async def serve(daemon, node_dir: str, progress_mode: str, http_server, announce
     async def handle(command: str, req: dict) -> dict:
         if command == "snapshot":
             return await daemon.user_snapshot(str(req.get("label") or "manual"))
+        if command == "verify":
+            return await daemon.start_verify(req)
         if command != "status":
             raise KeyError(command)
         return (await daemon.status()).as_dict()

@@ -15,10 +15,14 @@ INTERNAL_ROLES = {
     "restart": ("a resync base (the primary's volumes at a start that found no base)", _RESYNC_BASE_LOSS),
     "promoted": ("a resync base (the image a promoted secondary kept: the point it shares with its old primary)",
                  _RESYNC_BASE_LOSS),
-    "resync-target": ("a resync round's target (the resync base once the round commits)", _RESYNC_BASE_LOSS),
-    "resync-safety": ("the secondary's image before a resync round (to roll an interrupted round back)",
-                      "deleting it means an interrupted round cannot be rolled back: the secondary's "
-                      "image keeps that round's partial writes"),
+    "resync-target": ("a resync round's target (the resync base once the round commits; kept while a cut round "
+                      "may resume)", "deleting it forces the cut round to start over, or a full resync"),
+    "resync-safety": ("the secondary's image before a resync round (served while the round is open, to roll it "
+                      "back if it cannot resume)",
+                      "deleting it means an open round cannot be rolled back: the secondary's image is not "
+                      "consistent until a full sync"),
+    "verify-repair": ("a resync base for the chunks a verify --repair found different",
+                      _RESYNC_BASE_LOSS),
 }
 
 

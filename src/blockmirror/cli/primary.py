@@ -133,6 +133,9 @@ async def _serve(local, host: str, port: int) -> int:
         if command == "snapshot":
             from blockmirror.runtime.control import snapshot_reply
             return snapshot_reply(await asyncio.to_thread(node.snapshot, str(req.get("label") or "manual")))
+        if command == "verify":
+            return {"error": "this primary runs standalone (no --peer): there is no secondary to compare with",
+                    "hint": "run the primary with --peer HOST:PORT to mirror it, then verify"}
         if command != "status":
             raise KeyError(command)
         from blockmirror.status import standalone_status

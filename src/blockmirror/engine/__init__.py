@@ -6,7 +6,7 @@ lines, phase changes, the next timer). phases.py holds every legal move."""
 from blockmirror.engine.config import PrimaryConfig, SecondaryConfig
 from blockmirror.engine.events import (
     Accepted, Answer, CloseLink, Dial, HostFlush, HostRequests, HostWrite, LinkClosed, LinkUp, LogLine, Output,
-    Received, Stop, TakeSnapshot,
+    Received, StartVerify, Stop, TakeSnapshot,
 )
 from blockmirror.engine.phases import PrimaryPhase, SecondaryPhase
 from blockmirror.engine.primary import PrimaryNode
@@ -14,4 +14,5 @@ from blockmirror.engine.secondary import NoConsistentImage, SecondaryNode
 
 __all__ = ["Accepted", "Answer", "CloseLink", "Dial", "HostFlush", "HostRequests", "HostWrite", "LinkClosed",
            "LinkUp", "LogLine", "NoConsistentImage", "Output", "PrimaryConfig", "PrimaryNode", "PrimaryPhase",
-           "Received", "SecondaryConfig", "SecondaryNode", "SecondaryPhase", "Stop", "TakeSnapshot"]
+           "Received", "SecondaryConfig", "SecondaryNode", "SecondaryPhase", "StartVerify", "Stop",
+           "TakeSnapshot"]

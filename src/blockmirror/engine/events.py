@@ -82,7 +82,19 @@ class TakeSnapshot:
     label: str
 
 
-Event = HostRequests | Accepted | LinkUp | Received | LinkClosed | Stop | TakeSnapshot
+@dataclass(frozen=True, slots=True)
+class StartVerify:
+    """Admin command (`blockmirror verify` on a running primary): compare
+    `volumes` (names; empty: all) with the secondary, optionally repairing
+    what differs, reading at most `rate_bps` bytes a second per side (None:
+    no limit). Answered in Output.replies with the run's id and size."""
+    token: Any
+    volumes: tuple[str, ...] = ()
+    repair: bool = False
+    rate_bps: int | None = None
+
+
+Event = HostRequests | Accepted | LinkUp | Received | LinkClosed | Stop | TakeSnapshot | StartVerify
 
 
 # -- outputs -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ The primary walks the method of the seed (Fig. 2, steps 62-80)::
     COMMITTING --secondary committed, next round planned--> SENDING | FINAL_SENDING
     FINAL_SENDING --extents sent, commit sent--> FINAL_COMMITTING
     FINAL_COMMITTING --secondary committed--> MIRRORING
+    MIRRORING --verify --repair found chunks that differ: a round from a new base--> SENDING | FINAL_SENDING
     any linked phase --link down (step 62: pause, snapshot, record unacked)--> DISCONNECTED
     DISCONNECTED | SPLIT_BRAIN --stop (a linked node goes down first, an attempt is abandoned)--> STOPPED
 
@@ -74,7 +75,7 @@ PRIMARY_TRANSITIONS: dict[PrimaryPhase, frozenset[PrimaryPhase]] = {
     P.COMMITTING: frozenset({P.SENDING, P.FINAL_SENDING, P.DISCONNECTED}),
     P.FINAL_SENDING: frozenset({P.FINAL_COMMITTING, P.DISCONNECTED}),
     P.FINAL_COMMITTING: frozenset({P.MIRRORING, P.DISCONNECTED}),
-    P.MIRRORING: frozenset({P.DISCONNECTED}),
+    P.MIRRORING: frozenset({P.DISCONNECTED, P.SENDING, P.FINAL_SENDING}),
     P.STOPPED: frozenset(),
 }
 

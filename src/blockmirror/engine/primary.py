@@ -36,7 +36,7 @@ from blockmirror.engine.activity import ActivityLog
 from blockmirror.engine.bases import ResyncBases
 from blockmirror.engine.config import PrimaryConfig
 from blockmirror.engine.events import (
-    CloseLink, Dial, HostRequests, LinkClosed, LinkUp, Output, Received, Stop, TakeSnapshot,
+    CloseLink, Dial, HostRequests, LinkClosed, LinkUp, Output, Received, StartVerify, Stop, TakeSnapshot,
 )
 from blockmirror.engine.host_writes import HostWrites
 from blockmirror.engine.lag import lag_seconds
@@ -55,10 +55,11 @@ from blockmirror.engine.roles import bind_at_handshake
 from blockmirror.engine.rounds import (
     MESSAGE_OVERHEAD_BYTES, Geometry, ResyncRound, RoundSender, full_round_chunks, incremental_round_chunks,
 )
+from blockmirror.engine.verify import PrimaryVerify, VerifyRun, VerifySummary
 from blockmirror.engine.window import InflightWindow
 from blockmirror.errors import BlockmirrorError
 from blockmirror.protocol import (
-    NIL_UUID, Ack, Error, Goodbye, Heartbeat, HeartbeatAck, LocalNode, ResyncCommitted, Role,
+    NIL_UUID, Ack, Error, Goodbye, Heartbeat, HeartbeatAck, LocalNode, ResyncCommitted, Role, VerifyReply,
     VolumeInfo,
 )
 from blockmirror.protocol.errors import ErrorCode, error_hint
@@ -68,7 +69,7 @@ from blockmirror.storage import Node
 UNLIMITED = 1 << 62
 
 
-class PrimaryNode(HostWrites):
+class PrimaryNode(HostWrites, PrimaryVerify):
     role = PRIMARY
 
     def __init__(self, node: Node, config: PrimaryConfig, rng: random.Random, now: float, pair_uuid: uuid.UUID,
@@ -116,6 +117,9 @@ class PrimaryNode(HostWrites):
         self.unsynced_since: float | None = None  # no link or a round: the oldest write the secondary lacks
         self._resync_bytes_ended = 0  # data bytes of the rounds that ended (committed or cut)
         self.rpo_exceeded = False
+        self.verify: VerifyRun | None = None  # `blockmirror verify` under way
+        self.last_verify: VerifySummary | None = None
+        self._verify_ids = 0
         self._out = Output()
         self._restore(now)
         self._shown_state = self.state
@@ -127,6 +131,7 @@ class PrimaryNode(HostWrites):
         for event in events:
             self._handlers[type(event)](self, now, event)
         self._timers(now)
+        self._verify_step(now)
         if self.phase in PRIMARY_WAITING and now >= self._reconnect_at:
             self._dial(now)
         out = self._out
@@ -158,6 +163,9 @@ class PrimaryNode(HostWrites):
 
     def next_timer(self) -> float:
         t = self._next_activity_checkpoint
+        wait = None if self.verify is None else self.verify.wait_s()
+        if wait is not None:
+            t = min(t, self.now + wait)
         if self.linked:
             return min(t, self.clock.deadline())
         if self.phase is P.CONNECTING:
@@ -441,6 +449,8 @@ class PrimaryNode(HostWrites):
                 self._on_committed(now, msg)
             elif isinstance(msg, Heartbeat):
                 self.outbox.append(HeartbeatAck(msg.token))
+            elif isinstance(msg, VerifyReply):
+                self._verify_reply(msg)
             elif not isinstance(msg, (HeartbeatAck, Goodbye)):
                 raise AssertionError(f"unexpected message {type(msg).__name__}")
 
@@ -514,6 +524,8 @@ class PrimaryNode(HostWrites):
         _, tokens = self.window.clear()
         self._out.completions.extend((t, None) for t in tokens)
         self.activity.release(unacked)
+        if self.verify is not None:
+            self.verify.link_lost()
         self.outbox.clear()
         self.live_queue.clear()
         self.round = None
@@ -591,4 +603,5 @@ class PrimaryNode(HostWrites):
         LinkClosed: _on_link_closed,
         Stop: _on_stop,
         TakeSnapshot: _on_take_snapshot,
+        StartVerify: PrimaryVerify._on_start_verify,
     }

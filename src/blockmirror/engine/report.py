@@ -11,6 +11,7 @@ from blockmirror.status import (
     snapshot_list,
 )
 from blockmirror.engine.lag import lag_seconds, out_of_sync
+from blockmirror.engine.phases import PrimaryPhase as P
 
 
 def _status(node, role: str, generation, seq: int, progress, own) -> Status:
@@ -41,6 +42,9 @@ def primary_status(p, now: float) -> Status:
     own.lag_seconds = round(lag_seconds(p, now), 3)
     own.unacked_bytes = p.window.nbytes
     own.rpo_exceeded = p.rpo_exceeded
+    if p.verify is not None:
+        own.verify = p.verify.progress(now, paused=p.phase is not P.MIRRORING)
+    own.last_verify = None if p.last_verify is None else dataclasses.replace(p.last_verify)
     st = _status(p, PRIMARY, p.generation, p.seq, progress, own)
     st.totals = Totals(p.resync_bytes_total())
     return st

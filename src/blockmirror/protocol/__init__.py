@@ -27,6 +27,8 @@ from blockmirror.protocol.messages import (
     ResyncCommitted,
     ResyncData,
     ResyncZeroes,
+    VerifyReply,
+    VerifyRequest,
     Write,
     WriteZeroes,
 )
@@ -38,5 +40,6 @@ __all__ = [
     "Ack", "Attach", "AuthProof", "Connection", "ConnectionClosed", "Error", "ErrorCode", "Established",
     "Event", "Goodbye", "Heartbeat", "HeartbeatAck", "Hello", "LocalNode", "LocalProtocolError",
     "Message", "MessageType", "ProtocolError", "Ready", "RemoteProtocolError", "ResyncBegin", "ResyncCommit",
-    "ResyncCommitted", "ResyncData", "ResyncZeroes", "Role", "State", "VolumeInfo", "Write", "WriteZeroes",
+    "ResyncCommitted", "ResyncData", "ResyncZeroes", "Role", "State", "VerifyReply", "VerifyRequest", "VolumeInfo",
+    "Write", "WriteZeroes",
 ]

@@ -44,6 +44,8 @@ class MessageType(enum.IntEnum):
     RESYNC_ZEROES = 0x32
     RESYNC_COMMIT = 0x33
     RESYNC_COMMITTED = 0x34
+    VERIFY_REQUEST = 0x40
+    VERIFY_REPLY = 0x41
     ERROR = 0x7E
     GOODBYE = 0x7F
 

@@ -14,6 +14,7 @@ from typing import ClassVar
 from blockmirror.protocol.codec import (
     NIL_UUID,
     U16,
+    U64,
     DataExtentMessage,
     Message,
     MessageType,
@@ -262,6 +263,73 @@ class Error(Message):
         return cls(code, text)
 
 
+VERIFY_CHUNKS_MAX = 4096  # digests in one VerifyReply (64 KiB of them)
+VERIFY_DIGEST_BYTES = 16  # BLAKE2b-128
+_VERIFY_REQUEST = struct.Struct(">QHQQI")
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyRequest(Message):
+    """Primary -> secondary, in stream order: digest `count` chunks of
+    `chunk_bytes` from `offset` of a volume, as the image stands after every
+    write sent before this message. No chunk data crosses the link."""
+
+    TYPE: ClassVar[MessageType] = MessageType.VERIFY_REQUEST
+    request_id: int
+    volume: int
+    offset: int
+    length_bytes: int
+    chunk_bytes: int
+
+    def __post_init__(self) -> None:
+        check_uint("request_id", self.request_id, 64)
+        check_uint("volume", self.volume, 16)
+        check_uint("offset", self.offset, 64)
+        check_uint("length_bytes", self.length_bytes, 64)
+        check_uint("chunk_bytes", self.chunk_bytes, 32)
+        if self.chunk_bytes == 0 or self.length_bytes == 0:
+            raise ValueError("a verify request covers at least one byte, in chunks of at least one byte")
+        if -(-self.length_bytes // self.chunk_bytes) > VERIFY_CHUNKS_MAX:
+            raise ValueError(f"a verify request covers at most {VERIFY_CHUNKS_MAX} chunks")
+
+    def _parts(self) -> list[Buffer]:
+        return [_VERIFY_REQUEST.pack(self.request_id, self.volume, self.offset, self.length_bytes,
+                                     self.chunk_bytes)]
+
+    @classmethod
+    def _decode(cls, view: memoryview) -> VerifyRequest:
+        if len(view) != _VERIFY_REQUEST.size:
+            raise ValueError("bad VerifyRequest length")
+        return cls(*_VERIFY_REQUEST.unpack_from(view))
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReply(Message):
+    """Secondary -> primary: the digests of a VerifyRequest's chunks, in order."""
+
+    TYPE: ClassVar[MessageType] = MessageType.VERIFY_REPLY
+    request_id: int
+    digests: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        check_uint("request_id", self.request_id, 64)
+        if not isinstance(self.digests, tuple) or len(self.digests) > VERIFY_CHUNKS_MAX:
+            raise ValueError(f"a verify reply carries at most {VERIFY_CHUNKS_MAX} digests")
+        if any(not isinstance(d, bytes) or len(d) != VERIFY_DIGEST_BYTES for d in self.digests):
+            raise ValueError(f"a verify digest is {VERIFY_DIGEST_BYTES} bytes")
+
+    def _parts(self) -> list[Buffer]:
+        return [U64.pack(self.request_id) + b"".join(self.digests)]
+
+    @classmethod
+    def _decode(cls, view: memoryview) -> VerifyReply:
+        if len(view) < 8 or (len(view) - 8) % VERIFY_DIGEST_BYTES:
+            raise ValueError("bad VerifyReply length")
+        raw = bytes(view[8:])
+        return cls(U64.unpack_from(view)[0], tuple(raw[i:i + VERIFY_DIGEST_BYTES]
+                                                   for i in range(0, len(raw), VERIFY_DIGEST_BYTES)))
+
+
 @dataclass(frozen=True, slots=True)
 class Goodbye(Message):
     """Orderly close: the sender sends nothing after it (it may still receive)."""
@@ -281,7 +349,8 @@ class Goodbye(Message):
 MESSAGE_CLASSES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (Hello, AuthProof, Attach, Ready, Write, WriteZeroes, Ack, Heartbeat, HeartbeatAck,
-                ResyncBegin, ResyncData, ResyncZeroes, ResyncCommit, ResyncCommitted, Error, Goodbye)
+                ResyncBegin, ResyncData, ResyncZeroes, ResyncCommit, ResyncCommitted, VerifyRequest, VerifyReply,
+                Error, Goodbye)
 }
 assert set(MESSAGE_CLASSES) == set(MessageType)
 

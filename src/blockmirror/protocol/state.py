@@ -87,16 +87,18 @@ HANDSHAKE_TRANSITIONS: dict[Role, dict[tuple[State, Direction, T], State]] = {
 # Which streaming messages each role originates.
 SENT_BY: dict[Role, frozenset[T]] = {
     Role.PRIMARY: frozenset({T.WRITE, T.WRITE_ZEROES, T.HEARTBEAT, T.HEARTBEAT_ACK,
-                             T.RESYNC_BEGIN, T.RESYNC_DATA, T.RESYNC_ZEROES, T.RESYNC_COMMIT, T.GOODBYE}),
-    Role.SECONDARY: frozenset({T.ACK, T.RESYNC_COMMITTED, T.HEARTBEAT, T.HEARTBEAT_ACK, T.GOODBYE}),
+                             T.RESYNC_BEGIN, T.RESYNC_DATA, T.RESYNC_ZEROES, T.RESYNC_COMMIT, T.VERIFY_REQUEST,
+                             T.GOODBYE}),
+    Role.SECONDARY: frozenset({T.ACK, T.RESYNC_COMMITTED, T.VERIFY_REPLY, T.HEARTBEAT, T.HEARTBEAT_ACK,
+                               T.GOODBYE}),
 }
 
 # Which streaming messages each streaming state allows (either direction).
 ALLOWED_IN: dict[State, frozenset[T]] = {
     State.READY: frozenset({T.WRITE, T.WRITE_ZEROES, T.ACK, T.HEARTBEAT, T.HEARTBEAT_ACK,
-                            T.RESYNC_BEGIN, T.RESYNC_COMMITTED, T.GOODBYE}),
+                            T.RESYNC_BEGIN, T.RESYNC_COMMITTED, T.VERIFY_REQUEST, T.VERIFY_REPLY, T.GOODBYE}),
     State.RESYNC: frozenset({T.RESYNC_DATA, T.RESYNC_ZEROES, T.RESYNC_COMMIT, T.ACK, T.HEARTBEAT,
-                             T.HEARTBEAT_ACK, T.RESYNC_COMMITTED, T.GOODBYE}),
+                             T.HEARTBEAT_ACK, T.RESYNC_COMMITTED, T.VERIFY_REPLY, T.GOODBYE}),
 }
 
 STREAMING_TRANSITIONS: dict[tuple[State, T], State] = {
@@ -105,7 +107,7 @@ STREAMING_TRANSITIONS: dict[tuple[State, T], State] = {
 }
 
 # What a side may still send once the peer has said Goodbye: answers only.
-SENDABLE_AFTER_PEER_GOODBYE = frozenset({T.ACK, T.RESYNC_COMMITTED, T.HEARTBEAT_ACK, T.GOODBYE})
+SENDABLE_AFTER_PEER_GOODBYE = frozenset({T.ACK, T.RESYNC_COMMITTED, T.VERIFY_REPLY, T.HEARTBEAT_ACK, T.GOODBYE})
 
 
 class StateViolation(Exception):

@@ -26,6 +26,7 @@ from blockmirror.protocol.messages import (
     ResyncCommitted,
     ResyncData,
     ResyncZeroes,
+    VerifyRequest,
     Write,
     WriteZeroes,
 )
@@ -80,6 +81,9 @@ class StreamOrder:
                                   f"write seq {msg.seq} does not follow seq {self.last_seq}")
         self._extent(msg.volume, msg.offset, msg.length_bytes)
         self.last_seq = msg.seq
+
+    def _verify(self, msg: VerifyRequest) -> None:
+        self._extent(msg.volume, msg.offset, msg.length_bytes)
 
     def _ack(self, msg: Ack) -> None:
         if not self.acked_seq <= msg.seq <= self.last_seq:
@@ -152,5 +156,6 @@ _HANDLERS = {
     ResyncData: StreamOrder._round_extent,
     ResyncZeroes: StreamOrder._round_extent,
     ResyncCommit: StreamOrder._commit,
+    VerifyRequest: StreamOrder._verify,
     ResyncCommitted: StreamOrder._committed,
 }

@@ -316,6 +316,12 @@ class NodeDriver(abc.ABC):
                 "hint": "snapshot the primary (blockmirror snapshot create PRIMARY_DIR --label L), or stop "
                         "this daemon first"}
 
+    async def start_verify(self, req: dict) -> dict:
+        """`blockmirror verify` (control socket): the primary compares."""
+        return {"error": f"a running {self.role} does not start a verify: the primary compares its volumes "
+                         f"with this node's",
+                "hint": "run it on the primary's directory: blockmirror verify PRIMARY_DIR"}
+
     # -- per role ----------------------------------------------------------------------------
     def current_link(self) -> LinkProtocol | None:
         """The link status shows: the active one, or the newest attempt."""

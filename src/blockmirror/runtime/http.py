@@ -114,6 +114,11 @@ def metrics_text(st: Status) -> str:
         metric("unacked_bytes", "gauge", "Bytes of mirrored writes sent and not yet acknowledged.",
                [({}, p.unacked_bytes)])
         metric("rpo_exceeded", "gauge", "1 while lag_seconds is past --rpo-warn.", [({}, 1 if p.rpo_exceeded else 0)])
+        metric("verify_chunks_done", "gauge", "Chunks the verify under way has compared (0: none under way).",
+               [({}, p.verify.chunks_done if p.verify else 0)])
+        if p.last_verify is not None:
+            metric("last_verify_out_of_sync_chunks", "gauge", "Chunks the last verify found different.",
+                   [({}, p.last_verify.out_of_sync_chunks)])
     metric("resync_bytes_total", "counter", "Data bytes of resync rounds since the daemon started (sent by the "
            "primary, received by the secondary; rounds cut short too).", [({}, st.totals.resync_bytes)])
     if st.secondary is not None:

@@ -21,6 +21,7 @@ import time
 
 from blockmirror.engine import (
     Dial,
+    StartVerify,
     TakeSnapshot,
     HostFlush,
     HostWrite,
@@ -113,6 +114,17 @@ class PrimaryDaemon(NodeDriver):
         except BlockmirrorError as exc:
             return {"error": f"the snapshot was not taken: {exc}", "hint": exc.hint}
         return snapshot_reply(info)
+
+    async def start_verify(self, req: dict) -> dict:
+        volumes = req.get("volumes") or []
+        rate = req.get("rate_bps")
+        if not isinstance(volumes, list) or not all(isinstance(v, str) for v in volumes) or not (
+                rate is None or (isinstance(rate, int) and rate > 0)):
+            return {"error": "bad verify request", "hint": "blockmirror verify DIR [--volume NAME] [--rate BYTES/S]"}
+        try:
+            return await self.admin(lambda token: StartVerify(token, tuple(volumes), bool(req.get("repair")), rate))
+        except BlockmirrorError as exc:
+            return {"error": f"the verify did not start: {exc}", "hint": exc.hint}
 
     def send_budget(self) -> int:
         link = self.links.get(self.node.link) if self.node is not None and self.node.link is not None else None
