@@ -66,6 +66,10 @@ def register(subparsers) -> None:
                         help="async mode: most bytes the secondary may lag behind (default 32MiB)")
     parser.add_argument("--reconnect-max", type=positive_seconds, metavar="SECONDS",
                         help="longest wait between reconnect attempts (default 10)")
+    parser.add_argument("--initial-sync", choices=["full", "checksum"],
+                        help="how a sync with no common base (the first one) runs: full (default) sends every "
+                             "allocated chunk; checksum compares digests of every chunk with the secondary first "
+                             "and sends only those that differ (for a secondary pre-seeded with a copy)")
     parser.add_argument("--rpo-warn", type=positive_seconds, metavar="SECONDS",
                         help="log a warning (and set blockmirror_rpo_exceeded) while the oldest write the "
                              "secondary lacks is older than this (default: never)")
@@ -82,14 +86,15 @@ def parse_host_port(text: str) -> tuple[str, int]:
 def run(args: argparse.Namespace) -> int:
     parser = args._parser
     apply_config(args, parser, {**LINK_DEFAULTS, "read_only": False, "mode": "async", "window": "32MiB",
-                                "reconnect_max": 10.0})
+                                "reconnect_max": 10.0, "initial_sync": "full"})
     if not args.nbd:
         parser.error("the following arguments are required: --nbd (or nbd = \"HOST:PORT\" in --config)")
     host, port = parse_host_port(args.nbd)
     if args.peer is None:
         for flag, given in (("--secret-file", args.secret_file), ("--http", args.http),
                             ("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key), ("--tls-ca", args.tls_ca),
-                            ("--rpo-warn", args.rpo_warn)):
+                            ("--rpo-warn", args.rpo_warn),
+                            ("--initial-sync", args.initial_sync if args.initial_sync != "full" else None)):
             if given:
                 raise ConfigError(f"{flag} needs --peer", hint="give the secondary's address with --peer HOST:PORT")
         setup_logging(args.log_level)
@@ -185,7 +190,8 @@ def _run_mirrored(args, host: str, port: int) -> int:
     tls_context = tls.client_context(tls_files) if tls_files is not None else None
     config = PrimaryConfig(mode=args.mode, window_bytes_max=window, link_timeout_s=args.link_timeout,
                            heartbeat_interval_s=heartbeat_for(args),
-                           reconnect_max_s=max(args.reconnect_max, 0.2), rpo_warn_s=args.rpo_warn)
+                           reconnect_max_s=max(args.reconnect_max, 0.2), rpo_warn_s=args.rpo_warn,
+                           initial_sync=args.initial_sync)
     setup_logging(args.log_level)
     node = Node.open(args.dir)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MODES = ("sync", "async")
+INITIAL_SYNCS = ("full", "checksum")
 
 
 @dataclass(frozen=True)
@@ -25,12 +26,15 @@ class PrimaryConfig:
     # host writes, so the activity checkpoint's flush has little to wait for.
     writeback_kick_bytes: int = 16 << 20
     rpo_warn_s: float | None = None  # warn while the lag (oldest write the secondary lacks) exceeds it
+    initial_sync: str = "full"  # a round with no common base: send every chunk, or compare digests first
     # Deliberately broken behaviours, for the test suite's mutation checks only.
     mutations: frozenset = frozenset()
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
+        if self.initial_sync not in INITIAL_SYNCS:
+            raise ValueError(f"initial_sync must be one of {INITIAL_SYNCS}, not {self.initial_sync!r}")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ through `PhaseMachine.move`, which refuses a move the table does not list.
 The primary walks the method of the seed (Fig. 2, steps 62-80)::
 
     DISCONNECTED --dial--> CONNECTING --link up: round planned--> SENDING | FINAL_SENDING
+    CONNECTING --link up, no common base, --initial-sync checksum--> COMPARING
+    COMPARING --every digest compared: a round of the chunks that differ--> SENDING | FINAL_SENDING
     CONNECTING --attempt failed or timed out--> DISCONNECTED (SPLIT_BRAIN once refused for it)
     CONNECTING --link up, both nodes wrote since the point they shared: refused--> SPLIT_BRAIN
     SPLIT_BRAIN --dial again (the secondary may have been told to discard)--> CONNECTING
@@ -19,7 +21,7 @@ The primary walks the method of the seed (Fig. 2, steps 62-80)::
     any linked phase --link down (step 62: pause, snapshot, record unacked)--> DISCONNECTED
     DISCONNECTED | SPLIT_BRAIN --stop (a linked node goes down first, an attempt is abandoned)--> STOPPED
 
-In SENDING and COMMITTING host writes stay local (the next round's diff
+In COMPARING, SENDING and COMMITTING host writes stay local (the next round's diff
 carries them); in FINAL_SENDING they are mirrored live, queued behind the
 round's commit; from FINAL_COMMITTING on they flow.
 
@@ -29,7 +31,7 @@ The secondary::
     LINKED --ResyncBegin (base nil)--> FULL_ROUND
     LINKED --ResyncBegin (base = our generation)--> INCREMENTAL_ROUND
     FULL_ROUND | INCREMENTAL_ROUND --ResyncCommit--> LINKED
-    any linked phase --link down (an open incremental round rolls back)--> DISCONNECTED
+    any linked phase --link down (an open round stays open, its resume point durable)--> DISCONNECTED
     DISCONNECTED --stop--> STOPPED
 """
 
@@ -42,6 +44,7 @@ from dataclasses import dataclass
 class PrimaryPhase(enum.Enum):
     DISCONNECTED = "disconnected"  # writes local; the link-down snapshot tracks them; reconnect timer armed
     CONNECTING = "connecting"  # an attempt dialled, handshake under way
+    COMPARING = "comparing"  # --initial-sync checksum: digests of a target snapshot's chunks against the secondary's
     SENDING = "sending"  # a resync round's extents go out; host writes local
     COMMITTING = "committing"  # the round's commit sent, its confirmation awaited; host writes local
     FINAL_SENDING = "final-sending"  # the last round: host writes mirrored, queued behind its commit
@@ -61,7 +64,8 @@ class SecondaryPhase(enum.Enum):
 
 P, S = PrimaryPhase, SecondaryPhase
 
-PRIMARY_LINKED = frozenset({P.SENDING, P.COMMITTING, P.FINAL_SENDING, P.FINAL_COMMITTING, P.MIRRORING})
+PRIMARY_LINKED = frozenset({P.COMPARING, P.SENDING, P.COMMITTING, P.FINAL_SENDING, P.FINAL_COMMITTING,
+                            P.MIRRORING})
 PRIMARY_LIVE = frozenset({P.FINAL_SENDING, P.FINAL_COMMITTING, P.MIRRORING})  # host writes get seqs
 PRIMARY_IN_ROUND = frozenset({P.SENDING, P.COMMITTING, P.FINAL_SENDING, P.FINAL_COMMITTING})
 PRIMARY_SENDING_ROUND = frozenset({P.SENDING, P.FINAL_SENDING})
@@ -69,7 +73,8 @@ PRIMARY_WAITING = frozenset({P.DISCONNECTED, P.SPLIT_BRAIN})  # no link: dial wh
 
 PRIMARY_TRANSITIONS: dict[PrimaryPhase, frozenset[PrimaryPhase]] = {
     P.DISCONNECTED: frozenset({P.CONNECTING, P.STOPPED}),
-    P.CONNECTING: frozenset({P.DISCONNECTED, P.SENDING, P.FINAL_SENDING, P.SPLIT_BRAIN}),
+    P.CONNECTING: frozenset({P.DISCONNECTED, P.COMPARING, P.SENDING, P.FINAL_SENDING, P.SPLIT_BRAIN}),
+    P.COMPARING: frozenset({P.SENDING, P.FINAL_SENDING, P.DISCONNECTED}),
     P.SPLIT_BRAIN: frozenset({P.CONNECTING, P.STOPPED}),
     P.SENDING: frozenset({P.COMMITTING, P.FINAL_COMMITTING, P.DISCONNECTED}),
     P.COMMITTING: frozenset({P.SENDING, P.FINAL_SENDING, P.DISCONNECTED}),

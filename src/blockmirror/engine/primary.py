@@ -118,6 +118,7 @@ class PrimaryNode(HostWrites, PrimaryVerify):
         self._resync_bytes_ended = 0  # data bytes of the rounds that ended (committed or cut)
         self.rpo_exceeded = False
         self.verify: VerifyRun | None = None  # `blockmirror verify` under way
+        self.compare: VerifyRun | None = None  # a checksum sync's comparison (phase COMPARING)
         self.last_verify: VerifySummary | None = None
         self._verify_ids = 0
         self._out = Output()
@@ -132,6 +133,7 @@ class PrimaryNode(HostWrites, PrimaryVerify):
             self._handlers[type(event)](self, now, event)
         self._timers(now)
         self._verify_step(now)
+        self._compare_step(now)
         if self.phase in PRIMARY_WAITING and now >= self._reconnect_at:
             self._dial(now)
         out = self._out
@@ -157,6 +159,8 @@ class PrimaryNode(HostWrites, PrimaryVerify):
             return State.MIRRORING
         if self.phase in PRIMARY_IN_ROUND:
             return State.INITIAL_SYNC if self.round.kind == FULL else State.RESYNCING
+        if self.phase is P.COMPARING:
+            return State.INITIAL_SYNC
         if self.split_brain is not None:
             return State.SPLIT_BRAIN
         return State.INITIAL_SYNC if self.generation is None else State.DISCONNECTED
@@ -308,7 +312,10 @@ class PrimaryNode(HostWrites, PrimaryVerify):
             return
         self._forget_round(why_not)
         self._out.log(logging.INFO if decision.base is not None else logging.WARNING, decision.why)
-        self._start_round(now, decision.base, decision.why)
+        if decision.base is None and self.config.initial_sync == "checksum":
+            self._start_compare(now, decision.why)
+        else:
+            self._start_round(now, decision.base, decision.why)
 
     def _why_not_resume(self, decision: Decision, est) -> str | None:
         """None when the secondary holds open the round this node cut, from
@@ -363,31 +370,41 @@ class PrimaryNode(HostWrites, PrimaryVerify):
         self._out.close.append(CloseLink(link, decision.why, reset=False, last=last))
         self._connect_failed(now, "split brain")
 
-    def _start_round(self, now: float, base: ResyncBase | None, why: str) -> None:
+    def _start_round(self, now: float, base: ResyncBase | None, why: str, compared=None) -> None:
+        """`compared`: (target snapshot, its generation, the chunks that
+        differ) of a checksum sync's comparison; else T is taken now."""
         self._round_ids += 1
-        # The chunks first (the base's diff up to now is the diff up to T: the
-        # step takes no write in between), then T and the round's record in
-        # one commit.
-        if base is None:
-            chunks = full_round_chunks(self.node, self.geo)
-        else:
-            chunks = incremental_round_chunks(self.node, self.geo, base,
-                                              with_unacked="skip-unacked" not in self.config.mutations)
         self.rounds_this_link += 1
-        target_gen = uuid.UUID(int=self.rng.getrandbits(128), version=4)
         kind = FULL if base is None else INCREMENTAL
         base_sid, base_gen = (None, NIL_UUID) if base is None else (base.snapshot, base.generation)
-        rec = {}
+        if compared is not None:
+            target, target_gen, chunks = compared
+            rec = PrimaryRound(self._round_ids, kind, base_sid, base_gen, target, target_gen, self.seq,
+                               tuple(chunks), holes=False)
+            self.records.save(rec)
+        else:
+            # The chunks first (the base's diff up to now is the diff up to T:
+            # the step takes no write in between), then T and the round's
+            # record in one commit.
+            if base is None:
+                chunks = full_round_chunks(self.node, self.geo)
+            else:
+                chunks = incremental_round_chunks(self.node, self.geo, base,
+                                                  with_unacked="skip-unacked" not in self.config.mutations)
+            target_gen = uuid.UUID(int=self.rng.getrandbits(128), version=4)
+            made = {}
 
-        def record(sid: int) -> dict:
-            rec["r"] = PrimaryRound(self._round_ids, kind, base_sid, base_gen, sid, target_gen, self.seq, tuple(chunks))
-            return RecordStore.rows(rec["r"])
+            def record(sid: int) -> dict:
+                made["r"] = PrimaryRound(self._round_ids, kind, base_sid, base_gen, sid, target_gen, self.seq,
+                                         tuple(chunks))
+                return RecordStore.rows(made["r"])
 
-        info = self._snapshot_with("resync-target", record)
-        rnd = self.round = self.rounds.plan(self._round_ids, base, chunks, info.id, target_gen, self.seq,
+            self._snapshot_with("resync-target", record)
+            rec = made["r"]
+        rnd = self.round = self.rounds.plan(self._round_ids, base, chunks, rec.target, target_gen, self.seq,
                                             self.config.final_round_bytes_max,
-                                            self.rounds_this_link >= self.config.rounds_max, now)
-        self.open_round = rec["r"]
+                                            self.rounds_this_link >= self.config.rounds_max, now, rec.holes)
+        self.open_round = rec
         self.bases.pinned = {rnd.target}
         self._move(P.FINAL_SENDING if rnd.final else P.SENDING, why)
         self.outbox.append(rnd.begin())
@@ -518,6 +535,8 @@ class PrimaryNode(HostWrites, PrimaryVerify):
             # it to resume; the base still tracks every change since the
             # secondary's generation, whatever happens to T.
             pass
+        elif phase is P.COMPARING:
+            self._compare_lost()
         else:
             # The commit may or may not have landed: T is the base if it did.
             self.bases.keep(rnd.as_base())
@@ -594,6 +613,8 @@ class PrimaryNode(HostWrites, PrimaryVerify):
         return self._resync_bytes_ended + (self.round.data_bytes_sent if self.round is not None else 0)
 
     def round_started_at(self) -> float | None:
+        if self.compare is not None:
+            return self.compare.started
         return None if self.round is None else self.round.started
 
     _handlers = {

@@ -149,19 +149,20 @@ class PrimaryRound:
     target_generation: uuid.UUID
     commit_seq: int
     chunks: tuple[BitMap, ...]
+    holes: bool = True  # a full round also clears every other chunk (False: a checksum sync's, only these)
 
     def encode(self) -> dict:
         return {"v": self.VERSION, "id": self.id, "kind": self.kind, "base": self.base,
                 "base_generation": str(self.base_generation), "target": self.target,
                 "target_generation": str(self.target_generation), "commit_seq": self.commit_seq,
-                "chunks": [base64.b64encode(c.serialize()).decode() for c in self.chunks]}
+                "chunks": [base64.b64encode(c.serialize()).decode() for c in self.chunks], "holes": self.holes}
 
     @classmethod
     def decode(cls, raw: dict) -> PrimaryRound:
         _version(raw, cls)
         return cls(int(raw["id"]), raw["kind"], raw["base"], uuid.UUID(raw["base_generation"]), int(raw["target"]),
                    uuid.UUID(raw["target_generation"]), int(raw["commit_seq"]),
-                   tuple(BitMap.deserialize(base64.b64decode(c)) for c in raw["chunks"]))
+                   tuple(BitMap.deserialize(base64.b64decode(c)) for c in raw["chunks"]), bool(raw.get("holes", True)))
 
 
 # -- secondary ---------------------------------------------------------------------------

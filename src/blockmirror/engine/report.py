@@ -31,6 +31,10 @@ def primary_status(p, now: float) -> Status:
         handed = rnd.total_bytes * rnd.chunks_sent // rnd.total_chunks if rnd.total_chunks else 0
         progress = ResyncProgress(rnd.id, rnd.kind, rnd.chunks_sent, bytes_done=handed,
                                   bytes_total=rnd.total_bytes, chunks_total=rnd.total_chunks)
+    elif p.compare is not None:  # a checksum sync's comparison: chunks compared, no data sent yet
+        run = p.compare
+        progress = ResyncProgress(0, "checksum", run.chunks_done, bytes_done=run.bytes_done,
+                                  bytes_total=sum(p.geo.sizes), chunks_total=run.chunks_total)
     own = PrimaryStatus(
         mode=p.config.mode, acked_seq=p.acked, inflight_writes=len(p.window), inflight_bytes=p.window.nbytes,
         waiting_writes=len(p.waiting), lag_writes=p.seq - p.acked, write_pause_ms=p.last_pause_ns / 1e6,

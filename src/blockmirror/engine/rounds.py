@@ -114,6 +114,7 @@ class ResyncRound:
     resume: tuple[int, int] | None = None  # (volume index, offset): the secondary's resume point
     resumed_bytes: int = 0  # bytes already on the secondary when it resumed
     carry: tuple = ()  # extents its target, as a base, records as unacknowledged (hot regions)
+    holes: bool = True  # a full round covers every chunk not in `chunks` with zero extents (not a checksum sync)
     _cursor: Iterator | None = field(default=None, repr=False)
 
     def begin(self) -> ResyncBegin:
@@ -123,7 +124,7 @@ class ResyncRound:
     def record(self) -> PrimaryRound:
         """What it takes to resume this round (its chunks as planned)."""
         return PrimaryRound(self.id, self.kind, self.base, self.base_generation, self.target,
-                            self.target_generation, self.commit_seq, tuple(self.chunks))
+                            self.target_generation, self.commit_seq, tuple(self.chunks), self.holes)
 
     def commit(self) -> ResyncCommit:
         return ResyncCommit(self.id, self.target_generation, self.commit_seq, self.extents_sent,
@@ -144,13 +145,14 @@ class RoundSender:
 
     def plan(self, round_id: int, base: ResyncBase | None, chunks: list[BitMap], target: int,
              target_generation: uuid.UUID, commit_seq: int, final_bytes_max: int, last_allowed: bool,
-             now: float) -> ResyncRound:
+             now: float, holes: bool = True) -> ResyncRound:
         kind = FULL if base is None else INCREMENTAL
         total_bytes = self.geo.chunk_set_bytes(chunks)
         rnd = ResyncRound(round_id, kind, None if base is None else base.snapshot,
                           NIL_UUID if base is None else base.generation, target, target_generation,
                           total_bytes <= final_bytes_max or last_allowed, commit_seq, chunks, now,
-                          total_chunks=sum(len(c) for c in chunks), total_bytes=total_bytes)
+                          total_chunks=sum(len(c) for c in chunks), total_bytes=total_bytes,
+                          holes=holes and kind == FULL)
         rnd.extent_count = sum(1 for _ in self._extents(rnd))
         rnd._cursor = self._extents(rnd)
         return rnd
@@ -174,7 +176,8 @@ class RoundSender:
         rnd = ResyncRound(rec.id, rec.kind, rec.base, rec.base_generation, rec.target, rec.target_generation,
                           False, rec.commit_seq, chunks, now, total_chunks=sum(len(c) for c in chunks),
                           total_bytes=left, local_writes=1, start=(vol, first), resume=(vol, offset),
-                          resumed_bytes=self.geo.chunk_set_bytes(list(rec.chunks)) - left, carry=tuple(carry))
+                          resumed_bytes=self.geo.chunk_set_bytes(list(rec.chunks)) - left, carry=tuple(carry),
+                          holes=rec.holes and rec.kind == FULL)
         rnd.extent_count = sum(1 for _ in self._extents(rnd))
         rnd._cursor = self._extents(rnd)
         return rnd
@@ -220,9 +223,9 @@ class RoundSender:
             yield run_start, run_len
 
     def _extents(self, rnd: ResyncRound):
-        """('data', vol, first, count) in disk order; a full round also
-        covers every hole with ('zero', ...)."""
-        full = rnd.kind == FULL
+        """('data', vol, first, count) in disk order; a full round (but a
+        checksum sync's) also covers every hole with ('zero', ...)."""
+        full = rnd.holes
         start_vol, start_chunk = rnd.start
         for vol, chunks in enumerate(rnd.chunks):
             if vol < start_vol:

@@ -1,5 +1,6 @@
 """Online verify on the primary (`blockmirror verify`): every chunk of the
-chosen volumes compared with the secondary by digest, while host writes go on.
+chosen volumes compared with the secondary by digest, while host writes go on;
+and the comparison that starts a checksum sync (`--initial-sync checksum`).
 
 The primary reads a run of chunks, digests them, and sends a VerifyRequest
 in stream order, behind every write it has sent: the secondary digests the
@@ -12,9 +13,19 @@ link failure sends the requests still unanswered again. With `repair`, the
 chunks found different are sent by a resync round from a base snapshot
 whose record names them as unacknowledged: the same atomic round as any
 resync (and, if that round is cut, the next resync still carries them).
+
+A checksum sync (a sync with no common base, `--initial-sync checksum`)
+compares the same way before its round, but reads the round's target
+snapshot T (taken first; host writes after it stay local, as in any round):
+the round then sends only the chunks whose digests differ, and no zero
+extent for the rest. What it relies on: the secondary's volumes do not
+change under it (only its daemon writes them), and BLAKE2b-128 collisions
+do not happen by accident.
 """
 
 from __future__ import annotations
+
+import uuid
 
 from pyroaring import BitMap
 
@@ -234,8 +245,42 @@ class PrimaryVerify:
         self._start_round(now, base, f"verify {run.id}: repairing {run.out_of_sync_chunks} chunks that differ")
 
     def _verify_reply(self, msg) -> None:
-        if self.verify is not None:
-            self.verify.answered(msg.request_id, msg.digests)
+        run = self.compare if self.phase is P.COMPARING else self.verify
+        if run is not None:
+            run.answered(msg.request_id, msg.digests)
+
+    # -- checksum sync ----------------------------------------------------------------------------
+    def _start_compare(self, now: float, why: str) -> None:
+        """T now, then the digests of its chunks against the secondary's."""
+        info = self._snapshot("resync-target")
+        run = VerifyRun(0, None, self.geo, list(range(len(self.geo.names))), False, None, now)
+        run.target, run.target_generation = info.id, uuid.UUID(int=self.rng.getrandbits(128), version=4)
+        self.compare = run
+        if self.observer:
+            self.observer.target_taken(run.target_generation)
+        self._move(P.COMPARING, f"{why}; comparing digests first (--initial-sync checksum)")
+        self._out.info(f"checksum sync: comparing {run.chunks_total} chunks by digest before sending any")
+
+    def _compare_step(self, now: float) -> None:
+        run = self.compare
+        if run is None or self.phase is not P.COMPARING:
+            return
+        names, target = self.geo.names, run.target
+        self.outbox.extend(run.requests(lambda v, off, n: self.node.read_snapshot(target, names[v], off, n),
+                                        self._verify_digest, now))
+        if not run.compared_all:
+            return
+        self.compare = None
+        differ = run.out_of_sync_chunks
+        self._out.info(f"checksum sync: {differ} of {run.chunks_done} chunks differ; sending those")
+        self._start_round(now, None, f"checksum sync: {differ} chunks differ",
+                          compared=(target, run.target_generation, run.differ))
+
+    def _compare_lost(self) -> None:
+        """The link went down while comparing: T goes, the next link compares again."""
+        run, self.compare = self.compare, None
+        if run is not None:
+            self.node.delete_snapshot(run.target)
 
     def _end_verify(self, now: float, repaired: int, result: str) -> None:
         run, self.verify = self.verify, None
