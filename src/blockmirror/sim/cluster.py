@@ -30,7 +30,7 @@ from blockmirror.engine import (
     HostRequests, NoConsistentImage, PrimaryNode, PrimaryPhase, SecondaryNode, StartVerify, Stop,
 )
 from blockmirror.engine.phases import PRIMARY_LIVE
-from blockmirror.engine.records import INCREMENTAL
+from blockmirror.engine.records import INCREMENTAL, OpenRound, RecordStore
 from blockmirror.errors import BlockmirrorError, NoSpace
 from blockmirror.protocol import WRITE_DATA_MAX_BYTES, ProtocolError
 from blockmirror.sim.faults import RECOVERY_STEPS_AHEAD_MAX
@@ -278,6 +278,10 @@ class Cluster(Links):
     def image_of(self, node: Node) -> bytes:
         return self._image(node)
 
+    def committed_image_of(self, node: Node) -> bytes:
+        """A stopped secondary's committed image (an open round's pre-round image)."""
+        return self._committed_image(RecordStore(node).open_round(), node)
+
     def snapshot_image(self, node: Node, snap: int) -> bytes:
         return b"".join(node.read_snapshot(snap, n, 0, size) for n, size in zip(self.names, self.sizes))
 
@@ -379,17 +383,16 @@ class Cluster(Links):
     def primary_image(self) -> bytes:
         return self._image(self.primary.node)
 
-    def _committed_image(self, eng: SecondaryNode, node: Node) -> bytes:
+    def _committed_image(self, rnd: OpenRound | None, node: Node) -> bytes:
         """The image the secondary's point names: while an incremental round
-        is open (cut, kept to resume), its safety snapshot's; else the volumes."""
-        rnd = eng.round_open
+        (`rnd`) is open (cut, kept to resume), its safety snapshot's; else the volumes."""
         if rnd is not None and rnd.kind == INCREMENTAL:
             return self.snapshot_image(node, rnd.safety)
         return self._image(node)
 
     def secondary_committed_image(self) -> bytes | None:
         s = self.secondary
-        return self._call(s, self._committed_image, s.engine, s.node)
+        return self._call(s, self._committed_image, s.engine.round_open, s.node)
 
     def secondary_image(self) -> bytes | None:
         """None if the node died in the read (a crash armed in a deferred
@@ -406,7 +409,7 @@ class Cluster(Links):
             clone.crash(random.Random(self.rng.random()))
             node = Node.open(side.path, fs=clone, meta_synchronous="OFF")
             eng = SecondaryNode(node, self.sconfig, self.now, self.pair_uuid, PAIR_NAME)
-            image = self._committed_image(eng, node)
+            image = self._committed_image(eng.round_open, node)
             return DiskProbe(str(eng.generation), eng.seq, eng.inconsistent, image,
                              eng.store.local_changes is not None)
         finally:

@@ -114,7 +114,7 @@ class RoleChanges:
         self.trace("SPLIT BRAIN: demote --discard-my-data on the secondary")
         cluster.stop_node("secondary")
         with cluster.open_disk(cluster.secondary) as node:
-            before = cluster.image_of(node)
+            before = cluster.committed_image_of(node)  # a round kept open to resume: its pre-round image
             result = demote(node, discard=True, config=cluster.pconfig)
             kept = None if result.discarded is None else cluster.snapshot_image(node, result.discarded)
         self.recorder.demoted(before, kept, result.changed_chunks, discard=True)
