@@ -33,8 +33,10 @@ CAUGHT_BY = {
     "demote-forgets-own": ("consistency", 20),
     "promote-keeps-round": ("promoted-image", 20),
     "split-brain-as-incremental": ("split-brain", 40),
-    "cursor-before-sync": ("consistency", 70),
+    "cursor-before-sync": ("verify-exact", 190),  # a verify finds it while a damage holds consistency back
     "resume-from-start": ("resume-minimal", 15),
+    "repair-equal-chunks": ("verify-repair-minimal", 20),
+    "verify-before-apply": ("verify-exact", 140),  # a delay or black hole delivers a write and a request together
 }
 
 
@@ -78,7 +80,8 @@ def test_the_500_seeds_exercise_what_the_checker_claims(five_hundred):
     assert sum(o.big_volumes for o in opts) and sum(o.outage_s > 0 for o in opts)
     assert sum(o.send_budget_random for o in opts) and stats["writes spanning seqs"]
     for event in ("crashes in recovery", "process stops", "probes", "export reads", "export reads refused",
-                  "primary reads", "full rounds"):
+                  "primary reads", "full rounds", "damages", "verifies identical", "verify repairs",
+                  "verifies repaired"):
         assert stats[event] > 0, f"no {event} in {SEEDS} seeds\n{report}"
 
 

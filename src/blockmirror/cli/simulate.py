@@ -10,14 +10,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "simulate", help="run the deterministic fault simulator",
         description="Run seeded scenarios of the real engine, protocol and storage code under simulated "
                     "link cuts, black holes, partitions, slow links, corrupted bytes, crashes of either node "
-                    "at any I/O step (restarts included), full disks and process stops, checking the invariants "
-                    "throughout; then heal and require convergence. A failing seed prints its options and the "
-                    "command that replays it; the run goes on to the next seed.")
+                    "at any I/O step (restarts included), full disks, process stops, and verifies (with repair) "
+                    "of a secondary a faulty disk damaged, checking the invariants throughout; then heal and "
+                    "require convergence. A failing seed prints its options and the command that replays it; the "
+                    "run goes on to the next seed.")
     p.add_argument("--seeds", default="0:100", metavar="A:B", help="seeds A (inclusive) to B (exclusive)")
     p.add_argument("--mutation", action="append", default=[], metavar="NAME",
                    help="run a deliberately broken engine or protocol to check that the simulator catches it "
-                        "(one of: skip-unacked, no-pause, ack-before-durable, round-in-place, delete-base-early, "
-                        "no-frame-checksum, flush-not-durable, export-ignores-round, reused-seq)")
+                        "(e.g. skip-unacked, round-in-place, verify-before-apply; an unknown name lists them all)")
     p.add_argument("--stop", action="store_true", help="stop at the first failing seed")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="print every seed's derived options and what fired, passing seeds too")

@@ -4,6 +4,12 @@ A broken invariant raises Violation("<name>: what was seen"). The checker
 knows the primary's history only from its own model (model.py) and the
 nodes only through the cluster's views (views.py): never an engine's
 attributes.
+
+While a damage of the secondary (a faulty disk, faults.py) is outstanding,
+exactly the comparisons of the secondary's image bytes with the model are
+suspended (consistency, export-image); every other check goes on. A verify
+that clears the damage resumes them at once (the recorder checks the image
+then), so a repair that missed a damaged chunk breaks consistency.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import xxhash
+from pyroaring import BitMap
 
 from blockmirror.sim.model import HistoryModel, LastWriters, subtract
 from blockmirror.sim.options import Options
@@ -18,7 +25,8 @@ from blockmirror.sim.views import NIL, DiskProbe, PrimaryView, RoundStart, Secon
 
 INVARIANTS = {
     "consistency": "the secondary's volumes are the primary's image at the point its (generation, seq) names, "
-                   "after every batch, every recovery and in every crash probe",
+                   "after every batch, every recovery and in every crash probe (while no damage of the "
+                   "secondary is outstanding; checked again as soon as a verify clears it)",
     "known-point": "the secondary's (generation, seq) names a point of the primary's history",
     "monotonic": "the secondary's point never moves backwards",
     "ack-durability": "a crash of the secondary keeps every seq it acknowledged",
@@ -30,12 +38,13 @@ INVARIANTS = {
               "unacknowledged host writes within window_writes_max",
     "known-base": "an incremental round starts from a generation the primary made",
     "minimal-resync": "a round names only chunks written since its base (plus the hot regions and the writes in "
-                      "flight of an unclean stop)",
+                      "flight of an unclean stop, and the chunks a verify repair named)",
     "needless-full-sync": "no full round while the secondary reported a generation the primary made, so a base "
                           "for it must exist",
     "resume-minimal": "a resumed round continues a round the primary started, at the point the secondary offered: "
                       "it names only that round's chunks from there on (never what the secondary already holds)",
-    "export-image": "the secondary's export serves exactly its last committed image, during rounds too",
+    "export-image": "the secondary's export serves exactly its last committed image, during rounds too (while "
+                    "no damage of the secondary is outstanding)",
     "export-refusal": "the export refuses reads before the first complete sync, and only then",
     "primary-read": "a host read of the primary returns the writes applied so far",
     "protocol-error": "no protocol error on a connection that carried no corrupted byte",
@@ -46,6 +55,11 @@ INVARIANTS = {
     "discarded-snapshot": "a demoted node's discarded-... snapshot holds exactly its image as of the demotion",
     "split-brain": "no resync overwrites what a demoted node wrote after the pair parted while its new primary "
                    "wrote too, unless the node was demoted with --discard-my-data",
+    "verify-exact": "a verify reports as different only chunks a faulty disk damaged on the secondary (outstanding "
+                    "when it started, or since): with no damage nothing, and never a chunk only because hosts "
+                    "wrote it during the verify",
+    "verify-repair-minimal": "verify never repairs a chunk that was equal: the chunks a repair round sends are "
+                             "among those damaged",
     "no-exception": "no unexpected exception escapes the code under test",
 }
 
@@ -69,6 +83,13 @@ class Checker:
         self.sync_acked_point = 0  # sync mode: the newest point acknowledged to a host while mirroring
         self.claimed = (NIL, 0)  # (generation, seq) the secondary last acknowledged
         self.full_allowed = False  # after a role change whose two sides name different points (once)
+        self.damage = [BitMap() for _ in opts.sizes]  # chunks of the secondary a faulty disk changed, outstanding
+        self._damages = 0  # damages so far
+        self._verify: tuple[int, list[BitMap]] | None = None  # the run's (damages at its start, chunks it may report)
+
+    @property
+    def damage_outstanding(self) -> bool:
+        return any(self.damage)
 
     def _point(self, generation: str, seq: int, what: str) -> int:
         point = self.model.point_of(generation, seq)
@@ -81,7 +102,7 @@ class Checker:
     def secondary(self, view: SecondaryView, image: bytes, when: str) -> None:
         """`view.holds_point`: the image must be that point's, never older."""
         point = self._point(view.generation, view.seq, f"{when}: the secondary")
-        if _hash(image) != self.model.hashes[point]:
+        if not self.damage_outstanding and _hash(image) != self.model.hashes[point]:
             raise Violation("consistency", f"{when}: the secondary's image is not the primary's at point {point} "
                                            f"(generation {view.generation[:8]} seq {view.seq})")
         if point < self.secondary_point:
@@ -105,7 +126,7 @@ class Checker:
         if probe.inconsistent or probe.generation == NIL or probe.own_changes:
             return
         point = self._point(probe.generation, probe.seq, f"{when}: a crash of the secondary would leave it")
-        if _hash(probe.image) != self.model.hashes[point]:
+        if not self.damage_outstanding and _hash(probe.image) != self.model.hashes[point]:
             raise Violation("consistency", f"{when}: a crash of the secondary now would leave an image that is "
                                            f"no point of the primary's history (generation "
                                            f"{probe.generation[:8]} seq {probe.seq})")
@@ -124,7 +145,7 @@ class Checker:
         if not committed:
             raise Violation("export-refusal", "the export served a read before the first complete sync")
         point = self._point(view.generation, view.seq, "the export")
-        if _hash(image) != self.model.hashes[point]:
+        if not self.damage_outstanding and _hash(image) != self.model.hashes[point]:
             raise Violation("export-image", f"the export served an image that is not the secondary's committed "
                                             f"point {point} (generation {view.generation[:8]} seq {view.seq}"
                                             f"{', round open' if view.round_open else ''})")
@@ -164,7 +185,8 @@ class Checker:
     # -- rounds --------------------------------------------------------------------------------
     def round_started(self, rnd: RoundStart, peer: tuple[str, int] | None, hot: list) -> None:
         """`peer`: the (generation, seq) the secondary reported in this link's handshake;
-        `hot`: per volume, chunks an unclean primary stop may have changed unseen."""
+        `hot`: per volume, chunks an unclean primary stop may have changed
+        unseen, or a verify repair named."""
         model = self.model
         if rnd.kind == "full":
             allowed, self.full_allowed = self.full_allowed, False
@@ -202,6 +224,48 @@ class Checker:
             if extra or before:
                 raise Violation("resume-minimal", f"a resumed round names chunks {list(extra)[:4]} of v{vol} its "
                                                   f"round never named, or {before[:4]} before the resume point")
+
+    # -- a damaged secondary and verify ------------------------------------------------------------
+    def damaged(self, chunks: list[BitMap]) -> None:
+        self._damages += 1
+        for vol, c in enumerate(chunks):
+            self.damage[vol] |= c
+            if self._verify is not None:
+                self._verify[1][vol] |= c
+
+    def damage_cleared(self) -> None:
+        self.damage = [BitMap() for _ in self.damage]
+
+    def verify_started(self) -> None:
+        self._verify = (self._damages, [BitMap(c) for c in self.damage])
+
+    def verify_repair(self, differ: list[BitMap], repaired: list[BitMap]) -> None:
+        damaged = self._verify_exact(differ)
+        for vol, chunks in enumerate(repaired):
+            extra = chunks - damaged[vol]
+            if extra:
+                raise Violation("verify-repair-minimal", f"a verify's repair round sends chunks {list(extra)[:8]} "
+                                                         f"of v{vol}, which were equal (no fault damaged them)")
+
+    def verify_done(self, differ: list[BitMap], result: str) -> bool:
+        """True: it clears the damage (it started after the newest one and
+        found the volumes identical or repaired them)."""
+        self._verify_exact(differ)
+        started_after = self._verify[0] == self._damages
+        self._verify = None
+        if result in ("identical", "repaired") and started_after and self.damage_outstanding:
+            self.damage_cleared()
+            return True
+        return False
+
+    def _verify_exact(self, differ: list[BitMap]) -> list[BitMap]:
+        damaged = self._verify[1]
+        for vol, chunks in enumerate(differ):
+            extra = chunks - damaged[vol]
+            if extra:
+                raise Violation("verify-exact", f"a verify reports chunks {list(extra)[:8]} of v{vol} as "
+                                                f"different, which no fault damaged")
+        return damaged
 
     # -- role changes ----------------------------------------------------------------------------
     def promoted(self, generation: str, seq: int, image: bytes) -> None:

@@ -5,11 +5,12 @@ Output applied; the protocol Connections; the storage Nodes' lifecycle.
 
 Everything else (workload, faults, checker, scenario) uses this interface:
 host operations in (`submit`, `read_primary`, `read_export`), the network
-and node faults (`net`, `cut`, `arm`, `filesystem`), the main loop's
-steps (`restart_due`, `deliver`, `run_nodes`, `next_time`), and facts out:
+and node faults (`net`, `cut`, `arm`, `filesystem`, `damage_secondary`),
+`blockmirror verify` (`start_verify`), the main loop's steps
+(`restart_due`, `deliver`, `run_nodes`, `next_time`), and facts out:
 `primary_view()` / `secondary_view()` (small frozen dataclasses), images,
-crash probes, and the ClusterEvents callbacks. The checker reads node state
-only through these.
+crash probes, and the ClusterEvents callbacks (the verify's observer calls
+among them). The checker reads node state only through these.
 
 A SimulatedCrash inside any call crashes that node (its disk loses its
 cache). A BlockmirrorError (a full disk) escaping a step is what a daemon
@@ -23,9 +24,13 @@ import contextlib
 import random
 import uuid
 
-from blockmirror.engine import HostRequests, NoConsistentImage, PrimaryNode, PrimaryPhase, SecondaryNode, Stop
+from pyroaring import BitMap
+
+from blockmirror.engine import (
+    HostRequests, NoConsistentImage, PrimaryNode, PrimaryPhase, SecondaryNode, StartVerify, Stop,
+)
 from blockmirror.engine.phases import PRIMARY_LIVE
-from blockmirror.engine.records import INCREMENTAL
+from blockmirror.engine.records import INCREMENTAL, OpenRound, RecordStore
 from blockmirror.errors import BlockmirrorError, NoSpace
 from blockmirror.protocol import WRITE_DATA_MAX_BYTES, ProtocolError
 from blockmirror.sim.faults import RECOVERY_STEPS_AHEAD_MAX
@@ -79,7 +84,16 @@ class _Observer:
         self.events.round_resumed(RoundStart(kind, str(target_gen), str(base_gen), commit_seq, chunks), start)
 
     def secondary_committed(self, generation, seq) -> None:
-        pass  # the checker sees the commit's effect after the batch
+        self.events.round_committed(str(generation))  # the checker sees the image after the batch
+
+    def verify_started(self, run_id) -> None:
+        self.events.verify_started()
+
+    def verify_repair(self, differ, repaired) -> None:
+        self.events.verify_repair([BitMap(c) for c in differ], [BitMap(c) for c in repaired])
+
+    def verify_done(self, run_id, differ, result) -> None:
+        self.events.verify_done([BitMap(c) for c in differ], result)
 
 
 class Cluster(Links):
@@ -101,6 +115,7 @@ class Cluster(Links):
         self.pair_uuid = uuid.UUID(int=rng.getrandbits(128), version=4)
         self.observer = _Observer(self.names, events)
         self._conn_ids = 0
+        self._verifies = 0
         self.primary = SimNode("primary", CrashFileSystem(rng.randrange(1 << 30)), "/sim/primary")
         self.secondary = SimNode("secondary", CrashFileSystem(rng.randrange(1 << 30)), "/sim/secondary")
 
@@ -263,6 +278,10 @@ class Cluster(Links):
     def image_of(self, node: Node) -> bytes:
         return self._image(node)
 
+    def committed_image_of(self, node: Node) -> bytes:
+        """A stopped secondary's committed image (an open round's pre-round image)."""
+        return self._committed_image(RecordStore(node).open_round(), node)
+
     def snapshot_image(self, node: Node, snap: int) -> bytes:
         return b"".join(node.read_snapshot(snap, n, 0, size) for n, size in zip(self.names, self.sizes))
 
@@ -315,6 +334,34 @@ class Cluster(Links):
                 self.events.no_space("primary")
             self.events.host_completed(token, err, mirroring)
 
+    # -- verify and a faulty disk ---------------------------------------------------------------
+    def start_verify(self, repair: bool, rate_bps: int | None = None) -> bool:
+        """`blockmirror verify [--repair] [--rate]` on the primary; False if it
+        is down or a verify is under way or asked for."""
+        view = self.primary_view()
+        if not view.up or view.verifying:
+            return False
+        self._verifies += 1
+        self.primary.events.append(StartVerify(("sim-verify", self._verifies), repair=repair,
+                                                rate_bps=rate_bps))
+        self.trace(f"verify{' --repair' if repair else ''}{f' --rate {rate_bps}' if rate_bps else ''} asked for")
+        return True
+
+    def damage_secondary(self, damages: list[tuple[int, int, bytes]]) -> bool:
+        """A faulty disk: (volume, offset, bytes) change in the secondary's
+        volume files behind its engine's back, each within one chunk; only
+        while it holds a committed image with no round open (False if not)."""
+        s = self.secondary
+        if not self.secondary_view().holds_point:
+            return False
+        chunks = [BitMap() for _ in self.names]
+        for vol, offset, data in damages:
+            s.node.volumes[self.names[vol]].file.rot(offset, data)
+            chunks[vol].add(offset // CHUNK_BYTES)
+        self.trace("DAMAGE " + ", ".join(f"v{v} chunks {list(c)}" for v, c in enumerate(chunks) if c))
+        self.events.secondary_damaged(chunks)
+        return True
+
     # -- images and probes ---------------------------------------------------------------------
     def _disk_image(self, fs: CrashFileSystem, path: str) -> bytes:
         """The volumes as a restart will find them, read on a copy of the
@@ -336,17 +383,16 @@ class Cluster(Links):
     def primary_image(self) -> bytes:
         return self._image(self.primary.node)
 
-    def _committed_image(self, eng: SecondaryNode, node: Node) -> bytes:
+    def _committed_image(self, rnd: OpenRound | None, node: Node) -> bytes:
         """The image the secondary's point names: while an incremental round
-        is open (cut, kept to resume), its safety snapshot's; else the volumes."""
-        rnd = eng.round_open
+        (`rnd`) is open (cut, kept to resume), its safety snapshot's; else the volumes."""
         if rnd is not None and rnd.kind == INCREMENTAL:
             return self.snapshot_image(node, rnd.safety)
         return self._image(node)
 
     def secondary_committed_image(self) -> bytes | None:
         s = self.secondary
-        return self._call(s, self._committed_image, s.engine, s.node)
+        return self._call(s, self._committed_image, s.engine.round_open, s.node)
 
     def secondary_image(self) -> bytes | None:
         """None if the node died in the read (a crash armed in a deferred
@@ -363,7 +409,7 @@ class Cluster(Links):
             clone.crash(random.Random(self.rng.random()))
             node = Node.open(side.path, fs=clone, meta_synchronous="OFF")
             eng = SecondaryNode(node, self.sconfig, self.now, self.pair_uuid, PAIR_NAME)
-            image = self._committed_image(eng, node)
+            image = self._committed_image(eng.round_open, node)
             return DiskProbe(str(eng.generation), eng.seq, eng.inconsistent, image,
                              eng.store.local_changes is not None)
         finally:
@@ -412,8 +458,9 @@ class Cluster(Links):
         if not p.up:
             return PrimaryView(False)
         e = p.engine
+        verifying = e.verify is not None or any(isinstance(ev, StartVerify) for ev in p.events)
         return PrimaryView(True, e.state.value, e.linked, e.phase in PRIMARY_LIVE, e.seq, e.acked,
-                           tuple(e.window.entries()), len(e.waiting))
+                           tuple(e.window.entries()), len(e.waiting), verifying)
 
     def secondary_view(self) -> SecondaryView:
         s = self.secondary

@@ -1,6 +1,14 @@
 """Faults: the kinds, each seed's swarm weights, when they strike, what
 counts as having fired, and healing.
 
+The "verify" kind runs `blockmirror verify` on the primary (mostly with
+--repair), about half of the time after a faulty disk changed a few bytes in
+1..6 random chunks of the secondary's volumes behind its engine's back (only
+while it holds a committed image with no round open). Damage is outstanding
+until a verify started after the newest damage ends identical or repaired,
+or a full round commits; meanwhile a verify with --repair runs whenever the
+primary can take one (`verify_damage`, healing too), so it never stays.
+
 A fault is *drawn* at a random time; it *fires* when it takes effect, which
 depends on its kind (FIRED_MEANS). The summary counts fired faults, so a
 crash drawn for a node that never reached the armed I/O step, or a full
@@ -20,7 +28,8 @@ if TYPE_CHECKING:
     from blockmirror.sim.options import Options
 
 FAULT_KINDS = ("cut", "blackhole", "partition", "slow", "delay", "corrupt", "crash-primary", "crash-secondary",
-               "kill-primary", "kill-secondary", "stop-primary", "stop-secondary", "disk-full", "metadata-full")
+               "kill-primary", "kill-secondary", "stop-primary", "stop-secondary", "disk-full", "metadata-full",
+               "verify")
 
 FIRED_MEANS = {
     "cut": "a connection was open and the cut closed it",
@@ -37,11 +46,18 @@ FIRED_MEANS = {
     "stop-secondary": "the node was up and stopped in order (SIGTERM: goodbye, its stop recorded clean), then restarted",
     "disk-full": "a write or an engine step of that node failed with NoSpace while it lasted",
     "metadata-full": "a metadata commit of that node failed with NoSpace while it lasted",
+    "verify": "the primary was up with no verify under way and one was asked for (about half of the time after "
+              "damaging the secondary, if it held a committed image with no round open)",
     "outage": "a long outage (large case) cut a connection or refused one",
 }
 
 CRASH_STEPS_AHEAD_MAX = 40  # a crash is armed at one of the node's next I/O steps
 RECOVERY_STEPS_AHEAD_MAX = 30  # ...or of its restart (storage recovery, journal replay, round rollback)
+DAMAGED_CHUNKS_MAX = 6  # a damage changes bytes in 1..6 chunks: at times more than a final round's worth
+DAMAGE_BYTES = (16, 200)  # bytes changed in each
+VERIFY_REPAIR_SHARE = 0.8  # of "verify" faults run with --repair
+VERIFY_RATED_SHARE = 0.5  # ...with a --rate that spreads the run over VERIFY_RATED_S (host writes and faults
+VERIFY_RATED_S = (1.0, 5.0)  # meet it; a link that delivers a write and a request together tests stream order)
 
 
 def set_metadata_full(fs: CrashFileSystem, full: bool) -> None:
@@ -145,10 +161,41 @@ class FaultInjector:
         elif kind.startswith(("crash-", "kill-")):
             what, node = kind.split("-")
             self.cluster.arm(what, node, rng.randint(0, CRASH_STEPS_AHEAD_MAX), rng.randint(0, RECOVERY_STEPS_AHEAD_MAX))
+        elif kind == "verify":
+            self._verify(rng)
         else:  # disk-full, metadata-full
             key = (rng.choice(("primary", "secondary")), kind)
             self.full_until[key] = now + duration
             self._set_full(key, True)
+
+    def _verify(self, rng: random.Random) -> None:
+        if rng.random() < 0.5:
+            self.cluster.damage_secondary(self._damages(rng))
+        repair = rng.random() < VERIFY_REPAIR_SHARE
+        rate = None
+        if rng.random() < VERIFY_RATED_SHARE:
+            rate = int(sum(self.opts.sizes) / rng.uniform(*VERIFY_RATED_S))
+        if self.cluster.start_verify(repair, rate):
+            self.log.fired("verify")
+
+    def _damages(self, rng: random.Random) -> list[tuple[int, int, bytes]]:
+        """(volume, offset, bytes) in 1..DAMAGED_CHUNKS_MAX random chunks."""
+        from blockmirror.sim.options import CHUNK_BYTES  # options imports this module
+        out = []
+        for _ in range(rng.randint(1, DAMAGED_CHUNKS_MAX)):
+            vol = rng.randrange(len(self.opts.sizes))
+            size = self.opts.sizes[vol]
+            start = rng.randrange(-(-size // CHUNK_BYTES)) * CHUNK_BYTES
+            end = min(size, start + CHUNK_BYTES)
+            nbytes = min(end - start, rng.randint(*DAMAGE_BYTES))
+            out.append((vol, rng.randint(start, end - nbytes), rng.randbytes(nbytes)))
+        return out
+
+    def verify_damage(self, outstanding: bool) -> None:
+        """Damage never stays: while some is `outstanding`, a verify with
+        --repair starts whenever the primary is up with none under way."""
+        if outstanding:
+            self.cluster.start_verify(repair=True)
 
     def _set_full(self, key: tuple[str, str], full: bool) -> None:
         fs = self.cluster.filesystem(key[0])

@@ -5,7 +5,9 @@ and each event hands the checker what it needs to judge it.
 What a host was promised lives here: which writes a completed flush or FUA
 made durable, which sync-mode writes were acknowledged while mirroring,
 which seqs the secondary acknowledged, and which writes were in flight when
-the primary died.
+the primary died. A faulty disk's damage of the secondary, and the verifies
+that find and repair it, are recorded here too (the checker holds what is
+outstanding).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Recorder:
         self.fua_done: set[int] = set()
         self.last_token = 0
         self.hot = [BitMap() for _ in opts.sizes]  # chunks an unclean primary stop may have changed unseen
+        self.repair_named = [BitMap() for _ in opts.sizes]  # chunks a verify repair named: its rounds send them
         self.peer: tuple[str, int] | None = None
         self.peer_round = None  # the open round the secondary offered in this link's handshake
         self.rounds: dict[str, RoundStart] = {}  # rounds as started, by target generation
@@ -100,7 +103,7 @@ class Recorder:
 
     def round_started(self, rnd: RoundStart) -> None:
         self.checker.split_brain_round(self.demoted_diverged, self.discard_granted, self.primary_wrote)
-        self.checker.round_started(rnd, self.peer, self.hot)
+        self.checker.round_started(rnd, self.peer, [h | r for h, r in zip(self.hot, self.repair_named)])
         self.rounds[rnd.target_generation] = rnd
         model = self.model
         model.target_point[rnd.target_generation] = model.point
@@ -117,6 +120,38 @@ class Recorder:
         self.stats["chunks named by rounds"] += sum(len(c) for c in rnd.chunks)
         self.trace(f"round {rnd.kind} resumed at v{start[0]} chunk {start[1]}: "
                    f"{sum(len(c) for c in rnd.chunks)} chunks")
+
+    def round_committed(self, generation: str) -> None:
+        """The secondary committed a round: a full one rewrote every chunk, damaged or not."""
+        rnd = self.rounds.get(generation)
+        if rnd is not None and rnd.kind == "full" and self.checker.damage_outstanding:
+            self.checker.damage_cleared()
+            self.trace("damage cleared by a full round")
+
+    # -- a damaged secondary and verify -------------------------------------------------------
+    def secondary_damaged(self, chunks: list[BitMap]) -> None:
+        self.checker.damaged(chunks)
+        self.stats["damages"] += 1
+        self.stats["chunks damaged"] += sum(len(c) for c in chunks)
+
+    def verify_started(self) -> None:
+        self.checker.verify_started()
+        self.stats["verifies started"] += 1
+
+    def verify_repair(self, differ: list[BitMap], repaired: list[BitMap]) -> None:
+        self.checker.verify_repair(differ, repaired)
+        for vol, chunks in enumerate(repaired):
+            self.repair_named[vol] |= chunks
+        self.stats["verify repairs"] += 1
+        self.stats["chunks repaired"] += sum(len(c) for c in repaired)
+
+    def verify_done(self, differ: list[BitMap], result: str) -> None:
+        self.stats[f"verifies {result}"] += 1
+        self.trace(f"verify done: {result}, {sum(len(c) for c in differ)} chunks differed")
+        if self.checker.verify_done(differ, result):
+            self.trace("damage cleared by the verify")
+            self._last_checked = None
+            self.secondary_changed("after a verify cleared the damage")
 
     def recovered_hot(self, extents: list) -> None:
         for vol, off, length in extents:

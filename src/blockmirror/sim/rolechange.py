@@ -16,6 +16,9 @@ every write acknowledged to a host), the demoted node's discarded-...
 snapshot to its last image, and, from its first commit on, the new
 secondary to the new primary's history.
 
+None happens while a damage of the secondary (faults.py) is outstanding:
+it waits for the repair.
+
 Their own random stream keeps every other seed's scenario as it was.
 """
 
@@ -60,6 +63,9 @@ class RoleChanges:
             self.resolved_at = now  # once: the primary's next dial meets the secondary that may lose
             self._resolve_split_brain(faults)
         if healing or now < self.next_at:
+            return
+        if self.recorder.checker.damage_outstanding:
+            self.next_at = now + 0.25  # no operator fails over to a disk known bad: wait for its repair
             return
         in_round = self.in_round_by is not None
         if in_round and now < self.in_round_by and not self._round_under_way():
@@ -108,7 +114,7 @@ class RoleChanges:
         self.trace("SPLIT BRAIN: demote --discard-my-data on the secondary")
         cluster.stop_node("secondary")
         with cluster.open_disk(cluster.secondary) as node:
-            before = cluster.image_of(node)
+            before = cluster.committed_image_of(node)  # a round kept open to resume: its pre-round image
             result = demote(node, discard=True, config=cluster.pconfig)
             kept = None if result.discarded is None else cluster.snapshot_image(node, result.discarded)
         self.recorder.demoted(before, kept, result.changed_chunks, discard=True)

@@ -16,7 +16,8 @@ from blockmirror.sim.scenario import Result, run_seed
 # Connection parameter): the simulator must catch each.
 MUTATIONS = ("skip-unacked", "no-pause", "ack-before-durable", "round-in-place", "delete-base-early",
              "no-frame-checksum", "flush-not-durable", "export-ignores-round", "reused-seq", "demote-forgets-own",
-             "promote-keeps-round", "split-brain-as-incremental", "cursor-before-sync", "resume-from-start")
+             "promote-keeps-round", "split-brain-as-incremental", "cursor-before-sync", "resume-from-start",
+             "repair-equal-chunks", "verify-before-apply")
 
 
 def replay_command(seed: int, mutations: frozenset) -> str:

@@ -3,10 +3,11 @@
 A safety phase runs host writes and reads under seeded faults (link cuts,
 black holes, partitions, slow links, latency spikes, corrupted bytes,
 crashes of either node between any two I/O steps and during restarts, full
-disks, process stops); a liveness phase then heals everything and demands
-convergence. The checker (checker.py) holds every invariant and runs
-throughout; any exception that escapes the code under test fails the seed
-like a broken invariant.
+disks, process stops, verifies of a secondary a faulty disk damaged); a
+liveness phase then heals everything and demands convergence (damage of
+the secondary repaired by a verify first). The checker (checker.py) holds
+every invariant and runs throughout; any exception that escapes the code
+under test fails the seed like a broken invariant.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class Scenario:
         self.cluster.now = now = self.now
         if not self.healing:
             self.faults.step(now)
+        self.faults.verify_damage(self.checker.damage_outstanding)
         self.roles.step(now, self.faults, self.healing)
         self.cluster.restart_due()
         self.cluster.deliver()
@@ -98,7 +100,7 @@ class Scenario:
     def _converged(self) -> bool:
         p, s = self.cluster.primary_view(), self.cluster.secondary_view()
         return (p.up and p.state == "mirroring" and p.linked and not p.unacked and not p.waiting_writes
-                and s.holds_point and s.seq == p.seq)
+                and s.holds_point and s.seq == p.seq and not self.checker.damage_outstanding)
 
     def _run(self) -> None:
         self.cluster.start()

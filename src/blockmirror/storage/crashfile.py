@@ -127,6 +127,21 @@ class MemFile:
             self.blocks.add_range(*_blocks_of(offset, length))
             self.durable.blocks.add_range(*_blocks_of(offset, length))
 
+    def rot(self, offset: int, data: bytes) -> None:
+        """A faulty disk changes bytes under the file (the simulator's damage
+        of a secondary): in the cache and on the media alike, with no I/O
+        step of the process and whatever the free space. Cached writes over
+        the range that a crash keeps still land on top of it."""
+        self._check()
+        end = offset + len(data)
+        for image in (self.current, self.durable.data):
+            if end > len(image):
+                image.extend(bytes(end - len(image)))
+            image[offset:end] = data
+        if data:
+            self.blocks.add_range(*_blocks_of(offset, len(data)))
+            self.durable.blocks.add_range(*_blocks_of(offset, len(data)))
+
     def start_writeback(self, offset: int, length: int) -> None:
         self._check()  # a hint with no durability promise: the cache may keep it or not
 
