@@ -37,6 +37,7 @@ CAUGHT_BY = {
     "resume-from-start": ("resume-minimal", 15),
     "repair-equal-chunks": ("verify-repair-minimal", 20),
     "verify-before-apply": ("verify-exact", 140),  # a delay or black hole delivers a write and a request together
+    "checksum-sends-equal": ("checksum-minimal", 10),
 }
 
 

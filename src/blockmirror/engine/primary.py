@@ -404,6 +404,11 @@ class PrimaryNode(HostWrites, PrimaryVerify):
         rnd = self.round = self.rounds.plan(self._round_ids, base, chunks, rec.target, target_gen, self.seq,
                                             self.config.final_round_bytes_max,
                                             self.rounds_this_link >= self.config.rounds_max, now, rec.holes)
+        if compared is not None:
+            # Host writes while comparing are after T and were not mirrored: not
+            # the last round then, the next one carries them.
+            rnd.local_writes = sum(len(c) for c in self.node.diff(rnd.target).values())
+            rnd.final = rnd.final and not rnd.local_writes
         self.open_round = rec
         self.bases.pinned = {rnd.target}
         self._move(P.FINAL_SENDING if rnd.final else P.SENDING, why)

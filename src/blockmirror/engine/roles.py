@@ -240,7 +240,12 @@ def _already_secondary(node):
 def _discard_on_secondary(node, records: RecordStore, now_ns: int | None) -> Demoted:
     """A secondary in a split brain: its data (its own writes as a demoted
     primary, or a history its primary does not know) may now lose. Kept in
-    a discarded-... snapshot first if it has none yet."""
+    a discarded-... snapshot first if it has none yet (of its committed
+    image: a round it held open to resume is rolled back first)."""
+    from blockmirror.engine.secondary_store import SecondaryStore
+
+    if records.open_round() is not None:
+        SecondaryStore(node, SecondaryConfig(), Output()).abandon_round()
     point = records.committed_point()
     own = records.local_changes()
     if own is not None and own.generation != point.generation:

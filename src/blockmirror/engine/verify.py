@@ -80,10 +80,7 @@ class VerifyRun:
         out = []
         cs = self.geo.chunk_size
         while not self.requested_all and len(self.pending) < REQUESTS_IN_FLIGHT:
-            vol = self.volumes[self._next]
-            count = min(REQUEST_CHUNKS, VERIFY_CHUNKS_MAX, self.geo.chunk_count(vol) - self._chunk)
-            offset = self._chunk * cs
-            length = min(count * cs, self.geo.sizes[vol] - offset)
+            vol, count, offset, length = self._next_request()
             if self.rate_bps is not None and self._allowance < length:
                 break
             self._allowance -= length
@@ -104,12 +101,18 @@ class VerifyRun:
         self._allowance = min(burst, self._allowance + self.rate_bps * max(0.0, now - self._last))
         self._last = now
 
+    def _next_request(self) -> tuple[int, int, int, int]:
+        """(volume, chunks, offset, length) of the next request."""
+        vol = self.volumes[self._next]
+        count = min(REQUEST_CHUNKS, VERIFY_CHUNKS_MAX, self.geo.chunk_count(vol) - self._chunk)
+        offset = self._chunk * self.geo.chunk_size
+        return vol, count, offset, min(count * self.geo.chunk_size, self.geo.sizes[vol] - offset)
+
     def wait_s(self) -> float | None:
         """Seconds until the rate allows the next request (None: not waiting on it)."""
         if self.rate_bps is None or self.requested_all or len(self.pending) >= REQUESTS_IN_FLIGHT:
             return None
-        need = REQUEST_CHUNKS * self.geo.chunk_size - self._allowance
-        return max(need, 0.0) / self.rate_bps
+        return max(self._next_request()[3] - self._allowance, 0.0) / self.rate_bps
 
     def answered(self, request_id: int, digests: tuple[bytes, ...]) -> bool:
         """A reply: the chunks whose digests differ join `differ`. False for
@@ -118,8 +121,9 @@ class VerifyRun:
         if entry is None:
             return False
         vol, first, ours = entry
-        if len(digests) != len(ours):
+        if len(digests) != len(ours):  # not an answer to this request: ask again from there
             self.pending[request_id] = entry
+            self.link_lost()
             return False
         for i, (a, b) in enumerate(zip(ours, digests)):
             if a != b:
@@ -271,6 +275,8 @@ class PrimaryVerify:
         if not run.compared_all:
             return
         self.compare = None
+        if "checksum-sends-equal" in self.config.mutations:
+            run.differ[0].add(0)  # broken on purpose: chunk 0 goes even when its digests matched
         differ = run.out_of_sync_chunks
         self._out.info(f"checksum sync: {differ} of {run.chunks_done} chunks differ; sending those")
         self._start_round(now, None, f"checksum sync: {differ} chunks differ",

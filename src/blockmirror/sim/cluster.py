@@ -86,6 +86,9 @@ class _Observer:
     def secondary_committed(self, generation, seq) -> None:
         self.events.round_committed(str(generation))  # the checker sees the image after the batch
 
+    def target_taken(self, target_gen) -> None:
+        self.events.target_taken(str(target_gen))
+
     def verify_started(self, run_id) -> None:
         self.events.verify_started()
 

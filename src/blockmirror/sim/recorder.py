@@ -50,6 +50,7 @@ class Recorder:
         self.peer: tuple[str, int] | None = None
         self.peer_round = None  # the open round the secondary offered in this link's handshake
         self.rounds: dict[str, RoundStart] = {}  # rounds as started, by target generation
+        self.targets: dict[str, tuple[int, bytes]] = {}  # a checksum sync's T: (model point, image) until its round
         self._last_checked = None
         # After a role change, until the new secondary's first commit: what it wrote after
         # the pair parted, whether it may lose, and whether the new primary wrote too.
@@ -106,12 +107,21 @@ class Recorder:
         self.checker.round_started(rnd, self.peer, [h | r for h, r in zip(self.hot, self.repair_named)])
         self.rounds[rnd.target_generation] = rnd
         model = self.model
-        model.target_point[rnd.target_generation] = model.point
-        model.seq_point[(rnd.target_generation, rnd.commit_seq)] = model.point
+        point, image = self.targets.pop(rnd.target_generation, (model.point, None))
+        if image is not None:  # a checksum sync: T was taken before the comparison
+            self.checker.checksum_round(rnd, image, self.cluster.secondary_image())
+            self.stats["checksum syncs"] += 1
+        model.target_point[rnd.target_generation] = point
+        model.seq_point[(rnd.target_generation, rnd.commit_seq)] = point
         self.stats["rounds"] += 1
         self.stats[f"{rnd.kind} rounds"] += 1
         self.stats["chunks named by rounds"] += sum(len(c) for c in rnd.chunks)
         self.trace(f"round {rnd.kind} {sum(len(c) for c in rnd.chunks)} chunks")
+
+    def target_taken(self, target_generation: str) -> None:
+        """A checksum sync took its round's snapshot T now; the round starts
+        once the digests are compared (host writes meanwhile are after T)."""
+        self.targets[target_generation] = (self.model.point, bytes(self.model.image))
 
     def round_resumed(self, rnd: RoundStart, start: tuple[int, int]) -> None:
         """A cut round continues: its snapshot's point was recorded when it started."""

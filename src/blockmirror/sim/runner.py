@@ -17,7 +17,7 @@ from blockmirror.sim.scenario import Result, run_seed
 MUTATIONS = ("skip-unacked", "no-pause", "ack-before-durable", "round-in-place", "delete-base-early",
              "no-frame-checksum", "flush-not-durable", "export-ignores-round", "reused-seq", "demote-forgets-own",
              "promote-keeps-round", "split-brain-as-incremental", "cursor-before-sync", "resume-from-start",
-             "repair-equal-chunks", "verify-before-apply")
+             "repair-equal-chunks", "verify-before-apply", "checksum-sends-equal")
 
 
 def replay_command(seed: int, mutations: frozenset) -> str:
