@@ -5,6 +5,7 @@ at its first sync; the link carries their bytes and the digests, no more."""
 import os
 import shutil
 
+from blockmirror.testing.host import HotAreaWriter
 from blockmirror.testing.nodes import CHUNK, VOLUMES, write_pattern
 from blockmirror.testing.tools import assert_identical, qemu_io
 
@@ -69,4 +70,26 @@ def test_a_cut_while_comparing_compares_again(new_pair):
     pair.wait_converged()
     assert p.log().count("checksum sync: comparing") == 2
     assert pair.secondary.status()["totals"]["resync_bytes"] == 0, "the copy matched: no chunk data at all"
+    assert_identical(p, pair.secondary)
+
+
+def test_host_writes_while_comparing_reach_the_secondary(new_pair):
+    pair = new_pair(primary_extra=["--initial-sync", "checksum"])
+    seed(pair)
+    pair.start_secondary()
+    pair.proxy.rate(64 << 10)  # the comparison lasts while the host writes
+    pair.start_primary()
+    p = pair.primary
+    p.wait_for(lambda st: st["phase"] == "comparing", timeout_s=10, what="a checksum comparison under way")
+    writer = HotAreaWriter(p.uri("vol0"), area_bytes=1 << 20, seed=9)
+    try:
+        writer.wait_writes(20)
+        assert p.status()["phase"] == "comparing", "the writes came while comparing"
+        pair.proxy.rate(0)
+        writer.wait_writes(20)
+    finally:
+        writer.stop()
+    st = pair.wait_converged()
+    # The writes after the round's snapshot were not in it: another round carried them.
+    assert st["last_resync"]["rounds"] >= 2, st["last_resync"]
     assert_identical(p, pair.secondary)
