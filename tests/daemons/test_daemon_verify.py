@@ -110,3 +110,32 @@ def test_verify_errors_exit_2_with_one_error_line(pair, tmp_path):
         errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error: ")]
         assert len(errors) == 1 and text in errors[0], proc.stderr
         assert any(ln.startswith("Try: ") for ln in proc.stderr.splitlines()), proc.stderr
+
+
+def test_a_verify_cut_by_a_link_failure_goes_on_when_the_link_returns(new_pair):
+    pair = new_pair(prefill=prefill)
+    pair.start_secondary()
+    pair.start_primary()
+    p = pair.primary
+    pair.wait_converged()
+    damage_secondary(pair)
+    proc = subprocess.Popen([sys.executable, "-m", "blockmirror", "verify", pair.p_dir, "--rate", "4MiB", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        st = p.wait_for(lambda st: st["verify"] is not None and st["verify"]["chunks_done"] > 64, timeout_s=20,
+                        what="a verify under way")
+        pair.proxy.cut()
+        st = p.wait_for(lambda st: st["phase"] == "disconnected", timeout_s=10, what="link-down detection")
+        assert st["verify"]["state"] == "paused"
+        done = st["verify"]["chunks_done"]
+        pair.proxy.heal()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out + err
+    last = json.loads(out)
+    # It went on from where it was: every chunk compared once, the damage found exactly, nothing more.
+    assert last["chunks"] == sum(-(-size // CHUNK) for size in VOLUMES.values()) and done < last["chunks"]
+    assert [(e["volume"], e["offset"]) for e in last["out_of_sync"]] == DAMAGE
+    assert "link down" in p.log()
