@@ -33,8 +33,8 @@ CAUGHT_BY = {
     "demote-forgets-own": ("consistency", 20),
     "promote-keeps-round": ("promoted-image", 20),
     "split-brain-as-incremental": ("split-brain", 40),
-    "cursor-before-sync": ("verify-exact", 190),  # a verify finds it while a damage holds consistency back
-    "resume-from-start": ("resume-minimal", 15),
+    "cursor-before-sync": ("verify-exact", 30),  # a verify finds it while a damage holds consistency back
+    "resume-from-start": ("resume-minimal", 25),
     "repair-equal-chunks": ("verify-repair-minimal", 20),
     "verify-before-apply": ("verify-exact", 140),  # a delay or black hole delivers a write and a request together
     "checksum-sends-equal": ("checksum-minimal", 10),

@@ -27,6 +27,9 @@ class PrimaryConfig:
     writeback_kick_bytes: int = 16 << 20
     rpo_warn_s: float | None = None  # warn while the lag (oldest write the secondary lacks) exceeds it
     initial_sync: str = "full"  # a round with no common base: send every chunk, or compare digests first
+    # An incremental resync compares digests first for the chunks only suspect (recorded as unacknowledged
+    # or hot, not written since the base) when there are at least this many.
+    compare_suspect_chunks_min: int = 16
     # Deliberately broken behaviours, for the test suite's mutation checks only.
     mutations: frozenset = frozenset()
 

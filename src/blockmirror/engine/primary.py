@@ -160,7 +160,7 @@ class PrimaryNode(HostWrites, PrimaryVerify):
         if self.phase in PRIMARY_IN_ROUND:
             return State.INITIAL_SYNC if self.round.kind == FULL else State.RESYNCING
         if self.phase is P.COMPARING:
-            return State.INITIAL_SYNC
+            return State.INITIAL_SYNC if self.compare.base is None else State.RESYNCING
         if self.split_brain is not None:
             return State.SPLIT_BRAIN
         return State.INITIAL_SYNC if self.generation is None else State.DISCONNECTED
@@ -312,8 +312,11 @@ class PrimaryNode(HostWrites, PrimaryVerify):
             return
         self._forget_round(why_not)
         self._out.log(logging.INFO if decision.base is not None else logging.WARNING, decision.why)
+        suspect = None if decision.base is None else self._suspect_chunks(decision.base)
         if decision.base is None and self.config.initial_sync == "checksum":
             self._start_compare(now, decision.why)
+        elif suspect is not None:
+            self._start_compare(now, decision.why, decision.base, suspect)
         else:
             self._start_round(now, decision.base, decision.why)
 

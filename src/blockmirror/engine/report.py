@@ -34,7 +34,7 @@ def primary_status(p, now: float) -> Status:
     elif p.compare is not None:  # a checksum sync's comparison: chunks compared, no data sent yet
         run = p.compare
         progress = ResyncProgress(0, "checksum", run.chunks_done, bytes_done=run.bytes_done,
-                                  bytes_total=sum(p.geo.sizes), chunks_total=run.chunks_total)
+                                  bytes_total=run.bytes_total, chunks_total=run.chunks_total)
     own = PrimaryStatus(
         mode=p.config.mode, acked_seq=p.acked, inflight_writes=len(p.window), inflight_bytes=p.window.nbytes,
         waiting_writes=len(p.waiting), lag_writes=p.seq - p.acked, write_pause_ms=p.last_pause_ns / 1e6,

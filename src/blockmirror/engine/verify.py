@@ -31,6 +31,7 @@ from pyroaring import BitMap
 
 from blockmirror.engine.phases import PrimaryPhase as P
 from blockmirror.engine.records import ResyncBase
+from blockmirror.engine.rounds import incremental_round_chunks
 from blockmirror.engine.roles import chunk_digest
 from blockmirror.errors import BlockmirrorError
 from blockmirror.protocol import VerifyRequest
@@ -43,8 +44,11 @@ OUT_OF_SYNC_LISTED_MAX = 1000  # extents listed in last_verify
 
 
 class VerifyRun:
+    """Compares `volumes` (wire indexes) whole, or only the chunks of
+    `chunks` (per volume index) when given."""
+
     def __init__(self, run_id: int, token, geo, volumes: list[int], repair: bool, rate_bps: int | None,
-                 now: float):
+                 now: float, chunks: list[BitMap] | None = None):
         self.id = run_id
         self.token = token
         self.geo = geo
@@ -52,22 +56,45 @@ class VerifyRun:
         self.repair = repair
         self.rate_bps = rate_bps
         self.started = now
-        self.chunks_total = sum(geo.chunk_count(v) for v in volumes)
+        self._runs = list(self._plan(chunks))  # (vol, first chunk, count) of each request, in disk order
+        self.chunks_total = sum(count for _, _, count in self._runs)
+        self.bytes_total = sum(self._length(*run) for run in self._runs)
         self.chunks_done = 0
         self.bytes_done = 0
         self.differ = [BitMap() for _ in geo.names]
-        self._next = 0  # index into volumes
-        self._chunk = 0  # next chunk of volumes[_next] to request
+        self._pos = 0  # the next run to request
         self._requests = 0
-        self.pending: dict[int, tuple[int, int, list[bytes]]] = {}  # id -> (vol, first chunk, digests)
+        self.pending: dict[int, tuple[int, int, int, list[bytes]]] = {}  # id -> (run, vol, first, digests)
         self._allowance = 0.0
         self._last = now
         self.repairing = False  # the repair round is under way
 
+    def _plan(self, chunks):
+        step = min(REQUEST_CHUNKS, VERIFY_CHUNKS_MAX)
+        for vol in self.volumes:
+            if chunks is None:
+                n = self.geo.chunk_count(vol)
+                yield from ((vol, first, min(step, n - first)) for first in range(0, n, step))
+                continue
+            start = prev = None
+            for c in chunks[vol]:
+                if start is not None and c == prev + 1 and c - start < step:
+                    prev = c
+                    continue
+                if start is not None:
+                    yield vol, start, prev - start + 1
+                start = prev = c
+            if start is not None:
+                yield vol, start, prev - start + 1
+
+    def _length(self, vol: int, first: int, count: int) -> int:
+        cs = self.geo.chunk_size
+        return min((first + count) * cs, self.geo.sizes[vol]) - first * cs
+
     # -- requests ----------------------------------------------------------------------------
     @property
     def requested_all(self) -> bool:
-        return self._next >= len(self.volumes)
+        return self._pos >= len(self._runs)
 
     @property
     def compared_all(self) -> bool:
@@ -80,18 +107,17 @@ class VerifyRun:
         out = []
         cs = self.geo.chunk_size
         while not self.requested_all and len(self.pending) < REQUESTS_IN_FLIGHT:
-            vol, count, offset, length = self._next_request()
+            vol, first, count = self._runs[self._pos]
+            offset, length = first * cs, self._length(vol, first, count)
             if self.rate_bps is not None and self._allowance < length:
                 break
             self._allowance -= length
             data = read(vol, offset, length)
             digests = [digest(memoryview(data)[i:i + cs]) for i in range(0, length, cs)]
             self._requests += 1
-            self.pending[self._requests] = (vol, self._chunk, digests)
+            self.pending[self._requests] = (self._pos, vol, first, digests)
             out.append(VerifyRequest(self._requests, vol, offset, length, cs))
-            self._chunk += count
-            if self._chunk >= self.geo.chunk_count(vol):
-                self._next, self._chunk = self._next + 1, 0
+            self._pos += 1
         return out
 
     def _refill(self, now: float) -> None:
@@ -101,18 +127,11 @@ class VerifyRun:
         self._allowance = min(burst, self._allowance + self.rate_bps * max(0.0, now - self._last))
         self._last = now
 
-    def _next_request(self) -> tuple[int, int, int, int]:
-        """(volume, chunks, offset, length) of the next request."""
-        vol = self.volumes[self._next]
-        count = min(REQUEST_CHUNKS, VERIFY_CHUNKS_MAX, self.geo.chunk_count(vol) - self._chunk)
-        offset = self._chunk * self.geo.chunk_size
-        return vol, count, offset, min(count * self.geo.chunk_size, self.geo.sizes[vol] - offset)
-
     def wait_s(self) -> float | None:
         """Seconds until the rate allows the next request (None: not waiting on it)."""
         if self.rate_bps is None or self.requested_all or len(self.pending) >= REQUESTS_IN_FLIGHT:
             return None
-        return max(self._next_request()[3] - self._allowance, 0.0) / self.rate_bps
+        return max(self._length(*self._runs[self._pos]) - self._allowance, 0.0) / self.rate_bps
 
     def answered(self, request_id: int, digests: tuple[bytes, ...]) -> bool:
         """A reply: the chunks whose digests differ join `differ`. False for
@@ -120,7 +139,7 @@ class VerifyRun:
         entry = self.pending.pop(request_id, None)
         if entry is None:
             return False
-        vol, first, ours = entry
+        _, vol, first, ours = entry
         if len(digests) != len(ours):  # not an answer to this request: ask again from there
             self.pending[request_id] = entry
             self.link_lost()
@@ -136,9 +155,8 @@ class VerifyRun:
         """Unanswered requests are asked again from the first of them."""
         if not self.pending:
             return
-        vol, first, _ = min(self.pending.values(), key=lambda e: (self.volumes.index(e[0]), e[1]))
+        self._pos = min(run for run, *_ in self.pending.values())  # replies come in order: the rest after it
         self.pending.clear()
-        self._next, self._chunk = self.volumes.index(vol), first
 
     # -- results --------------------------------------------------------------------------------
     @property
@@ -168,7 +186,7 @@ class VerifyRun:
     def progress(self, now: float, paused: bool) -> VerifyProgress:
         elapsed = max(0.0, now - self.started)
         rate = self.bytes_done / elapsed if elapsed > 0 else 0.0
-        total = sum(self.geo.sizes[v] for v in self.volumes)
+        total = self.bytes_total
         state = "repairing" if self.repairing else "paused" if paused else "verifying"
         return VerifyProgress(self.id, state, self.chunks_done, self.chunks_total, self.out_of_sync_chunks,
                               round(elapsed, 3), int(rate),
@@ -254,16 +272,34 @@ class PrimaryVerify:
             run.answered(msg.request_id, msg.digests)
 
     # -- checksum sync ----------------------------------------------------------------------------
-    def _start_compare(self, now: float, why: str) -> None:
-        """T now, then the digests of its chunks against the secondary's."""
+    def _suspect_chunks(self, base) -> tuple[list, list] | None:
+        """An incremental round's chunks, and those of them only suspect:
+        recorded as unacknowledged (writes in flight at a link failure, the
+        hot regions of an unclean stop, a demoted node's own changes) but not
+        written since the base. None when too few to be worth comparing."""
+        planned = incremental_round_chunks(self.node, self.geo, base,
+                                           with_unacked="skip-unacked" not in self.config.mutations)
+        diff = self.node.diff(base.snapshot)
+        suspect = [planned[v] - diff[name] for v, name in enumerate(self.geo.names)]
+        if sum(len(c) for c in suspect) < self.config.compare_suspect_chunks_min:
+            return None
+        return planned, suspect
+
+    def _start_compare(self, now: float, why: str, base=None, suspect=None) -> None:
+        """T now, then the digests of its chunks (all, or the suspect ones of
+        an incremental round from `base`) against the secondary's."""
         info = self._snapshot("resync-target")
-        run = VerifyRun(0, None, self.geo, list(range(len(self.geo.names))), False, None, now)
+        run = VerifyRun(0, None, self.geo, list(range(len(self.geo.names))), False, None, now,
+                        None if suspect is None else suspect[1])
         run.target, run.target_generation = info.id, uuid.UUID(int=self.rng.getrandbits(128), version=4)
+        run.base, run.planned = base, None if suspect is None else suspect
         self.compare = run
         if self.observer:
             self.observer.target_taken(run.target_generation)
-        self._move(P.COMPARING, f"{why}; comparing digests first (--initial-sync checksum)")
-        self._out.info(f"checksum sync: comparing {run.chunks_total} chunks by digest before sending any")
+        what = "--initial-sync checksum" if base is None else "suspect chunks"
+        self._move(P.COMPARING, f"{why}; comparing digests first ({what})")
+        self._out.info(f"checksum {'sync' if base is None else 'resync'}: comparing {run.chunks_total} chunks by "
+                       f"digest before sending any")
 
     def _compare_step(self, now: float) -> None:
         run = self.compare
@@ -278,9 +314,14 @@ class PrimaryVerify:
         if "checksum-sends-equal" in self.config.mutations:
             run.differ[0].add(0)  # broken on purpose: chunk 0 goes even when its digests matched
         differ = run.out_of_sync_chunks
-        self._out.info(f"checksum sync: {differ} of {run.chunks_done} chunks differ; sending those")
-        self._start_round(now, None, f"checksum sync: {differ} chunks differ",
-                          compared=(target, run.target_generation, run.differ))
+        chunks = run.differ
+        if run.planned is not None:  # the round's chunks less the suspect ones found equal
+            planned, suspect = run.planned
+            chunks = [planned[v] - suspect[v] | (suspect[v] & run.differ[v]) for v in range(len(planned))]
+        what = "sync" if run.base is None else "resync"
+        self._out.info(f"checksum {what}: {differ} of {run.chunks_done} chunks differ; sending those")
+        self._start_round(now, run.base, f"checksum {what}: {differ} of {run.chunks_done} compared chunks differ",
+                          compared=(target, run.target_generation, chunks))
 
     def _compare_lost(self) -> None:
         """The link went down while comparing: T goes, the next link compares again."""

@@ -44,7 +44,8 @@ INVARIANTS = {
     "resume-minimal": "a resumed round continues a round the primary started, at the point the secondary offered: "
                       "it names only that round's chunks from there on (never what the secondary already holds)",
     "checksum-minimal": "a checksum sync's round names only chunks whose bytes differ between its snapshot and the "
-                        "secondary's volumes (the chunks that are equal cross the link as digests only)",
+                        "secondary's volumes (the chunks that are equal cross the link as digests only); so does a "
+                        "checksum resync for the chunks only suspect (not written since its base)",
     "export-image": "the secondary's export serves exactly its last committed image, during rounds too (while "
                     "no damage of the secondary is outstanding)",
     "export-refusal": "the export refuses reads before the first complete sync, and only then",
@@ -269,19 +270,21 @@ class Checker:
                                                 f"different, which no fault damaged")
         return damaged
 
-    def checksum_round(self, rnd: RoundStart, target: bytes, secondary: bytes | None) -> None:
+    def checksum_round(self, rnd: RoundStart, target: bytes, secondary: bytes | None, touched=None) -> None:
         """`target`: the image of the round's snapshot; `secondary`: the
-        secondary's volumes as the round starts (None: not readable now)."""
+        secondary's volumes as the round starts (None: not readable now);
+        `touched`: per volume, chunks written since an incremental round's
+        base (sent without comparing)."""
         if secondary is None:
             return
         cs = self.model.chunk_size
         for vol, chunks in enumerate(rnd.chunks):
             start = self.model.starts[vol]
-            for c in chunks:
+            for c in (chunks if touched is None else chunks - touched[vol]):
                 a, b = start + c * cs, min(start + (c + 1) * cs, start + self.opts.sizes[vol])
                 if target[a:b] == secondary[a:b]:
-                    raise Violation("checksum-minimal", f"a checksum sync's round names chunk {c} of v{vol}, "
-                                                        f"equal on both nodes")
+                    raise Violation("checksum-minimal", f"a checksum {'sync' if touched is None else 'resync'}'s "
+                                                        f"round names chunk {c} of v{vol}, equal on both nodes")
 
     # -- role changes ----------------------------------------------------------------------------
     def promoted(self, generation: str, seq: int, image: bytes) -> None:

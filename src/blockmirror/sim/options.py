@@ -55,6 +55,7 @@ class Options:
     activity_region_bytes: int = 2 * CHUNK_BYTES
     journal_checkpoint_bytes: int = 64 * 1024
     initial_sync: str = "full"  # PrimaryConfig.initial_sync: a third of the seeds run checksum syncs
+    compare_suspect_chunks_min: int = 1 << 30  # half of the seeds compare suspect chunks from 2 on
     round_checkpoint_bytes: int = 8 * 1024
     safety_s: float = SAFETY_S
     liveness_s: float = LIVENESS_S
@@ -70,7 +71,8 @@ class Options:
             final_round_bytes_max=self.final_round_bytes_max, rounds_max=4,
             resync_extent_bytes_max=self.resync_extent_bytes_max,
             activity_region_bytes=self.activity_region_bytes, activity_checkpoint_s=1.0,
-            initial_sync=self.initial_sync, mutations=self.mutations)
+            initial_sync=self.initial_sync, compare_suspect_chunks_min=self.compare_suspect_chunks_min,
+            mutations=self.mutations)
 
     def secondary_config(self) -> SecondaryConfig:
         return SecondaryConfig(heartbeat_interval_s=0.5, link_timeout_s=2.0,
@@ -128,6 +130,7 @@ def derive(seed: int, rng: random.Random, mutations: frozenset) -> Options:
         # reads or flushes), even seeds inline.
         pipeline="deferred" if seed % 2 else "inline",
         initial_sync="checksum" if seed % 3 == 0 else "full",  # not drawn: the other draws stay as they were
+        compare_suspect_chunks_min=2 if seed % 4 < 2 else 1 << 30,
         sizes=tuple(sizes),
         fault_weights=draw_fault_weights(rng),
         fault_rate_per_s=rng.uniform(0.1, 0.8),

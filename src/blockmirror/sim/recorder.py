@@ -108,9 +108,15 @@ class Recorder:
         self.rounds[rnd.target_generation] = rnd
         model = self.model
         point, image = self.targets.pop(rnd.target_generation, (model.point, None))
-        if image is not None:  # a checksum sync: T was taken before the comparison
-            self.checker.checksum_round(rnd, image, self.cluster.secondary_image())
-            self.stats["checksum syncs"] += 1
+        if image is not None:  # a checksum sync or resync: T was taken before the comparison
+            touched = None
+            if rnd.kind != "full":  # written since the base (or maybe, by a crash): sent whatever the digests said
+                base_point = model.target_point.get(rnd.base_generation)
+                touched = None if base_point is None else [
+                    t | h | r for t, h, r in zip(model.touched_since(base_point), self.hot, self.repair_named)]
+            if rnd.kind == "full" or touched is not None:
+                self.checker.checksum_round(rnd, image, self.cluster.secondary_image(), touched)
+            self.stats[f"checksum {'syncs' if rnd.kind == 'full' else 'resyncs'}"] += 1
         model.target_point[rnd.target_generation] = point
         model.seq_point[(rnd.target_generation, rnd.commit_seq)] = point
         self.stats["rounds"] += 1
