@@ -259,11 +259,11 @@ class PrimaryVerify:
         gen, seq = self.generation, self.seq
         if "repair-equal-chunks" in self.config.mutations:
             extents += ((0, 0, self.geo.chunk_size),)  # broken on purpose: also sends a chunk that was equal
+        if self.observer:  # before the base's commit: a crash after it leaves the base naming them
+            self.observer.verify_repair(run.differ, self.geo.chunks_of(extents))
         info = self._snapshot("verify-repair", lambda sid: ResyncBase(sid, gen, seq, extents))
         base = self.bases.all()[info.id]
         run.repairing = True
-        if self.observer:
-            self.observer.verify_repair(run.differ, self.geo.chunks_of(extents))
         self._start_round(now, base, f"verify {run.id}: repairing {run.out_of_sync_chunks} chunks that differ")
 
     def _verify_reply(self, msg) -> None:
