@@ -95,8 +95,8 @@ def render(cfg, mode, res, m, elapsed, argv_text) -> str:
              "the handshake, heartbeats), not `last_resync.bytes` (data bytes only). rsync's figure is "
              "`Total bytes sent` of its --stats (client to daemon); the daemon's block checksums "
              "travel the other way (*received*).")
-    L += ["", f"| changed | changed bytes | resync s | resync wall s | rsync s | rsync / resync | "
-              f"rsync / resync wall | wire bytes | wire / changed | rsync sent | rsync received |",
+    L += ["", "| changed | changed bytes | resync s | resync wall s | rsync s | rsync / resync | "
+              "rsync / resync wall | wire bytes | wire / changed | rsync sent | rsync received |",
           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for frac in cfg["b1_fracs"]:
         n = f"resync.vs_rsync.{sl}_{round(frac * 100)}pct"
@@ -132,13 +132,13 @@ def render(cfg, mode, res, m, elapsed, argv_text) -> str:
 
     # 3
     L += ["", "### 3. Resync throughput against a raw copy", ""]
-    L.append(f"From the runs of benchmark 1: changed bytes / resync time, against a raw copy of the same "
-             f"chunks in the same run: `os.pread` from the primary's image and `os.pwrite` at the same offsets "
-             f"of the rsync copy (already equal, so allocated and cached like the secondary's image), "
-             f"in disk order, consecutive chunks joined up to 1 MiB, one fdatasync at the end; one thread, "
-             f"no network, no checksums, no copy-on-write. The resync additionally frames and checksums "
-             f"(xxh3) the data, sends it over TCP, preserves each overwritten chunk on the secondary (the "
-             f"round's safety snapshot: read the original, write it to a COW record, fdatasync) and commits the round.")
+    L.append("From the runs of benchmark 1: changed bytes / resync time, against a raw copy of the same "
+             "chunks in the same run: `os.pread` from the primary's image and `os.pwrite` at the same offsets "
+             "of the rsync copy (already equal, so allocated and cached like the secondary's image), "
+             "in disk order, consecutive chunks joined up to 1 MiB, one fdatasync at the end; one thread, "
+             "no network, no checksums, no copy-on-write. The resync additionally frames and checksums "
+             "(xxh3) the data, sends it over TCP, preserves each overwritten chunk on the secondary (the "
+             "round's safety snapshot: read the original, write it to a COW record, fdatasync) and commits the round.")
     L += ["", "*Atomic copy* keeps the target consistent at every instant, as the secondary must (a "
               "secondary one can fail over to during a resync; DRBD's SyncTarget is Inconsistent instead, "
               "unless a snapshot is taken before the resync): the same raw copy, but per group of 256 chunks "
