@@ -20,6 +20,8 @@ make bench                                              # everything below, quic
 .venv/bin/python bench/run.py --full                    # real sizes (6.4 GiB changed in 64 GiB), more runs (long)
 .venv/bin/python bench/run.py --only 1 --only 6         # some benchmarks (numbers on stdout, docs untouched)
 .venv/bin/python bench/run.py --only resume             # benchmark 9: a resync interrupted half-way and resumed
+.venv/bin/python bench/run.py --only verify             # benchmark 10: blockmirror verify (plain, --rate, --repair)
+.venv/bin/python bench/run.py --only checksum           # benchmark 11: --initial-sync checksum against full
 .venv/bin/python bench/run.py --smoke                   # tiny sizes, seconds: the test suite runs this
 .venv/bin/python bench/run.py --dir /mnt/x              # put the data on another filesystem
 .venv/bin/python bench/storage_bench.py [--full]        # the storage layer alone (run.py runs it first)
@@ -95,8 +97,8 @@ def render(cfg, mode, res, m, elapsed, argv_text) -> str:
              "the handshake, heartbeats), not `last_resync.bytes` (data bytes only). rsync's figure is "
              "`Total bytes sent` of its --stats (client to daemon); the daemon's block checksums "
              "travel the other way (*received*).")
-    L += ["", f"| changed | changed bytes | resync s | resync wall s | rsync s | rsync / resync | "
-              f"rsync / resync wall | wire bytes | wire / changed | rsync sent | rsync received |",
+    L += ["", "| changed | changed bytes | resync s | resync wall s | rsync s | rsync / resync | "
+              "rsync / resync wall | wire bytes | wire / changed | rsync sent | rsync received |",
           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for frac in cfg["b1_fracs"]:
         n = f"resync.vs_rsync.{sl}_{round(frac * 100)}pct"
@@ -132,13 +134,13 @@ def render(cfg, mode, res, m, elapsed, argv_text) -> str:
 
     # 3
     L += ["", "### 3. Resync throughput against a raw copy", ""]
-    L.append(f"From the runs of benchmark 1: changed bytes / resync time, against a raw copy of the same "
-             f"chunks in the same run: `os.pread` from the primary's image and `os.pwrite` at the same offsets "
-             f"of the rsync copy (already equal, so allocated and cached like the secondary's image), "
-             f"in disk order, consecutive chunks joined up to 1 MiB, one fdatasync at the end; one thread, "
-             f"no network, no checksums, no copy-on-write. The resync additionally frames and checksums "
-             f"(xxh3) the data, sends it over TCP, preserves each overwritten chunk on the secondary (the "
-             f"round's safety snapshot: read the original, write it to a COW record, fdatasync) and commits the round.")
+    L.append("From the runs of benchmark 1: changed bytes / resync time, against a raw copy of the same "
+             "chunks in the same run: `os.pread` from the primary's image and `os.pwrite` at the same offsets "
+             "of the rsync copy (already equal, so allocated and cached like the secondary's image), "
+             "in disk order, consecutive chunks joined up to 1 MiB, one fdatasync at the end; one thread, "
+             "no network, no checksums, no copy-on-write. The resync additionally frames and checksums "
+             "(xxh3) the data, sends it over TCP, preserves each overwritten chunk on the secondary (the "
+             "round's safety snapshot: read the original, write it to a COW record, fdatasync) and commits the round.")
     L += ["", "*Atomic copy* keeps the target consistent at every instant, as the secondary must (a "
               "secondary one can fail over to during a resync; DRBD's SyncTarget is Inconsistent instead, "
               "unless a snapshot is taken before the resync): the same raw copy, but per group of 256 chunks "
@@ -369,10 +371,70 @@ def render(cfg, mode, res, m, elapsed, argv_text) -> str:
               f"sends <= 1.1x the changed bytes across both attempts: {_met(worst9 <= 1.1)} (worst "
               f"{worst9:.3f}x; a round started over costs about 1 + {at9:.2f} = {1 + at9:.2f}x)."]
 
+    # 10
+    size10, k10 = cfg["b10_vol"], cfg["b10_damaged"]
+    n10 = f"verify.{size_label(size10)}"
+    L += ["", "### 10. Online verify", ""]
+    L.append(f"`blockmirror verify PRIMARY_DIR --json` of one {size_label(size10, ' ')} volume pre-filled with "
+             f"non-zero data and identical on both nodes, both image files evicted from the page cache before "
+             f"each verify (posix_fadvise DONTNEED; this VM's disk reads vary with its host's cache, so MB/s are "
+             f"context), {cfg['b10_runs']} runs of three verifies: unlimited, with `--rate` at half the unlimited "
+             f"speed, and with `--repair` after {k10} random chunks were damaged in the stopped secondary's image "
+             f"file (seconds: `last_verify.seconds`; link bytes: the fault proxy's `bytes_forwarded`, both ways; "
+             f"reads: each daemon's /proc/PID/io `read_bytes`).")
+    rd = {r: g(f"{n10}.{r}_read_bytes") for r in ("primary", "secondary")}
+    L += ["", "| | |", "|---|---:|",
+          f"| seconds (unlimited) | {g(n10 + '.seconds'):.2f} |",
+          f"| MB/s compared | {g(n10 + '.mb_s'):.0f} |",
+          f"| bytes on the link | {g(n10 + '.link_bytes'):,.0f} ({g(n10 + '.link_ratio'):.4%} of the volume, "
+          f"{g(n10 + '.link_to_digests'):.2f}x the 16-byte digests) |",
+          f"| bytes read from the disk: primary / secondary | {rd['primary']:,.0f} / {rd['secondary']:,.0f} "
+          f"({g(n10 + '.primary_read_ratio'):.2f}x / {g(n10 + '.secondary_read_ratio'):.2f}x the volume) |",
+          f"| `--rate` limit / achieved MB/s | {g(n10 + '.rated.limit_mb_s'):.0f} / {g(n10 + '.rated.mb_s'):.0f} "
+          f"({g(n10 + '.rated.to_limit'):.3f}x) |",
+          f"| `--repair`: damaged / found / repaired chunks | {k10} / "
+          f"{g(n10 + '.repair.out_of_sync_chunks'):.0f} / {g(n10 + '.repair.repaired_chunks'):.0f} |",
+          f"| `--repair`: resync bytes received / damaged chunks' bytes | {g(n10 + '.repair.resync_bytes'):,.0f} / "
+          f"{k10 * CHUNK:,} ({g(n10 + '.repair.resync_to_damaged'):.3f}x) |"]
+    link10, to_limit = g(n10 + ".link_ratio"), g(n10 + ".rated.to_limit")
+    exact = (g(n10 + ".repair.repaired_chunks") == k10 and g(n10 + ".repair.resync_to_damaged") == 1)
+    L += ["", f"- Target: a verify of an identical volume moves < 1% of its bytes over the link: "
+              f"{_met(link10 < 0.01)} ({link10:.4%}); `--rate` holds the limit "
+              f"({_met(to_limit <= 1.05)}: {to_limit:.3f}x) and `--repair` sends exactly the damaged chunks "
+              f"({_met(exact)})."]
+
+    # 11
+    size11, frac11 = cfg["b11_vol"], cfg["b11_frac"]
+    n11 = f"checksum.{size_label(size11)}_{round(frac11 * 100)}pct"
+    k11 = g(n11 + ".changed_chunks")
+    L += ["", "### 11. Checksum initial sync of a pre-seeded secondary", ""]
+    L.append(f"A {size_label(size11, ' ')} volume pre-filled with non-zero data on the primary, its image "
+             f"copied to the secondary before the secondary first runs, then {k11} random chunks ({frac11:.0%}) "
+             f"given fresh data on the primary: the first sync with `--initial-sync checksum` against "
+             f"`--initial-sync full`, each on a fresh pair with the same data (images evicted from the page "
+             f"cache, a fault proxy process in the path, the order alternating), {cfg['b11_runs']} runs (data "
+             f"bytes: the secondary's `totals.resync_bytes`; wire bytes: the proxy's `bytes_forwarded`, both "
+             f"ways; resync s: the primary's `last_resync.seconds`; wall s: from letting the link through to "
+             f"convergence, and to the end of the digest comparison, polled every 20 ms).")
+    L += ["", "| | checksum | full |", "|---|---:|---:|",
+          f"| data bytes | {g(n11 + '.checksum.data_bytes'):,.0f} | {g(n11 + '.full.data_bytes'):,.0f} |",
+          f"| wire bytes | {g(n11 + '.checksum.wire_bytes'):,.0f} | {g(n11 + '.full.wire_bytes'):,.0f} |",
+          f"| resync s | {g(n11 + '.checksum.seconds'):.2f} | {g(n11 + '.full.seconds'):.2f} |",
+          f"| wall s (comparing) | {g(n11 + '.checksum.wall_seconds'):.2f} "
+          f"({g(n11 + '.checksum.compare_seconds'):.2f}) | {g(n11 + '.full.wall_seconds'):.2f} |"]
+    dr, wr = g(n11 + ".checksum.data_ratio"), g(n11 + ".checksum.wire_ratio")
+    L += ["", f"- Target: data bytes <= 1.05x the changed chunks' bytes ({g(n11 + '.changed_bytes'):,}): "
+              f"{_met(dr <= 1.05)} ({dr:.3f}x); wire bytes <= 1.05x those plus the 16-byte digests "
+              f"({g(n11 + '.digest_bytes'):,}): {_met(wr <= 1.05)} ({wr:.3f}x); the full sync moves "
+              f"{g(n11 + '.full_to_checksum_wire'):.0f}x the wire bytes and takes "
+              f"{g(n11 + '.full_to_checksum_seconds'):.2f}x the wall time (the comparison reads both images at "
+              f"{g(n11 + '.checksum.compare_mb_s'):.0f} MB/s: on a link slower than that the checksum sync is "
+              f"also the faster one; on loopback it need not be)."]
+
     # timing
     L += ["", "### Time taken", "", "| benchmark | s |", "|---|---:|"]
     for key, title in (("storage", "storage_bench.py"), ("b1", "1 + 3"), ("b2", "2"), ("b4", "4 + 5"),
-                       ("b6", "6"), ("b7", "7"), ("b8", "8"), ("b9", "9")):
+                       ("b6", "6"), ("b7", "7"), ("b8", "8"), ("b9", "9"), ("b10", "10"), ("b11", "11")):
         name = f"bench.{key}_elapsed"
         if name in v:
             L.append(f"| {title} | {g(name):.0f} |")

@@ -31,11 +31,19 @@ Benchmarks:
    of the primary) against an uninterrupted one: data bytes across both
    attempts against the changed bytes, and the time to converge
    (`--only resume`).
+10. `blockmirror verify` of an identical volume (cold page cache): seconds,
+   MB/s, bytes on the link against the volume, bytes each daemon read; with
+   `--rate` at half that speed; `--repair` of a few damaged chunks
+   (`--only verify`).
+11. the first sync of a secondary pre-seeded with a copy, 1% of the chunks
+   changed since: `--initial-sync checksum` against `full`, data and wire
+   bytes and seconds (`--only checksum`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -44,11 +52,13 @@ import sys
 import tempfile
 import time
 
-from blockmirror.testing import procstat
+from blockmirror.testing import procstat, tools
+from blockmirror.testing.daemon import converged
 from blockmirror.testing.host import WriteLatencyRecorder, aio_write, connect
 from blockmirror.testing.interrupt import CUT, KILL9_PRIMARY, KILL9_SECONDARY, ResyncMeter, interrupt_resync, \
     resume_resync
-from blockmirror.testing.nodes import CHUNK
+from blockmirror.testing.interrupt import ROLES
+from blockmirror.testing.nodes import CHUNK, damage_chunks, image_path, seed_copy, write_image
 from blockmirror.testing.pair import Pair
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -57,7 +67,7 @@ import common  # noqa: E402
 import floors  # noqa: E402
 import setups  # noqa: E402
 from common import BenchError, GiB, MiB, median, note, percentile, prewrite, prewrite_file, size_label  # noqa: E402
-from workload import QD, fresh_writes, nbdcopy, prefill_file, prefill_volume, random_file, settle  # noqa: E402
+from workload import QD, evict, fresh_writes, nbdcopy, prefill_file, prefill_volume, random_file, settle  # noqa: E402
 
 MODES = {
     "smoke": dict(
@@ -69,7 +79,9 @@ MODES = {
         b6_sets=[(8, 16 * MiB), (8, 1 * GiB)], b6_cuts=2,
         b7_vol=32 * MiB, b7_chunks=64,
         b8_vol=1 * GiB, b8_changed=2 * MiB, b8_runs=1,
-        b9_changed=16 * MiB, b9_rate=32 * MiB, b9_runs=1),
+        b9_changed=16 * MiB, b9_rate=32 * MiB, b9_runs=1,
+        b10_vol=32 * MiB, b10_damaged=3, b10_runs=1,
+        b11_vol=32 * MiB, b11_frac=0.01, b11_runs=1),
     "quick": dict(
         runs=5,
         b1_vol=4 * GiB, b1_fracs=[0.01, 0.10],
@@ -79,7 +91,9 @@ MODES = {
         b6_sets=[(8, 1 * GiB), (8, 64 * GiB)], b6_cuts=16,
         b7_vol=1 * GiB, b7_chunks=4096,
         b8_vol=64 * GiB, b8_changed=(4 * GiB) // 10 // CHUNK * CHUNK, b8_runs=5,
-        b9_changed=512 * MiB, b9_rate=64 * MiB, b9_runs=3),
+        b9_changed=512 * MiB, b9_rate=64 * MiB, b9_runs=3,
+        b10_vol=4 * GiB, b10_damaged=8, b10_runs=3,
+        b11_vol=4 * GiB, b11_frac=0.01, b11_runs=3),
     "full": dict(
         runs=9,
         b1_vol=4 * GiB, b1_fracs=[0.01, 0.10],
@@ -89,7 +103,9 @@ MODES = {
         b6_sets=[(8, 1 * GiB), (8, 64 * GiB)], b6_cuts=20,
         b7_vol=1 * GiB, b7_chunks=8192,
         b8_vol=64 * GiB, b8_changed=(64 * GiB) // 10 // CHUNK * CHUNK, b8_runs=5,
-        b9_changed=1 * GiB, b9_rate=64 * MiB, b9_runs=5),
+        b9_changed=1 * GiB, b9_rate=64 * MiB, b9_runs=5,
+        b10_vol=8 * GiB, b10_damaged=8, b10_runs=5,
+        b11_vol=8 * GiB, b11_frac=0.01, b11_runs=3),
 }
 
 
@@ -671,10 +687,210 @@ def bench_resume(cfg, root, res) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+# -- 10. online verify -----------------------------------------------------------------------------
+DIGEST = 16  # bytes of a chunk's BLAKE2b-128 digest on the link
+
+
+def verify_once(pair: Pair, *args: str) -> dict:
+    """`blockmirror verify PRIMARY_DIR --json ARGS...` with both images
+    evicted from the page cache first (every chunk read from the disk, as
+    for a volume larger than the RAM): its last_verify, exit code, wall
+    seconds, the fault proxy's bytes (both ways) and each daemon's
+    /proc/PID/io counters over the run (read_bytes: from the disk; rchar:
+    what its read calls asked for, sockets included)."""
+    p, s = pair.primary, pair.secondary
+    evict([image_path(d.node_dir, v) for d in (p, s) for v in pair.volumes])
+    io0 = {d.role: procstat.io_counters(d.pid) for d in (p, s)}
+    fwd0 = pair.proxy.status()["bytes_forwarded"]
+    start = time.perf_counter()
+    proc = tools.verify(pair.p_dir, "--json", *args, timeout_s=3600)
+    wall = time.perf_counter() - start
+    if proc.returncode not in (0, 1):
+        raise BenchError(f"blockmirror verify {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+    r = {"last": json.loads(proc.stdout), "code": proc.returncode, "wall": wall,
+         "link": pair.proxy.status()["bytes_forwarded"] - fwd0}
+    for d in (p, s):
+        io1 = procstat.io_counters(d.pid)
+        r[d.role] = {k: io1[k] - io0[d.role][k] for k in ("read_bytes", "rchar")}
+    return r
+
+
+def bench_verify(cfg, root, res) -> None:
+    size, k = cfg["b10_vol"], cfg["b10_damaged"]
+    nchunks = size // CHUNK
+    base = os.path.join(root, "b10")
+    note(f"[10] online verify: a {size_label(size)} pre-filled volume, both images evicted from the page cache "
+         f"before each verify; unlimited, --rate half of that, --repair of {k} damaged chunks; "
+         f"{cfg['b10_runs']} runs")
+    pair = setups.pair(base, {"vol0": size}, proxy="process", prefill=prefill_volume(size))
+    try:
+        pair.wait_converged(timeout_s=1800)
+        rng = random.Random(1010)
+        rows = []
+        for run in range(cfg["b10_runs"]):
+            settle()
+            r = {"plain": verify_once(pair)}
+            last = r["plain"]["last"]
+            if last["result"] != "identical" or last["chunks"] != nchunks:
+                raise BenchError(f"verify of an identical pair: {last}")
+            r["rate"] = int(size / last["seconds"] / 2)
+            r["rated"] = verify_once(pair, "--rate", str(r["rate"]))
+            if r["rated"]["last"]["result"] != "identical":
+                raise BenchError(f"rate-limited verify of an identical pair: {r['rated']['last']}")
+            # A few chunks damaged in the stopped secondary's image, then --repair.
+            damaged = sorted(rng.sample(range(nchunks), k))
+            if pair.secondary.stop() != 0:
+                raise BenchError(f"the secondary did not stop cleanly; log:\n{pair.secondary.log()[-3000:]}")
+            damage_chunks(pair.s_dir, [("vol0", c * CHUNK) for c in damaged])
+            pair.restore()
+            pair.wait_converged()
+            settle()
+            before = {d.role: d.status()["totals"]["resync_bytes"] for d in (pair.primary, pair.secondary)}
+            r["repair"] = verify_once(pair, "--repair")
+            pair.wait_converged()
+            after = {d.role: d.status()["totals"]["resync_bytes"] for d in (pair.primary, pair.secondary)}
+            r["repair"]["resync"] = {role: after[role] - before[role] for role in after}
+            r["damaged"] = k
+            last = r["repair"]["last"]
+            found = [c for e in last["out_of_sync"]
+                     for c in range(e["offset"] // CHUNK, (e["offset"] + e["length"]) // CHUNK)]
+            if last["result"] != "repaired" or last["repaired_chunks"] != k or found != damaged:
+                note(f"    warning: {k} chunks damaged ({damaged[:10]}...), the verify found {last}")
+            rows.append(r)
+            pl, ra, rp = r["plain"], r["rated"], r["repair"]
+            note(f"    run {run}: {mb_s(size, pl['last']['seconds']):.0f} MB/s ({pl['last']['seconds']:.2f}s), "
+                 f"link {pl['link']} B ({pl['link'] / size:.4%}), read primary {pl['primary']['read_bytes']} B "
+                 f"secondary {pl['secondary']['read_bytes']} B; --rate {r['rate'] / 1e6:.0f} MB/s: "
+                 f"{mb_s(size, ra['last']['seconds']):.0f} MB/s; --repair: {rp['last']['repaired_chunks']} of {k} "
+                 f"chunks repaired, resync {rp['resync']['secondary']} B received")
+        n = f"verify.{size_label(size)}"
+        med = lambda f: median(f(r) for r in rows)  # noqa: E731
+        res.add(f"{n}.volume_bytes", size, "B", "{}")
+        res.add(f"{n}.chunks", nchunks, "", "{}")
+        res.add(f"{n}.seconds", med(lambda r: r["plain"]["last"]["seconds"]), "s", "{:.2f}")
+        res.add(f"{n}.wall_seconds", med(lambda r: r["plain"]["wall"]), "s", "{:.2f}")
+        res.add(f"{n}.mb_s", med(lambda r: mb_s(size, r["plain"]["last"]["seconds"])), "MB/s", "{:.0f}")
+        res.add(f"{n}.link_bytes", med(lambda r: r["plain"]["link"]), "B", "{:.0f}")
+        res.add(f"{n}.link_ratio", med(lambda r: r["plain"]["link"] / size), "x", "{:.5f}")
+        res.add(f"{n}.digest_bytes", nchunks * DIGEST, "B", "{}")
+        res.add(f"{n}.link_to_digests", med(lambda r: r["plain"]["link"] / (nchunks * DIGEST)), "x", "{:.2f}")
+        for role in ROLES:
+            res.add(f"{n}.{role}_read_bytes", med(lambda r: r["plain"][role]["read_bytes"]), "B", "{:.0f}")
+            res.add(f"{n}.{role}_read_ratio", med(lambda r: r["plain"][role]["read_bytes"] / size), "x", "{:.3f}")
+            res.add(f"{n}.{role}_rchar_ratio", med(lambda r: r["plain"][role]["rchar"] / size), "x", "{:.3f}")
+        res.add(f"{n}.rated.limit_mb_s", med(lambda r: r["rate"] / 1e6), "MB/s", "{:.0f}")
+        res.add(f"{n}.rated.mb_s", med(lambda r: mb_s(size, r["rated"]["last"]["seconds"])), "MB/s", "{:.0f}")
+        res.add(f"{n}.rated.to_limit", med(lambda r: size / r["rated"]["last"]["seconds"] / r["rate"]), "x",
+                "{:.3f}")
+        res.add(f"{n}.rated.seconds", med(lambda r: r["rated"]["last"]["seconds"]), "s", "{:.2f}")
+        res.add(f"{n}.repair.damaged_chunks", k, "", "{}")
+        res.add(f"{n}.repair.out_of_sync_chunks", med(lambda r: r["repair"]["last"]["out_of_sync_chunks"]), "",
+                "{:.0f}")
+        res.add(f"{n}.repair.repaired_chunks", med(lambda r: r["repair"]["last"]["repaired_chunks"]), "", "{:.0f}")
+        res.add(f"{n}.repair.resync_bytes", med(lambda r: r["repair"]["resync"]["secondary"]), "B", "{:.0f}")
+        res.add(f"{n}.repair.resync_to_damaged", med(lambda r: r["repair"]["resync"]["secondary"] / (k * CHUNK)),
+                "x", "{:.3f}")
+        res.add(f"{n}.repair.seconds", med(lambda r: r["repair"]["last"]["seconds"]), "s", "{:.2f}")
+    finally:
+        pair.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# -- 11. checksum initial sync of a pre-seeded secondary -----------------------------------------
+INITIAL_SYNCS = ("checksum", "full")
+
+
+def initial_sync_case(root: str, size: int, changed: list[int], seed: int, how: str) -> dict:
+    """A fresh pair whose secondary holds a copy of the primary's data made
+    before the primary's `changed` chunks got fresh data, both images
+    evicted from the page cache; the first sync with `--initial-sync how`
+    through a fault proxy process. Data bytes the secondary received, the
+    proxy's bytes (both ways), seconds (the primary's last_resync, and from
+    letting the link through to convergence), the comparison's share."""
+    base = os.path.join(root, f"b11{how[0]}")  # short: the proxy's control socket path has a length limit
+    pair = setups.pair(base, {"vol0": size}, proxy="process", prefill=prefill_volume(size),
+                       primary_extra=["--initial-sync", how], start=False)
+    try:
+        seed_copy(pair.p_dir, pair.s_dir)
+        write_image(pair.p_dir, "vol0", fresh_writes(changed, seed))
+        evict([image_path(d, "vol0") for d in (pair.p_dir, pair.s_dir)])
+        pair.start_secondary()
+        pair.proxy.cut()  # the primary starts, the link comes when the clock runs
+        pair.start_primary()
+        fwd0 = pair.proxy.status()["bytes_forwarded"]
+        start = time.perf_counter()
+        pair.proxy.heal()
+        compared = None
+        while True:
+            st = pair.primary.status()
+            now = time.perf_counter() - start
+            if compared is None and st["phase"] not in ("disconnected", "connecting", "comparing"):
+                compared = now  # linked and done comparing (if it compares): a round is under way
+            if converged(st):
+                wall = now
+                break
+            if now > 1800:
+                raise BenchError(f"{how} initial sync did not converge; last status {st}")
+            time.sleep(0.02)
+        if st["last_resync"]["kind"] != "full":
+            raise BenchError(f"{how}: the first sync was not a full one ({st['last_resync']})")
+        return {"data": pair.secondary.status()["totals"]["resync_bytes"],
+                "wire": pair.proxy.status()["bytes_forwarded"] - fwd0, "seconds": st["last_resync"]["seconds"],
+                "wall": wall, "compare": compared, "chunks": st["last_resync"]["chunks"]}
+    finally:
+        pair.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def bench_checksum(cfg, root, res) -> None:
+    size, frac = cfg["b11_vol"], cfg["b11_frac"]
+    nchunks = size // CHUNK
+    k = max(1, round(nchunks * frac))
+    note(f"[11] --initial-sync checksum vs full: a {size_label(size)} pre-filled volume copied to the secondary, "
+         f"then {k} random chunks ({frac:.0%}) changed on the primary; {cfg['b11_runs']} runs")
+    rng = random.Random(1111)
+    rows = []
+    for run in range(cfg["b11_runs"]):
+        changed = sorted(rng.sample(range(nchunks), k))
+        seed = rng.getrandbits(64)
+        r = {}
+        for how in (INITIAL_SYNCS if run % 2 == 0 else INITIAL_SYNCS[::-1]):
+            r[how] = initial_sync_case(root, size, changed, seed, how)
+            settle()
+        if r["checksum"]["chunks"] != k:
+            note(f"    warning: the checksum sync sent {r['checksum']['chunks']} chunks, {k} changed")
+        rows.append(r)
+        c, f = r["checksum"], r["full"]
+        note(f"    run {run}: checksum {c['data']} data B, {c['wire']} wire B, {c['seconds']:.2f}s (compare "
+             f"{c['compare']:.2f}s); full {f['data']} data B, {f['wire']} wire B, {f['seconds']:.2f}s")
+    changed_bytes, digests = k * CHUNK, nchunks * DIGEST
+    n = f"checksum.{size_label(size)}_{round(frac * 100)}pct"
+    med = lambda fn: median(fn(r) for r in rows)  # noqa: E731
+    res.add(f"{n}.volume_bytes", size, "B", "{}")
+    res.add(f"{n}.changed_chunks", k, "", "{}")
+    res.add(f"{n}.changed_bytes", changed_bytes, "B", "{}")
+    res.add(f"{n}.digest_bytes", digests, "B", "{}")
+    for how in INITIAL_SYNCS:
+        res.add(f"{n}.{how}.data_bytes", med(lambda r: r[how]["data"]), "B", "{:.0f}")
+        res.add(f"{n}.{how}.wire_bytes", med(lambda r: r[how]["wire"]), "B", "{:.0f}")
+        res.add(f"{n}.{how}.seconds", med(lambda r: r[how]["seconds"]), "s", "{:.2f}")
+        res.add(f"{n}.{how}.wall_seconds", med(lambda r: r[how]["wall"]), "s", "{:.2f}")
+    res.add(f"{n}.checksum.chunks_sent", med(lambda r: r["checksum"]["chunks"]), "", "{:.0f}")
+    res.add(f"{n}.checksum.compare_seconds", med(lambda r: r["checksum"]["compare"]), "s", "{:.2f}")
+    # The checksum sync is the faster one on any link slower than about this (it moves ~1% of the bytes).
+    res.add(f"{n}.checksum.compare_mb_s", med(lambda r: mb_s(size, r["checksum"]["compare"])), "MB/s", "{:.0f}")
+    res.add(f"{n}.checksum.data_ratio", med(lambda r: r["checksum"]["data"] / changed_bytes), "x", "{:.3f}")
+    res.add(f"{n}.checksum.wire_ratio", med(lambda r: r["checksum"]["wire"] / (changed_bytes + digests)), "x",
+            "{:.3f}")
+    res.add(f"{n}.full_to_checksum_wire", med(lambda r: r["full"]["wire"] / r["checksum"]["wire"]), "x", "{:.1f}")
+    res.add(f"{n}.full_to_checksum_seconds", med(lambda r: r["full"]["wall"] / r["checksum"]["wall"]), "x",
+            "{:.2f}")
+
+
 BENCHES = {"1": bench_rsync, "2": bench_size, "4": bench_nbd, "6": bench_pause, "7": bench_outage_writes,
-           "8": bench_memory, "9": bench_resume}
+           "8": bench_memory, "9": bench_resume, "10": bench_verify, "11": bench_checksum}
 # 3 is measured inside 1 (same runs), 5 inside 4 (same daemons); names for some.
-ALIASES = {"3": "1", "5": "4", "resume": "9"}
+ALIASES = {"3": "1", "5": "4", "resume": "9", "verify": "10", "checksum": "11"}
 
 
 # -- docs ----------------------------------------------------------------------------------------

@@ -26,11 +26,12 @@ PRIMARY_EXTRA = ["--reconnect-max", "0.2", *QUIET]
 
 
 def pair(base: str, volumes: dict[str, int], mode: str = "async", proxy: str | None = None, prefill=None,
-         primary_extra=()) -> Pair:
+         primary_extra=(), start: bool = True) -> Pair:
     """A running pair on loopback, the primary dialling the secondary (or,
-    with proxy="process", a fault proxy process in front of it)."""
+    with proxy="process", a fault proxy process in front of it); with
+    start=False, its nodes only (the caller starts the daemons)."""
     return Pair(base, volumes, mode=mode, proxy=proxy, primary_extra=[*PRIMARY_EXTRA, *primary_extra],
-                secondary_extra=QUIET, secondary_nbd=False, prefill=prefill, patience=BENCH)
+                secondary_extra=QUIET, secondary_nbd=False, prefill=prefill, patience=BENCH, start=start)
 
 
 def local_primary(base: str, volumes: dict[str, int]) -> Daemon:

@@ -1,6 +1,7 @@
 """The host side of the daemon benchmarks and diagnostics: volume data
 written before a pair starts, fresh data for the chunks a run changes,
-nbdcopy as the host, and sync() between cases."""
+nbdcopy as the host, sync() between cases, and files evicted from the page
+cache."""
 
 from __future__ import annotations
 
@@ -73,3 +74,16 @@ def nbdcopy(source: str, uri: str) -> tuple[float, float]:
 def settle() -> None:
     """Write back dirty pages so the next case does not pay for the last."""
     os.sync()
+
+
+def evict(paths) -> None:
+    """Write back, then drop the files' pages from the page cache
+    (posix_fadvise DONTNEED: no root needed, nothing else evicted), so the
+    next reads of them come from the disk."""
+    os.sync()
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)

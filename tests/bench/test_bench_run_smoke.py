@@ -1,6 +1,6 @@
 """`make bench` cannot rot: `bench/run.py --smoke` (tiny sizes, real
 daemons, rsync, nbdcopy, nbdkit, the fault proxy, resyncs interrupted and
-resumed; seconds) exits 0, prints every benchmark's result lines, renders
+resumed, verify, a checksum initial sync; seconds) exits 0, prints every benchmark's result lines, renders
 its docs sections into a scratch file and removes its temporary data. No
 timing is asserted: benchmarks are scripts, their numbers live in
 docs/BENCHMARKS.md."""
@@ -45,6 +45,19 @@ EXPECTED = {
                          rf"resume\.(cut|kill9_secondary|kill9_primary)\.data_ratio: {NUM} x",
                          rf"resume\.(cut|kill9_secondary|kill9_primary)\.seconds_to_uninterrupted: {NUM} x",
                          rf"resume\.worst_data_ratio: {NUM} x"],
+    "10 verify": [rf"verify\.\w+\.(seconds|wall_seconds|rated\.seconds|repair\.seconds): {NUM} s",
+                  rf"verify\.\w+\.(mb_s|rated\.limit_mb_s|rated\.mb_s): {NUM} MB/s",
+                  rf"verify\.\w+\.(link_bytes|digest_bytes|(primary|secondary)_read_bytes|repair\.resync_bytes): {NUM} B",
+                  rf"verify\.\w+\.(link_ratio|link_to_digests|(primary|secondary)_(read|rchar)_ratio): {NUM} x",
+                  rf"verify\.\w+\.(rated\.to_limit|repair\.resync_to_damaged): {NUM} x",
+                  rf"verify\.\w+\.repair\.(damaged|out_of_sync|repaired)_chunks: {NUM}"],
+    "11 checksum sync": [rf"checksum\.\w+pct\.(checksum|full)\.(data|wire)_bytes: {NUM} B",
+                         rf"checksum\.\w+pct\.(checksum|full)\.(seconds|wall_seconds): {NUM} s",
+                         rf"checksum\.\w+pct\.checksum\.compare_seconds: {NUM} s",
+                         rf"checksum\.\w+pct\.checksum\.compare_mb_s: {NUM} MB/s",
+                         rf"checksum\.\w+pct\.checksum\.(data_ratio|wire_ratio): {NUM} x",
+                         rf"checksum\.\w+pct\.full_to_checksum_(wire|seconds): {NUM} x",
+                         rf"checksum\.\w+pct\.(changed_bytes|digest_bytes): {NUM} B"],
     "end": [rf"bench\.elapsed: {NUM} s"],
 }
 
@@ -68,6 +81,8 @@ def test_bench_run_smoke(tmp_path):
     for heading in ("## Machine", "## How to reproduce", "## Mirroring", "### 1. Resync vs rsync",
                     "### 6. Write pause at link failure", "### 8. Peak memory of the daemons",
                     "### 9. Resync resumed after an interruption",
+                    "### 10. Online verify", "### 11. Checksum initial sync of a pre-seeded secondary",
+                    "| `--repair`: damaged / found / repaired chunks |", "| wall s (comparing) |",
                     "| case | primary | secondary | nbdcopy | total CPU-s/GiB", "| bare mirror (no NBD) |",
                     "| bare resync / raw |"):
         assert heading in text

@@ -2,11 +2,8 @@
 (a restored backup, a disk shipped by hand) gets only the chunks that differ
 at its first sync; the link carries their bytes and the digests, no more."""
 
-import os
-import shutil
-
 from blockmirror.testing.host import HotAreaWriter
-from blockmirror.testing.nodes import CHUNK, VOLUMES, write_pattern
+from blockmirror.testing.nodes import CHUNK, VOLUMES, seed_copy, write_image, write_pattern
 from blockmirror.testing.tools import assert_identical, qemu_io
 
 CHANGED = [("vol0", 5 * CHUNK), ("vol0", 100 * CHUNK), ("vol1", 7 * CHUNK)]  # changed after the copy
@@ -18,13 +15,9 @@ def seed(pair) -> None:
     primary changes 3 chunks and the copy holds one stray chunk."""
     write_pattern(pair.p_dir, b"seeded vol0", VOLUMES["vol0"], "vol0")
     write_pattern(pair.p_dir, b"seeded vol1", 2 << 20, "vol1")  # the rest of vol1 is a hole
-    for name in VOLUMES:
-        shutil.copyfile(os.path.join(pair.p_dir, "volumes", f"{name}.img"),
-                        os.path.join(pair.s_dir, "volumes", f"{name}.img"))
+    seed_copy(pair.p_dir, pair.s_dir)
     name, off = STRAY
-    with open(os.path.join(pair.s_dir, "volumes", f"{name}.img"), "r+b") as f:
-        f.seek(off)
-        f.write(b"\x5a" * CHUNK)
+    write_image(pair.s_dir, name, [(off, b"\x5a" * CHUNK)])
 
 
 def test_checksum_sync_sends_only_the_chunks_that_differ(new_pair):

@@ -4,31 +4,20 @@ with host writes going on; `--repair` sends exactly them; an identical pair
 costs the link well under 1% of its bytes; errors exit 2."""
 
 import json
-import os
-import subprocess
-import sys
 
 from blockmirror.testing.host import HotAreaWriter
-from blockmirror.testing.nodes import CHUNK, VOLUMES, write_pattern
-from blockmirror.testing.tools import assert_identical, qemu_io
+from blockmirror.testing.nodes import CHUNK, VOLUMES, damage_chunks, write_pattern
+from blockmirror.testing.tools import assert_identical, qemu_io, verify
 
 # Three chunks of two volumes, written into the stopped secondary's image files.
 DAMAGE = [("vol0", 3 * CHUNK), ("vol0", 200 * CHUNK), ("vol1", 10 * CHUNK)]
-
-
-def verify(node_dir: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "blockmirror", "verify", node_dir, *args], capture_output=True,
-                          text=True, timeout=120)
 
 
 def damage_secondary(pair) -> None:
     """Stop the secondary, overwrite the DAMAGE chunks in its image files
     (behind the storage layer's back), start it again."""
     assert pair.secondary.stop() == 0
-    for name, offset in DAMAGE:
-        with open(os.path.join(pair.s_dir, "volumes", f"{name}.img"), "r+b") as f:
-            f.seek(offset + 100)
-            f.write(b"\xee" * 3000)
+    damage_chunks(pair.s_dir, DAMAGE)
     pair.restore()
     pair.wait_converged()
 

@@ -1,11 +1,13 @@
 """Initialised node directories for a pair, the shared secret file, the
 command lines of a primary and a secondary on loopback, and the data of a
-stopped node (written before a pair runs, read after it stopped)."""
+stopped node (written before a pair runs, read after it stopped; its image
+files copied to another node or damaged behind the storage layer's back)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+from typing import Iterable
 
 from blockmirror.storage import Node
 
@@ -56,3 +58,79 @@ def read_volume(node_dir: str, name: str, offset: int = 0, length: int | None = 
     with Node.open(node_dir) as node:
         vol = node.volumes[name]
         return vol.read(offset, vol.size - offset if length is None else length)
+
+
+def image_path(node_dir: str, volume: str) -> str:
+    """The image file holding `volume`'s data on a node."""
+    return os.path.join(node_dir, "volumes", f"{volume}.img")
+
+
+def seed_copy(src_dir: str, dst_dir: str, volumes: Iterable[str] | None = None) -> None:
+    """Pre-seed a node with a copy of another's data (a restored backup, a
+    disk shipped by hand): each image file of the stopped node `src_dir`
+    (every volume, or `volumes`) copied over the same volume's image file
+    of `dst_dir`, which must not have run yet. Holes stay holes (only the
+    data extents are copied, in the kernel: copy_file_range)."""
+    if volumes is None:
+        volumes = sorted(f[:-len(".img")] for f in os.listdir(os.path.join(src_dir, "volumes"))
+                         if f.endswith(".img"))
+    for name in volumes:
+        src, dst = image_path(src_dir, name), image_path(dst_dir, name)
+        fs = os.open(src, os.O_RDONLY)
+        try:
+            fd = os.open(dst, os.O_WRONLY)
+            try:
+                size = os.fstat(fs).st_size
+                os.ftruncate(fd, 0)
+                os.ftruncate(fd, size)
+                for start, end in _data_extents(fs, size):
+                    off = start
+                    while off < end:
+                        n = os.copy_file_range(fs, fd, end - off, off, off)
+                        if n <= 0:
+                            raise OSError(f"copy_file_range {src} -> {dst} at {off}: copied nothing")
+                        off += n
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(fs)
+
+
+def _data_extents(fd: int, size: int):
+    """(start, end) of each data extent of a file (SEEK_DATA/SEEK_HOLE)."""
+    off = 0
+    while off < size:
+        try:
+            start = os.lseek(fd, off, os.SEEK_DATA)
+        except OSError:  # ENXIO: only a hole from here to the end
+            return
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        yield start, end
+        off = end
+
+
+def write_image(node_dir: str, volume: str, writes: Iterable[tuple[int, bytes]]) -> None:
+    """(offset, data) written straight into `volume`'s image file of a
+    stopped node, behind the storage layer's back: data changed after a
+    copy, or a careless admin, a faulty disk. fsynced."""
+    fd = os.open(image_path(node_dir, volume), os.O_WRONLY)
+    try:
+        for offset, data in writes:
+            os.pwrite(fd, data, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def damage_chunks(node_dir: str, chunks: Iterable[tuple[str, int]], fill: bytes = b"\xee",
+                  at: int = 100, length: int = 3000) -> None:
+    """Damage chunks of a stopped node behind the storage layer's back:
+    for each (volume, chunk offset), `length` bytes of `fill` written at
+    `at` bytes into the chunk (so the chunk differs, but not wholly)."""
+    block = (fill * length)[:length]
+    by_volume: dict[str, list[int]] = {}
+    for name, offset in chunks:
+        by_volume.setdefault(name, []).append(offset)
+    for name, offsets in by_volume.items():
+        write_image(node_dir, name, ((off + at, block) for off in offsets))

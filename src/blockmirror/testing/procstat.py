@@ -1,4 +1,4 @@
-"""Memory and CPU readings of a process (or one of its threads) from /proc."""
+"""Memory, CPU and I/O readings of a process (or one of its threads) from /proc."""
 
 from __future__ import annotations
 
@@ -36,6 +36,22 @@ def vm_hwm(pid: int) -> int:
 def vm_rss(pid: int) -> int:
     """Resident set size (VmRSS) of a process now, bytes."""
     return _status_bytes(pid, "VmRSS")
+
+
+def io_counters(pid: int) -> dict[str, int]:
+    """/proc/PID/io of a process (all its threads, live and gone) as a dict:
+    `rchar`/`wchar` are the bytes its read and write system calls moved
+    (files, sockets and pipes alike, page cache hits included);
+    `read_bytes`/`write_bytes` what it made the storage read or write (a
+    read served from the page cache counts nothing)."""
+    text = _read(f"/proc/{pid}/io")
+    if text is None:
+        raise LookupError(f"no process {pid}")
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        out[key.strip()] = int(value)
+    return out
 
 
 def stat_fields(pid: int, tid: int | None = None) -> list[str] | None:

@@ -1,10 +1,12 @@
 """External programs the tests and the benchmarks drive (qemu-io, qemu-img,
-nbdcopy), plain helper processes, and loopback ports."""
+nbdcopy), one-shot `blockmirror` commands (verify), plain helper processes,
+and loopback ports."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
 from typing import Iterable
 
@@ -51,6 +53,13 @@ def assert_identical(primary: Daemon, secondary: Daemon, volumes: Iterable[str] 
         assert proc.returncode == 0 and "Images are identical" in proc.stdout, (
             f"{vol}: qemu-img compare exited {proc.returncode}: {proc.stdout}{proc.stderr}\n"
             f"primary log:\n{primary.log()[-3000:]}\nsecondary log:\n{secondary.log()[-3000:]}")
+
+
+def verify(node_dir: str, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
+    """`blockmirror verify NODE_DIR ARGS...` to its end (whatever its exit
+    code: 0 identical or repaired, 1 chunks differ, 2 an error)."""
+    return subprocess.run([sys.executable, "-m", "blockmirror", "verify", node_dir, *args], capture_output=True,
+                          text=True, timeout=timeout_s)
 
 
 def stop_process(proc: subprocess.Popen, timeout_s: float = 10) -> int:
