@@ -4,6 +4,8 @@ with host writes going on; `--repair` sends exactly them; an identical pair
 costs the link well under 1% of its bytes; errors exit 2."""
 
 import json
+import subprocess
+import sys
 
 from blockmirror.testing.host import HotAreaWriter
 from blockmirror.testing.nodes import CHUNK, VOLUMES, damage_chunks, write_pattern
