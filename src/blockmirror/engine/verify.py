@@ -39,7 +39,8 @@ from blockmirror.status import VerifyProgress, VerifySummary
 from blockmirror.protocol.messages import VERIFY_CHUNKS_MAX
 
 REQUEST_CHUNKS = 64  # chunks per request (4 MiB of 64 KiB chunks)
-REQUESTS_IN_FLIGHT = 8
+REQUESTS_IN_FLIGHT = 16  # both nodes read and hash while the other does
+REQUESTS_PER_STEP = 2  # what one engine step reads and hashes: host writes wait behind it
 OUT_OF_SYNC_LISTED_MAX = 1000  # extents listed in last_verify
 
 
@@ -106,7 +107,7 @@ class VerifyRun:
         self._refill(now)
         out = []
         cs = self.geo.chunk_size
-        while not self.requested_all and len(self.pending) < REQUESTS_IN_FLIGHT:
+        while not self.requested_all and len(self.pending) < REQUESTS_IN_FLIGHT and len(out) < REQUESTS_PER_STEP:
             vol, first, count = self._runs[self._pos]
             offset, length = first * cs, self._length(vol, first, count)
             if self.rate_bps is not None and self._allowance < length:
