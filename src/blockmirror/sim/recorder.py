@@ -103,7 +103,8 @@ class Recorder:
         self.peer_round = peer_round
 
     def round_started(self, rnd: RoundStart) -> None:
-        self.checker.split_brain_round(self.demoted_diverged, self.discard_granted, self.primary_wrote)
+        if rnd.target_generation not in self.targets:  # else judged when its snapshot was taken
+            self.checker.split_brain_round(self.demoted_diverged, self.discard_granted, self.primary_wrote)
         self.checker.round_started(rnd, self.peer, [h | r for h, r in zip(self.hot, self.repair_named)])
         self.rounds[rnd.target_generation] = rnd
         model = self.model
@@ -127,6 +128,7 @@ class Recorder:
     def target_taken(self, target_generation: str) -> None:
         """A checksum sync took its round's snapshot T now; the round starts
         once the digests are compared (host writes meanwhile are after T)."""
+        self.checker.split_brain_round(self.demoted_diverged, self.discard_granted, self.primary_wrote)
         self.targets[target_generation] = (self.model.point, bytes(self.model.image))
 
     def round_resumed(self, rnd: RoundStart, start: tuple[int, int]) -> None:
