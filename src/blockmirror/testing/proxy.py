@@ -44,7 +44,9 @@ class ProxyProcess:
         m = re.match(r"proxy on ([0-9.]+):(\d+) -> ", lines[0]) if lines else None
         if not m:
             self.close()
-            raise HarnessError(f"the fault proxy did not start: {lines!r}")
+            with open(log_path) as f:
+                tail = f.read()[-2000:]
+            raise HarnessError(f"the fault proxy did not start (ready line {lines!r}); its log ends:\n{tail}")
         self.ready_line = lines[0]
         self.address = (m.group(1), int(m.group(2)))
         # The control socket is bound before the readiness line is printed.
