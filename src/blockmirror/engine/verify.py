@@ -257,12 +257,15 @@ class PrimaryVerify:
         chunks as unacknowledged, then a round from it (T right after: its
         diff is empty, so the round sends exactly those chunks)."""
         extents = tuple(run.differing_extents())
-        gen, seq = self.generation, self.seq
+        # Like a link-down base: the secondary holds the generation at the
+        # acknowledged seq, but for the writes in flight (they may never land)
+        # and the chunks that differ.
+        gen, seq, in_flight = self.generation, self.acked, tuple(self.window.extents())
         if "repair-equal-chunks" in self.config.mutations:
             extents += ((0, 0, self.geo.chunk_size),)  # broken on purpose: also sends a chunk that was equal
         if self.observer:  # before the base's commit: a crash after it leaves the base naming them
             self.observer.verify_repair(run.differ, self.geo.chunks_of(extents))
-        info = self._snapshot("verify-repair", lambda sid: ResyncBase(sid, gen, seq, extents))
+        info = self._snapshot("verify-repair", lambda sid: ResyncBase(sid, gen, seq, in_flight + extents))
         base = self.bases.all()[info.id]
         run.repairing = True
         self._start_round(now, base, f"verify {run.id}: repairing {run.out_of_sync_chunks} chunks that differ")
