@@ -31,13 +31,19 @@ def prefill(p_dir: str) -> None:
     write_pattern(p_dir, b"verify vol1", VOLUMES["vol1"], "vol1")
 
 
-def test_verify_finds_exactly_the_damaged_chunks_and_repair_sends_them(new_pair):
+def damaged_pair(new_pair):
+    """A converged pair whose secondary then got the DAMAGE behind its back."""
     pair = new_pair(prefill=prefill)
     pair.start_secondary()
     pair.start_primary()
-    p = pair.primary
     pair.wait_converged()
     damage_secondary(pair)
+    return pair
+
+
+def test_verify_finds_exactly_the_damaged_chunks_and_repair_sends_them(new_pair):
+    pair = damaged_pair(new_pair)
+    p = pair.primary
     # Host writes go on during the verify, away from the damaged chunks: none is a false difference.
     writer = HotAreaWriter(p.uri("vol1"), area_bytes=512 << 10, seed=5)  # vol1's first 8 chunks
     try:
@@ -104,12 +110,8 @@ def test_verify_errors_exit_2_with_one_error_line(pair, tmp_path):
 
 
 def test_a_verify_cut_by_a_link_failure_goes_on_when_the_link_returns(new_pair):
-    pair = new_pair(prefill=prefill)
-    pair.start_secondary()
-    pair.start_primary()
+    pair = damaged_pair(new_pair)
     p = pair.primary
-    pair.wait_converged()
-    damage_secondary(pair)
     proc = subprocess.Popen([sys.executable, "-m", "blockmirror", "verify", pair.p_dir, "--rate", "4MiB", "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
