@@ -197,16 +197,19 @@ async def start_http(status, address: tuple[str, int] | None,
     return server, [f"http on http://{format_address(h, p)}"]
 
 
-async def serve(daemon, node_dir: str, progress_mode: str, http_server, announce: Callable[[str], None],
+async def serve(daemon, node_dir: str, progress_mode: str, http_server, announce: Callable[[str], str],
                 stop_serving: Callable[[], Awaitable[None]]) -> int:
     """Run a started-up daemon until SIGTERM/SIGINT or a fatal error: the
     control socket, the daemon's loops, the progress line, then
-    `announce(control_socket_path)` (log and readiness lines). Shutdown is
-    ordered: `stop_serving()` (no new host connections, in-flight requests
-    finish), the daemon, HTTP, the control socket. Exit code 1 after a fatal
-    error."""
+    `announce(control_socket_path)` (log and readiness lines; it returns the
+    status line systemd gets with READY=1). Under systemd (runtime/sdnotify.py)
+    the daemon then sends STATUS= on state changes and watchdog pings, and
+    STOPPING=1 when shutdown begins. Shutdown is ordered: `stop_serving()`
+    (no new host connections, in-flight requests finish), the daemon, HTTP,
+    the control socket. Exit code 1 after a fatal error."""
     from blockmirror.runtime.control import ControlServer
     from blockmirror.runtime.progress import Progress
+    from blockmirror.runtime.sdnotify import Notifier
 
     async def handle(command: str, req: dict) -> dict:
         if command == "snapshot":
@@ -223,9 +226,13 @@ async def serve(daemon, node_dir: str, progress_mode: str, http_server, announce
     daemon.on_fatal = stop.set
     daemon.start()
     progress = Progress.maybe(progress_mode, daemon.status)
-    announce(control.path)
+    notifier = Notifier()
+    notifier.ready(announce(control.path))
+    notifier.start(daemon.status)
 
     await stop.wait()
+    notifier.stop_polling()
+    notifier.stopping("stopping" if daemon.fatal is None else f"stopping after a fatal error: {daemon.fatal}")
     if progress is not None:
         progress.stop()
     await stop_serving()
@@ -233,4 +240,5 @@ async def serve(daemon, node_dir: str, progress_mode: str, http_server, announce
     if http_server is not None:
         await http_server.close()
     await control.close()
+    await notifier.close()
     return 1 if daemon.fatal is not None else 0

@@ -127,6 +127,7 @@ def _run_standalone(args, host: str, port: int) -> int:
 async def _serve(local, host: str, port: int) -> int:
     from blockmirror.nbd.server import NbdServer
     from blockmirror.runtime.control import ControlServer
+    from blockmirror.runtime.sdnotify import Notifier
 
     local.start()
     server = NbdServer(local.exports)
@@ -153,14 +154,20 @@ async def _serve(local, host: str, port: int) -> int:
     uri = nbd_uri(bound_host, bound_port)
     log.info("node %s: serving volumes %s on %s (standalone: no peer)", node.path, names, uri)
     count = len(local.exports)
-    print(f"serving {count} volume{'s' if count != 1 else ''} on {uri}", flush=True)
+    serving = f"serving {count} volume{'s' if count != 1 else ''} on {uri}"
+    print(serving, flush=True)
+    notifier = Notifier()  # systemd (Type=notify): READY=1, watchdog pings, STOPPING=1
+    notifier.ready(f"standalone: {serving}")
+    notifier.start()
 
     await stop.wait()
+    notifier.stopping()
     log.info("shutting down: no new connections; finishing in-flight requests")
     await server.shutdown(SHUTDOWN_GRACE_S)
     await control.close()
     log.info("flushing and closing the node")
     await local.close()
+    await notifier.close()
     log.info("stopped (%d write batches, %d syncs)", local.committer.batches, local.committer.syncs)
     return 0
 
@@ -223,12 +230,13 @@ async def _serve_mirrored(args, node, config, peer, secret, pair, host, port, ht
     count = len(daemon.exports)
     over = "" if tls_context is None else (", TLS, peer verified" if args.tls_ca else ", TLS, peer not verified")
 
-    def announce(control_path: str) -> None:
+    def announce(control_path: str) -> str:
         log.info("node %s: serving volumes %s on %s; mirroring to %s (%s mode, pair %r%s)", node.path,
                  ", ".join(e.name for e in daemon.exports), uri, daemon.peer_text, config.mode, pair.name, over)
-        ready([f"serving {count} volume{'s' if count != 1 else ''} on {uri}",
-               f"mirroring to {daemon.peer_text} ({config.mode} mode, pair {pair.name}{over})", *http_lines,
-               f"control socket {control_path}"])
+        serving = f"serving {count} volume{'s' if count != 1 else ''} on {uri}"
+        ready([serving, f"mirroring to {daemon.peer_text} ({config.mode} mode, pair {pair.name}{over})",
+               *http_lines, f"control socket {control_path}"])
+        return serving
 
     async def stop_serving() -> None:
         log.info("shutting down: no new NBD connections; finishing in-flight requests")

@@ -112,10 +112,11 @@ async def _serve(args, node, config, secret, pair, listen, nbd, http, tls_contex
 
     http_server, http_lines = await start_http(daemon.status, http, stop_nbd_and_daemon)
 
-    def announce(control_path: str) -> None:
+    def announce(control_path: str) -> str:
         log.info("node %s: secondary of pair %r, listening on %s%s%s", node.path, pair.name, daemon.listen_text,
                  over, "" if server is None else ", volumes read-only over NBD")
         ready([*lines, *http_lines, f"control socket {control_path}"])
+        return "; ".join(lines)
 
     async def stop_serving() -> None:
         log.info("shutting down: no new connections")

@@ -84,15 +84,18 @@ class Daemon:
 
     Its stderr goes to `<parent of NODE_DIR>/<log_name or ROLE.log>`
     (appended across restarts); `prefix` runs it under another command
-    (e.g. `ip netns exec NS`)."""
+    (e.g. `ip netns exec NS`); `env`: variables added to (or, with value
+    None, removed from) the inherited environment."""
 
     def __init__(self, role: str, node_dir: str, *args: str, log_name: str | None = None,
-                 prefix: tuple[str, ...] = (), patience: Patience = TESTS):
+                 prefix: tuple[str, ...] = (), patience: Patience = TESTS,
+                 env: dict[str, str | None] | None = None):
         self.role = role
         self.node_dir = node_dir
         self.args = list(args)
         self.prefix = list(prefix)
         self.patience = patience
+        self.env = dict(env) if env else None
         self.log_path = os.path.join(os.path.dirname(node_dir.rstrip("/")), log_name or f"{role}.log")
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []  # stdout up to readiness, without the `ready` line
@@ -114,7 +117,7 @@ class Daemon:
         self._log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
             [*self.prefix, sys.executable, "-m", "blockmirror", self.role, self.node_dir, *self.args],
-            stdout=subprocess.PIPE, stderr=self._log, text=True)
+            stdout=subprocess.PIPE, stderr=self._log, text=True, env=self._environ())
         # A primary without a peer prints only its `serving` line.
         standalone = self.role == "primary" and "--peer" not in self.args
         lines = read_lines_until(self.proc, lambda line: line.startswith("ready") or (
@@ -131,6 +134,18 @@ class Daemon:
                 self.nbd_uri, self.nbd_address = m.group(1), (m.group(2), int(m.group(3)))
             if m := _LISTEN_LINE.match(line):
                 self.listen = (m.group(1), int(m.group(2)))
+
+    def _environ(self) -> dict[str, str] | None:
+        """None (inherit) without `env`."""
+        if self.env is None:
+            return None
+        environ = dict(os.environ)
+        for key, value in self.env.items():
+            if value is None:
+                environ.pop(key, None)
+            else:
+                environ[key] = value
+        return environ
 
     def uri(self, volume: str) -> str:
         return f"{self.nbd_uri}/{volume}"
