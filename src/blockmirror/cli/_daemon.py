@@ -16,6 +16,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable
 
+from blockmirror.cli._args import seconds_arg
 from blockmirror.errors import ConfigError
 from blockmirror.runtime.pairing import PAIR_NAME_DEFAULT
 
@@ -116,13 +117,7 @@ def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser, defa
 
 
 def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not (0 < value <= 3600):
-        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 3600 seconds")
-    return value
+    return seconds_arg(text, maximum=3600)
 
 
 def add_link_flags(parser: argparse.ArgumentParser) -> None:

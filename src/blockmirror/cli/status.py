@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from blockmirror.cli._args import timeout_seconds
 from blockmirror.status import ResyncProgress, Status
 from blockmirror.units import format_size
 
@@ -19,7 +20,7 @@ def register(subparsers) -> None:
         epilog="Example: blockmirror status /srv/node --json")
     parser.add_argument("dir", metavar="DIR", help="node directory of a running daemon")
     parser.add_argument("--json", action="store_true", help="print the full status as JSON")
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+    parser.add_argument("--timeout", type=timeout_seconds, default=10.0, metavar="SECONDS",
                         help="how long to wait for the daemon's answer (default 10)")
     parser.set_defaults(func=run)
 

@@ -12,6 +12,7 @@ import json
 import sys
 import time
 
+from blockmirror.cli._args import timeout_seconds
 from blockmirror.engine.verify import OUT_OF_SYNC_LISTED_MAX
 from blockmirror.errors import BlockmirrorError, ConfigError, NodeError
 from blockmirror.units import format_size, parse_size
@@ -49,7 +50,7 @@ def register(subparsers) -> None:
                         help="read at most this many bytes a second on each node (e.g. 100MiB; default: "
                              "no limit)")
     parser.add_argument("--json", action="store_true", help="print the result (last_verify) as JSON")
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+    parser.add_argument("--timeout", type=timeout_seconds, default=10.0, metavar="SECONDS",
                         help="how long to wait for each answer of the daemon (default 10)")
     parser.set_defaults(func=run)
 

@@ -1,0 +1,53 @@
+"""Bad input: exactly one `Error:` line naming the problem, one `Try:` hint,
+a non-zero exit, no traceback, nothing changed on disk."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from blockmirror.cli import main
+
+
+def run_main(capsys, argv):
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    return code, err
+
+
+def assert_one_error(code, err, *needles):
+    assert code not in (0, None), err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("Error: ")]
+    tries = [line for line in err.splitlines() if line.startswith("Try: ")]
+    assert len(errors) == 1 and len(tries) == 1, err
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0], tries[0]
+
+
+@pytest.mark.parametrize("command", ["status", "verify"])
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "soon"])
+def test_timeout_must_be_more_than_zero(capsys, tmp_path, command, value):
+    code, err = run_main(capsys, [command, str(tmp_path), f"--timeout={value}"])
+    assert code == 2
+    assert_one_error(code, err, "--timeout", "more than 0 seconds")
+
+
+def test_status_timeout_zero_as_user_runs_it(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "blockmirror", "status", str(tmp_path), "--timeout", "0"],
+                          capture_output=True, text=True)
+    assert_one_error(proc.returncode, proc.stderr, "more than 0 seconds")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "3601", "nan"])
+@pytest.mark.parametrize("flag", ["--link-timeout", "--heartbeat-interval", "--reconnect-max"])
+def test_link_seconds_say_what_is_allowed(capsys, tmp_path, flag, value):
+    code, err = run_main(capsys, ["primary", str(tmp_path), "--nbd", "127.0.0.1:0", f"{flag}={value}"])
+    assert code == 2
+    assert_one_error(code, err, flag, "more than 0 and at most 3600 seconds")
