@@ -51,3 +51,29 @@ def test_link_seconds_say_what_is_allowed(capsys, tmp_path, flag, value):
     code, err = run_main(capsys, ["primary", str(tmp_path), "--nbd", "127.0.0.1:0", f"{flag}={value}"])
     assert code == 2
     assert_one_error(code, err, flag, "more than 0 and at most 3600 seconds")
+
+
+@pytest.mark.parametrize("command, required", [
+    ("primary", ["--nbd", "127.0.0.1:0"]),
+    ("secondary", ["--listen", "127.0.0.1:0", "--secret-file", "/nonexistent/secret"]),
+])
+@pytest.mark.parametrize("heartbeat, timeout", [("10", "5"), ("5", "5"), ("2", None)])
+def test_heartbeat_must_be_below_link_timeout(capsys, tmp_path, command, required, heartbeat, timeout):
+    argv = [command, str(tmp_path / "node"), *required, "--heartbeat-interval", heartbeat]
+    if timeout is not None:
+        argv += ["--link-timeout", timeout]
+    else:  # the link timeout from the config file (2 s), the heartbeat from the flag
+        conf = tmp_path / "c.toml"
+        conf.write_text("link-timeout = 2\n")
+        argv += ["--config", str(conf)]
+    code, err = run_main(capsys, argv)
+    _, hint = assert_one_error(code, err, "--heartbeat-interval", "is not below --link-timeout")
+    assert "--heartbeat-interval" in hint and "--link-timeout" in hint
+    assert not (tmp_path / "node").exists()
+
+
+def test_heartbeat_from_config_must_be_below_link_timeout(capsys, tmp_path):
+    conf = tmp_path / "c.toml"
+    conf.write_text('nbd = "127.0.0.1:0"\nheartbeat-interval = 10\nlink-timeout = 5\n')
+    code, err = run_main(capsys, ["primary", str(tmp_path / "node"), "--config", str(conf)])
+    assert_one_error(code, err, "heartbeat-interval 10", "link-timeout 5")

@@ -114,6 +114,20 @@ def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser, defa
     for dest, value in defaults.items():
         if getattr(args, dest, None) is None:
             setattr(args, dest, value)
+    check_link_timing(args)
+
+
+def check_link_timing(args: argparse.Namespace) -> None:
+    """A heartbeat must come more often than the link timeout, or the link
+    drops between two heartbeats."""
+    interval, timeout = getattr(args, "heartbeat_interval", None), getattr(args, "link_timeout", None)
+    if interval is None or timeout is None or interval < timeout:
+        return
+    raise ConfigError(f"--heartbeat-interval {interval:g} is not below --link-timeout {timeout:g}: "
+                      "the link would count as down between two heartbeats",
+                      hint=f"lower --heartbeat-interval below {timeout:g} (e.g. {min(1.0, timeout / 4):g}, "
+                           f"or leave it out for the default) or raise --link-timeout above {interval:g} "
+                           "(heartbeat-interval / link-timeout in a --config file)")
 
 
 def positive_seconds(text: str) -> float:
