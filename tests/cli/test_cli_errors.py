@@ -77,3 +77,54 @@ def test_heartbeat_from_config_must_be_below_link_timeout(capsys, tmp_path):
     conf.write_text('nbd = "127.0.0.1:0"\nheartbeat-interval = 10\nlink-timeout = 5\n')
     code, err = run_main(capsys, ["primary", str(tmp_path / "node"), "--config", str(conf)])
     assert_one_error(code, err, "heartbeat-interval 10", "link-timeout 5")
+
+
+@pytest.mark.parametrize("command, line, needles", [
+    ("primary", "nbd = 30820", ['nbd = 30820 must be a string "HOST:PORT"']),
+    ("primary", 'nbd = ["127.0.0.1:1", "127.0.0.1:2"]', ["nbd = [", 'must be a string "HOST:PORT"']),
+    ("primary", 'read-only = "no"', ['read-only = "no" must be a boolean']),
+    ("primary", "read-only = 0", ["read-only = 0 must be a boolean"]),
+    ("primary", "window = true", ["window = true must be a size"]),
+    ("primary", "window = 1.5", ["window = 1.5 must be a size"]),
+    ("primary", 'window = "lots"', ['window = "lots"', "cannot parse size"]),
+    ("primary", "mode = 1", ["mode = 1 must be one of"]),
+    ("primary", 'mode = ["sync"]', ['mode = ["sync"] must be one of']),
+    ("primary", 'link-timeout = "5"', ['link-timeout = "5" must be a number of seconds']),
+    ("primary", "link-timeout = true", ["link-timeout = true must be a number"]),
+    ("primary", "link-timeout = 0", ["link-timeout = 0", "more than 0 and at most 3600 seconds"]),
+    ("primary", "secret-file = 5", ["secret-file = 5 must be a string"]),
+    ("primary", "pair = 7", ["pair = 7 must be a string"]),
+    ("primary", "peer = { host = \"a\" }", ["peer = { host = \"a\" } must be a string"]),
+    ("secondary", "listen = 7000", ['listen = 7000 must be a string "HOST:PORT"']),
+    ("secondary", "tls-ca = false", ["tls-ca = false must be a string"]),
+])
+def test_config_values_are_type_checked(capsys, tmp_path, command, line, needles):
+    conf = tmp_path / "c.toml"
+    conf.write_text(line + "\n")
+    code, err = run_main(capsys, [command, str(tmp_path / "node"), "--config", str(conf)])
+    _, hint = assert_one_error(code, err, f"config file {conf}: ", *needles)
+    assert line.split(" =")[0] in hint
+    assert not (tmp_path / "node").exists()
+
+
+def test_config_bad_value_is_refused_even_when_the_flag_wins(capsys, tmp_path):
+    conf = tmp_path / "c.toml"
+    conf.write_text("nbd = 30820\n")
+    code, err = run_main(capsys, ["primary", str(tmp_path / "node"), "--nbd", "127.0.0.1:0", "--config", str(conf)])
+    assert_one_error(code, err, "nbd = 30820")
+
+
+def test_config_window_in_bytes_and_booleans_are_accepted(tmp_path):
+    import argparse
+
+    from blockmirror.cli import build_parser
+    from blockmirror.cli._daemon import apply_config
+
+    conf = tmp_path / "c.toml"
+    conf.write_text('nbd = "127.0.0.1:0"\nwindow = 1048576\nread-only = true\nlink-timeout = 2\n'
+                    'heartbeat-interval = 0.5\nmode = "sync"\n')
+    args = build_parser().parse_args(["primary", str(tmp_path), "--config", str(conf)])
+    apply_config(args, args._parser, {"window": "32MiB", "read_only": False})
+    assert isinstance(args, argparse.Namespace)
+    assert (args.window, args.read_only, args.link_timeout, args.heartbeat_interval, args.mode) == \
+        ("1048576", True, 2.0, 0.5, "sync")

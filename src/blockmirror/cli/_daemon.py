@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import json
 import logging
 import os
 import re
@@ -89,7 +90,8 @@ def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser, defa
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist", hint="give the path of a TOML file") from None
         except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}",
+                              hint="give the path of a readable TOML file") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}",
                               hint='write one setting per line, e.g. peer = "10.0.0.2:7000"') from None
@@ -99,17 +101,9 @@ def apply_config(args: argparse.Namespace, parser: argparse.ArgumentParser, defa
             if dest not in known:
                 names = ", ".join(sorted(d.replace("_", "-") for d in known))
                 raise ConfigError(f"config file {path}: unknown setting {key!r}", hint=f"known settings: {names}")
-            action = known[dest]
+            value = _config_value(path, key, value, known[dest])
             if getattr(args, dest) is not None:
                 continue  # the flag wins
-            if action.choices is not None and value not in action.choices:
-                raise ConfigError(f"config file {path}: {key} = {value!r} is not one of "
-                                  f"{', '.join(map(str, action.choices))}")
-            if action.type is not None and not isinstance(value, bool):
-                try:
-                    value = action.type(str(value))
-                except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
-                    raise ConfigError(f"config file {path}: bad value for {key}: {exc}") from None
             setattr(args, dest, value)
     for dest, value in defaults.items():
         if getattr(args, dest, None) is None:
@@ -128,6 +122,65 @@ def check_link_timing(args: argparse.Namespace) -> None:
                       hint=f"lower --heartbeat-interval below {timeout:g} (e.g. {min(1.0, timeout / 4):g}, "
                            f"or leave it out for the default) or raise --link-timeout above {interval:g} "
                            "(heartbeat-interval / link-timeout in a --config file)")
+
+
+def _toml(value) -> str:
+    """`value` as it is written in TOML (for error messages)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    return str(value)
+
+
+def _config_value(path: str, key: str, value, action: argparse.Action):
+    """A config file value checked against the type its flag takes, as the
+    flag's text (or a bool for an on/off flag)."""
+    def bad(expected: str, example: str) -> ConfigError:
+        return ConfigError(f"config file {path}: {key} = {_toml(value)} must be {expected}",
+                           hint=f"write it as {key} = {example}")
+
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if action.nargs == 0:  # an on/off flag (store_true)
+        if not isinstance(value, bool):
+            raise bad("a boolean (true or false, without quotes)", "true")
+        return value
+    if action.choices is not None:
+        choices = list(action.choices)
+        if not isinstance(value, str) or value not in choices:
+            raise bad("one of " + ", ".join(_toml(c) for c in choices), _toml(choices[0]))
+        return value
+    if action.type is not None:  # a number of seconds
+        if not is_number:
+            raise bad("a number of seconds (without quotes)", "5")
+        try:
+            return action.type(str(value))
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+            raise ConfigError(f"config file {path}: {key} = {_toml(value)}: {exc}",
+                              hint=f"write it as {key} = 5") from None
+    if action.metavar == "SIZE":  # a size: "32MiB", or a number of bytes
+        from blockmirror.units import parse_size
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise bad('a size, e.g. "32MiB", or a whole number of bytes', '"32MiB"')
+        try:
+            parse_size(value)
+        except (ConfigError, ValueError) as exc:
+            raise ConfigError(f"config file {path}: {key} = {_toml(value)}: {exc}",
+                              hint=f'write it as {key} = "32MiB" or a whole number of bytes') from None
+        return value
+    if not isinstance(value, str):
+        if action.metavar == "HOST:PORT":
+            raise bad('a string "HOST:PORT"', '"127.0.0.1:10809"')
+        if action.metavar == "FILE":
+            raise bad("a string (a file path)", '"/etc/blockmirror/FILE"')
+        raise bad("a string", f'"{(action.metavar or "VALUE").lower()}"')
+    return value
 
 
 def positive_seconds(text: str) -> float:
