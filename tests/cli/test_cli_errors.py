@@ -128,3 +128,34 @@ def test_config_window_in_bytes_and_booleans_are_accepted(tmp_path):
     assert isinstance(args, argparse.Namespace)
     assert (args.window, args.read_only, args.link_timeout, args.heartbeat_interval, args.mode) == \
         ("1048576", True, 2.0, 0.5, "sync")
+
+
+def _secret_cases(tmp_path):
+    d = tmp_path / "secrets"
+    d.mkdir()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    big = tmp_path / "volume.img"
+    big.write_bytes(b"x" * (65 << 10))
+    return {"directory": (str(d), str(d / "pair.secret")), "device": ("/dev/null", "/etc/blockmirror/secret"),
+            "fifo": (str(fifo), "/etc/blockmirror/secret"), "big": (str(big), "/etc/blockmirror/secret")}
+
+
+@pytest.mark.parametrize("kind", ["directory", "device", "fifo", "big"])
+def test_secret_file_hint_never_overwrites_what_was_given(capsys, tmp_path, kind):
+    path, suggested = _secret_cases(tmp_path)[kind]
+    before = sorted(os.listdir(tmp_path))
+    code, err = run_main(capsys, ["secondary", str(tmp_path / "node"), "--listen", "127.0.0.1:0",
+                                  "--secret-file", path])
+    _, hint = assert_one_error(code, err, f"secret file {path}")
+    assert f"> {path};" not in hint and f"chmod 600 {path} " not in hint
+    assert f"--secret-file {suggested};" in hint and f"> {suggested};" in hint
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_primary_secret_file_directory(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "blockmirror", "primary", str(tmp_path / "node"), "--nbd",
+                           "127.0.0.1:0", "--peer", "127.0.0.1:1", "--secret-file", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    _, hint = assert_one_error(proc.returncode, proc.stderr, "is a directory")
+    assert f"> {tmp_path / 'pair.secret'};" in hint and f"> {tmp_path};" not in hint

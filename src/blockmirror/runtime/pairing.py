@@ -42,16 +42,42 @@ class PairIdentity:
     uuid: uuid.UUID
 
 
+def _create_hint(path: str, instead: bool = False) -> str:
+    """How to make a new secret file at `path`, a regular file path: never
+    a directory, a device or a big file (the command overwrites it).
+    `instead`: `path` is not the one given, say to use it."""
+    use = f"use --secret-file {path}; " if instead else ""
+    return (f"{use}create it with: head -c 32 /dev/urandom | base64 > {path}; chmod 600 {path} "
+            f"(and copy the same file to the other node)")
+
+
+def _elsewhere_hint(path: str) -> str:
+    """The hint for a path that must not be overwritten (a device, a FIFO, a big file)."""
+    other = "/etc/blockmirror/secret"
+    if os.path.abspath(path) == other:
+        other = "/etc/blockmirror/pair.secret"
+    return _create_hint(other, instead=True)
+
+
+def _directory_hint(path: str) -> str:
+    return _create_hint(os.path.join(path, "pair.secret"), instead=True)
+
+
 def read_secret(path: str) -> bytes:
     """The pair secret from a file; surrounding whitespace (a trailing
     newline) is not part of it."""
-    hint = (f"create it with: head -c 32 /dev/urandom | base64 > {path}; chmod 600 {path} "
-            f"(and copy the same file to the other node)")
+    hint = _create_hint(path)
     try:
+        st = os.stat(path)  # before open(): opening a FIFO would block; a device is never a secret file
+        if stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"secret file {path} is a directory", hint=_directory_hint(path))
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"secret file {path} is not a regular file (a device, FIFO or socket?)",
+                              hint=_elsewhere_hint(path))
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
-                raise ConfigError(f"secret file {path} is not a regular file", hint=hint)
+                raise ConfigError(f"secret file {path} is not a regular file", hint=_elsewhere_hint(path))
             data = f.read(SECRET_FILE_BYTES_MAX + 1)
     except FileNotFoundError:
         raise ConfigError(f"secret file {path} does not exist", hint=hint) from None
@@ -59,12 +85,12 @@ def read_secret(path: str) -> bytes:
         raise ConfigError(f"secret file {path} is not readable (permission denied)",
                           hint="run the daemon as a user that can read it, or fix its owner/mode") from None
     except IsADirectoryError:
-        raise ConfigError(f"secret file {path} is a directory", hint=hint) from None
+        raise ConfigError(f"secret file {path} is a directory", hint=_directory_hint(path)) from None
     except OSError as exc:
         raise ConfigError(f"cannot read secret file {path}: {exc.strerror or exc}", hint=hint) from None
     if len(data) > SECRET_FILE_BYTES_MAX:
         raise ConfigError(f"secret file {path} is larger than {SECRET_FILE_BYTES_MAX} bytes: not a secret file?",
-                          hint=hint)
+                          hint=_elsewhere_hint(path))
     secret = data.strip()
     if not secret:
         raise ConfigError(f"secret file {path} is empty", hint=hint)
