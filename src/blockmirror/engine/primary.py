@@ -18,10 +18,8 @@ the handlers below, one per event:
   becomes the base and the old base is
   deleted (step 80). The first round small enough is the last: writes after
   its snapshot are mirrored behind its commit.
-- a round cut by a link failure or a crash keeps its target snapshot and
-  its record (PrimaryRound) until the secondary confirms its commit; when
-  the secondary offers the same round open at the next handshake, it
-  resumes from the secondary's resume point instead of starting over.
+- the rounds' lifecycle (resume a cut round, compare digests first, start,
+  send, commit) is in primary_rounds.py.
 - unclean restart: the activity log's hot regions join the resync.
 """
 
@@ -53,23 +51,24 @@ from blockmirror.engine.report import primary_status
 from blockmirror.engine.decide import Decision, decide
 from blockmirror.engine.roles import bind_at_handshake
 from blockmirror.engine.rounds import (
-    MESSAGE_OVERHEAD_BYTES, Geometry, ResyncRound, RoundSender, full_round_chunks, incremental_round_chunks,
+    Geometry, ResyncRound, RoundSender,
 )
+from blockmirror.engine.primary_rounds import Comparison, PrimaryRounds
 from blockmirror.engine.verify import PrimaryVerify, VerifyRun, VerifySummary
 from blockmirror.engine.window import InflightWindow
 from blockmirror.errors import BlockmirrorError
 from blockmirror.protocol import (
-    NIL_UUID, Ack, Error, Goodbye, Heartbeat, HeartbeatAck, LocalNode, ResyncCommitted, Role, VerifyReply,
+    Ack, Error, Goodbye, Heartbeat, HeartbeatAck, LocalNode, ResyncCommitted, Role, VerifyReply,
     VolumeInfo,
 )
 from blockmirror.protocol.errors import ErrorCode, error_hint
-from blockmirror.status import FULL, INCREMENTAL, PRIMARY, ResyncSummary, SplitBrainStatus, State, Status
+from blockmirror.status import FULL, PRIMARY, ResyncSummary, SplitBrainStatus, State, Status
 from blockmirror.storage import Node
 
 UNLIMITED = 1 << 62
 
 
-class PrimaryNode(HostWrites, PrimaryVerify):
+class PrimaryNode(HostWrites, PrimaryRounds, PrimaryVerify):
     role = PRIMARY
 
     def __init__(self, node: Node, config: PrimaryConfig, rng: random.Random, now: float, pair_uuid: uuid.UUID,
@@ -118,7 +117,7 @@ class PrimaryNode(HostWrites, PrimaryVerify):
         self._resync_bytes_ended = 0  # data bytes of the rounds that ended (committed or cut)
         self.rpo_exceeded = False
         self.verify: VerifyRun | None = None  # `blockmirror verify` under way
-        self.compare: VerifyRun | None = None  # a checksum sync's comparison (phase COMPARING)
+        self.compare: Comparison | None = None  # digests compared before a round (phase COMPARING)
         self.last_verify: VerifySummary | None = None
         self._verify_ids = 0
         self._out = Output()
@@ -213,31 +212,6 @@ class PrimaryNode(HostWrites, PrimaryVerify):
         self.node.set_state(rows)
         self.activity.clear()
 
-    def _restore_round(self) -> None:
-        """The round a crash or stop cut keeps its target snapshot, if that
-        and its base still exist."""
-        rec = self.records.primary_round()
-        if rec is None:
-            return
-        live = {s.id for s in self.node.snapshots()}
-        if rec.target in live and (rec.base is None or rec.base in live) and len(rec.chunks) == len(self.geo.names):
-            self.open_round = rec
-            self.bases.pinned = {rec.target}
-            self._round_ids = max(self._round_ids, rec.id)
-            return
-        self.records.save(delete=(PrimaryRound.KEY,))
-
-    def _forget_round(self, why: str) -> None:
-        """The cut round will not resume: its target goes (unless it is a base)."""
-        rec, self.open_round = self.open_round, None
-        if rec is None:
-            return
-        self.bases.pinned = set()
-        self.records.save(delete=(PrimaryRound.KEY,))
-        if rec.target not in self.bases.all() and rec.target in {s.id for s in self.node.snapshots()}:
-            self.node.delete_snapshot(rec.target)
-        self._out.info(f"round {rec.id} is not resumed: {why}")
-
     def _point(self, clean: bool) -> PrimaryPoint:
         return PrimaryPoint(self.generation, clean, self.history)
 
@@ -306,62 +280,7 @@ class PrimaryNode(HostWrites, PrimaryVerify):
         self._episode = ResyncSummary()
         self._episode_started = now
         bind_at_handshake(self._out, self.records, self.local.pair_name, self.local.pair_uuid, PRIMARY)
-        why_not = self._why_not_resume(decision, est)
-        if why_not is None:
-            self._resume_round(now, est)
-            return
-        self._forget_round(why_not)
-        self._out.log(logging.INFO if decision.base is not None else logging.WARNING, decision.why)
-        suspect = None if decision.base is None else self._suspect_chunks(decision.base)
-        if decision.base is None and self.config.initial_sync == "checksum":
-            self._start_compare(now, decision.why)
-        elif suspect is not None:
-            self._start_compare(now, decision.why, decision.base, suspect)
-        else:
-            self._start_round(now, decision.base, decision.why)
-
-    def _why_not_resume(self, decision: Decision, est) -> str | None:
-        """None when the secondary holds open the round this node cut, from
-        the same point: it can continue."""
-        rec = self.open_round
-        if rec is None:
-            return "no round to resume"
-        mark = est.peer_round
-        if mark is None or (mark[0], mark[1]) != (rec.id, rec.target_generation):
-            return "the secondary does not hold it open"
-        if est.peer_changed or est.peer_digests or est.peer_demoted:
-            return "the secondary changed data of its own"
-        if rec.base is None:
-            ok = decision.base is None and est.committed_generation == rec.base_generation
-        else:
-            ok = decision.base is not None and decision.base.snapshot == rec.base
-        if not ok or est.committed_seq != rec.commit_seq:
-            return "the secondary is not at the round's base"
-        if not 0 <= mark[2] < len(self.geo.names) or mark[3] > self.geo.sizes[mark[2]]:
-            return "its resume point is outside the volumes"
-        return None
-
-    def _resume_round(self, now: float, est) -> None:
-        """Continue the cut round from the secondary's resume point."""
-        rec = self.open_round
-        mark = (est.peer_round[2], est.peer_round[3])
-        at = (0, 0) if "resume-from-start" in self.config.mutations else mark  # broken on purpose: resends all
-        rnd = self.rounds.resume(rec, at, self.recovered_hot, now)
-        rnd.resume = mark
-        # Host writes since T (its diff) or hot regions to carry need another
-        # round; with neither, this one can be the last.
-        rnd.local_writes = sum(len(c) for c in self.node.diff(rec.target).values()) + len(rnd.carry)
-        self.rounds_this_link += 1
-        self.round = rnd
-        done = rnd.resumed_bytes / max(rnd.resumed_bytes + rnd.total_bytes, 1)
-        why = (f"round {rnd.id} resumed at {done:.0%} ({rnd.resumed_bytes} bytes already on the secondary, "
-               f"{rnd.total_bytes} to send)")
-        self._move(P.SENDING, why)
-        self.outbox.append(rnd.begin())
-        if self.observer:
-            self.observer.round_resumed(rnd.target_generation, rnd.base_generation, rnd.commit_seq, rnd.kind,
-                                        rnd.chunks, rnd.start)
-        self._out.info(why)
+        self._begin_resync(now, decision, est)
 
     def _refuse(self, now: float, link: int, decision: Decision) -> None:
         """Split brain: the link is refused with SPLIT_BRAIN, neither image
@@ -372,96 +291,6 @@ class PrimaryNode(HostWrites, PrimaryVerify):
         last = (Error.make(ErrorCode.SPLIT_BRAIN, decision.why),)
         self._out.close.append(CloseLink(link, decision.why, reset=False, last=last))
         self._connect_failed(now, "split brain")
-
-    def _start_round(self, now: float, base: ResyncBase | None, why: str, compared=None) -> None:
-        """`compared`: (target snapshot, its generation, the chunks that
-        differ) of a checksum sync's comparison; else T is taken now."""
-        self._round_ids += 1
-        self.rounds_this_link += 1
-        kind = FULL if base is None else INCREMENTAL
-        base_sid, base_gen = (None, NIL_UUID) if base is None else (base.snapshot, base.generation)
-        if compared is not None:
-            target, target_gen, chunks = compared
-            rec = PrimaryRound(self._round_ids, kind, base_sid, base_gen, target, target_gen, self.seq,
-                               tuple(chunks), holes=False)
-            self.records.save(rec)
-        else:
-            # The chunks first (the base's diff up to now is the diff up to T:
-            # the step takes no write in between), then T and the round's
-            # record in one commit.
-            if base is None:
-                chunks = full_round_chunks(self.node, self.geo)
-            else:
-                chunks = incremental_round_chunks(self.node, self.geo, base,
-                                                  with_unacked="skip-unacked" not in self.config.mutations)
-            target_gen = uuid.UUID(int=self.rng.getrandbits(128), version=4)
-            made = {}
-
-            def record(sid: int) -> dict:
-                made["r"] = PrimaryRound(self._round_ids, kind, base_sid, base_gen, sid, target_gen, self.seq,
-                                         tuple(chunks))
-                return RecordStore.rows(made["r"])
-
-            self._snapshot_with("resync-target", record)
-            rec = made["r"]
-        rnd = self.round = self.rounds.plan(self._round_ids, base, chunks, rec.target, target_gen, self.seq,
-                                            self.config.final_round_bytes_max,
-                                            self.rounds_this_link >= self.config.rounds_max, now, rec.holes)
-        if compared is not None:
-            # Host writes while comparing are after T and were not mirrored: not
-            # the last round then, the next one carries them.
-            rnd.local_writes = sum(len(c) for c in self.node.diff(rnd.target).values())
-            rnd.final = rnd.final and not rnd.local_writes
-        self.open_round = rec
-        self.bases.pinned = {rnd.target}
-        self._move(P.FINAL_SENDING if rnd.final else P.SENDING, why)
-        self.outbox.append(rnd.begin())
-        if self.observer:
-            self.observer.round_started(target_gen, rnd.base_generation, self.seq, rnd.kind, chunks)
-        self._out.info(f"round {rnd.id} ({rnd.kind}{', final' if rnd.final else ''}): {rnd.total_chunks} chunks, "
-                       f"{rnd.total_bytes} bytes")
-
-    def _transmit(self, budget: int) -> list:
-        """Messages to send now, in stream order, up to about `budget` bytes."""
-        out: list = []
-        budget = self._pop_outbox(out, budget)
-        if self.phase in PRIMARY_SENDING_ROUND and not self.outbox:
-            budget, done = self.rounds.emit(self.round, out, budget)
-            if done:
-                self._send_commit(out)
-                self._pop_outbox(out, budget)
-        return out
-
-    def _pop_outbox(self, out: list, budget: int) -> int:
-        outbox = self.outbox
-        while outbox and budget > 0:
-            msg = outbox.popleft()
-            out.append(msg)
-            budget -= len(getattr(msg, "data", b"")) + MESSAGE_OVERHEAD_BYTES
-        return budget
-
-    def _send_commit(self, out: list) -> None:
-        rnd = self.round
-        if self.phase is P.SENDING and rnd.local_writes == 0:
-            # No host write since T: the image this commit gives the secondary
-            # is the primary's current one, so this round is the last (the
-            # next would be empty). Writes from now on follow the commit.
-            assert self.seq == rnd.commit_seq, "a write got a seq during a non-final round"
-            rnd.final = True
-            new, why = P.FINAL_COMMITTING, f"round {rnd.id}: no host write since its snapshot, so it is the last"
-        else:
-            new = P.FINAL_COMMITTING if rnd.final else P.COMMITTING
-            why = f"round {rnd.id}: every extent sent, commit sent"
-        # Before the commit leaves: if it lands and we crash, T must still be
-        # known as the base of the secondary's new generation.
-        self.bases.keep(rnd.as_base())
-        out.append(rnd.commit())
-        if "delete-base-early" in self.config.mutations and rnd.base is not None:
-            self.bases.drop(rnd.base)  # broken on purpose: before the secondary confirms the commit
-            rnd.base = None
-        self._move(new, why)
-        self.outbox.extend(self.live_queue)
-        self.live_queue.clear()
 
     def _on_received(self, now: float, event: Received) -> None:
         if event.link != self.link:
@@ -485,33 +314,6 @@ class PrimaryNode(HostWrites, PrimaryVerify):
         self.acked = max(self.acked, seq)
         self.activity.release(extents)
         self._admit(now)
-
-    def _on_committed(self, now: float, msg: ResyncCommitted) -> None:
-        """Steps 78-80: the secondary holds T's image; T becomes the base."""
-        rnd = self.round
-        assert self.phase in (P.COMMITTING, P.FINAL_COMMITTING) and rnd is not None and msg.round_id == rnd.id, \
-            "commit confirmation of another round"
-        self.history = extend_history(self.generation, self.history)
-        self.generation = rnd.target_generation
-        self.records.save(self._point(clean=False), rnd.as_base(), delete=(PrimaryRound.KEY,))
-        self.open_round, self.bases.pinned = None, set()
-        if rnd.base is not None:
-            self.bases.drop(rnd.base)
-        self._episode.add_round(rnd.kind, rnd.chunks_sent, rnd.data_bytes_sent)
-        self._resync_bytes_ended += rnd.data_bytes_sent
-        self.resync_chunks_total += rnd.chunks_sent
-        self._out.info(f"round {rnd.id} committed: {rnd.chunks_sent} chunks, {rnd.data_bytes_sent} bytes in "
-                       f"{now - rnd.started:.3f}s")
-        self.round = None
-        if self.phase is P.COMMITTING:
-            self._start_round(now, rnd.as_base(), f"round {rnd.id} committed; another round")
-            return
-        self.bases.drop(rnd.target)
-        self._episode.seconds = now - self._episode_started
-        self.last_resync = self._episode
-        self._move(P.MIRRORING, f"round {rnd.id} committed")
-        self.unsynced_since = None  # what is not on the secondary now is in the window
-        self._out.info(f"mirroring (generation {self.generation})")
 
     def _on_link_closed(self, now: float, event: LinkClosed) -> None:
         if event.link == self.link:
@@ -622,7 +424,7 @@ class PrimaryNode(HostWrites, PrimaryVerify):
 
     def round_started_at(self) -> float | None:
         if self.compare is not None:
-            return self.compare.started
+            return self.compare.run.started
         return None if self.round is None else self.round.started
 
     _handlers = {

@@ -31,8 +31,8 @@ def primary_status(p, now: float) -> Status:
         handed = rnd.total_bytes * rnd.chunks_sent // rnd.total_chunks if rnd.total_chunks else 0
         progress = ResyncProgress(rnd.id, rnd.kind, rnd.chunks_sent, bytes_done=handed,
                                   bytes_total=rnd.total_bytes, chunks_total=rnd.total_chunks)
-    elif p.compare is not None:  # a checksum sync's comparison: chunks compared, no data sent yet
-        run = p.compare
+    elif p.compare is not None:  # digests compared before a round: chunks compared, no data sent yet
+        run = p.compare.run
         progress = ResyncProgress(0, "checksum", run.chunks_done, bytes_done=run.bytes_done,
                                   bytes_total=run.bytes_total, chunks_total=run.chunks_total)
     own = PrimaryStatus(

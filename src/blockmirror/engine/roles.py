@@ -34,7 +34,7 @@ from blockmirror.engine.records import (
     VolumePairing,
     extend_history,
 )
-from blockmirror.engine.rounds import Geometry
+from blockmirror.engine.rounds import Geometry, chunk_runs
 from blockmirror.errors import BlockmirrorError, NodeError
 from blockmirror.protocol import NIL_UUID
 from blockmirror.protocol.handshake import DIGEST_BYTES, READY_DIGESTS_MAX
@@ -212,8 +212,14 @@ def demote(node, discard: bool = False, config: PrimaryConfig = PrimaryConfig(),
 
 
 def chunk_digest(data) -> bytes:
-    """What a demoted node and its new primary compare a chunk by."""
+    """What two nodes compare a chunk by (a demoted node and its new primary, verify, checksum syncs)."""
     return hashlib.blake2b(data, digest_size=DIGEST_BYTES).digest()
+
+
+def chunk_digests(data, chunk_bytes: int) -> tuple[bytes, ...]:
+    """The digest of each `chunk_bytes` of `data` (the last may be short)."""
+    view = memoryview(data)
+    return tuple(chunk_digest(view[i:i + chunk_bytes]) for i in range(0, len(view), chunk_bytes))
 
 
 def _describe(node, geo: Geometry, sets, changed: int) -> tuple[tuple, tuple]:
@@ -221,8 +227,8 @@ def _describe(node, geo: Geometry, sets, changed: int) -> tuple[tuple, tuple]:
     its bytes when the handshake can carry them all (the primary then sends
     only those that differ), else as extents."""
     if changed > READY_DIGESTS_MAX:
-        return tuple((geo.names[vol], first * geo.chunk_size, (last - first + 1) * geo.chunk_size)
-                     for vol, s in enumerate(sets) for first, last in _runs(s)), ()
+        return tuple((geo.names[vol], first * geo.chunk_size, count * geo.chunk_size)
+                     for vol, s in enumerate(sets) for first, count in chunk_runs(s)), ()
     digests = []
     for vol, chunks in enumerate(sets):
         volume = node.volumes[geo.names[vol]]
@@ -263,21 +269,6 @@ def _discard_on_secondary(node, records: RecordStore, now_ns: int | None) -> Dem
 
 def _discard_label(now_ns: int | None) -> str:
     return "discarded-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime((now_ns or time.time_ns()) / 1e9))
-
-
-def _runs(bitmap):
-    """(first, last) of each run of consecutive chunk numbers."""
-    first = prev = None
-    for c in bitmap:
-        if first is None:
-            first = prev = c
-        elif c == prev + 1:
-            prev = c
-        else:
-            yield first, prev
-            first = prev = c
-    if first is not None:
-        yield first, prev
 
 
 def _holds_data(node) -> bool:

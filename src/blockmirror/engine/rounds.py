@@ -44,6 +44,10 @@ class Geometry:
     def chunk_bytes(self, vol: int, chunk: int) -> int:
         return min(self.chunk_size, self.sizes[vol] - chunk * self.chunk_size)
 
+    def run_bytes(self, vol: int, first: int, count: int) -> int:
+        """Bytes of `count` chunks from `first` (the volume's last chunk may be short)."""
+        return min((first + count) * self.chunk_size, self.sizes[vol]) - first * self.chunk_size
+
     def chunk_count(self, vol: int) -> int:
         return -(-self.sizes[vol] // self.chunk_size)
 
@@ -71,6 +75,20 @@ class Geometry:
         return total
 
 
+def chunk_runs(chunks: BitMap, step_max: int | None = None):
+    """(first, count) runs of consecutive chunks, each at most `step_max` long."""
+    run_start = run_len = None
+    for c in chunks:
+        if run_start is not None and c == run_start + run_len and (step_max is None or run_len < step_max):
+            run_len += 1
+            continue
+        if run_start is not None:
+            yield run_start, run_len
+        run_start, run_len = c, 1
+    if run_start is not None:
+        yield run_start, run_len
+
+
 def full_round_chunks(node, geo: Geometry) -> list[BitMap]:
     """Every allocated chunk (holes are sent as zero extents)."""
     sets = geo.empty_sets()
@@ -81,11 +99,12 @@ def full_round_chunks(node, geo: Geometry) -> list[BitMap]:
     return sets
 
 
-def incremental_round_chunks(node, geo: Geometry, base: ResyncBase, with_unacked: bool = True) -> list[BitMap]:
-    """Step 74: the diff since the base, plus the writes it records as sent
-    and never acknowledged."""
+def incremental_round_chunks(node, geo: Geometry, base: ResyncBase, diff: dict | None = None,
+                             with_unacked: bool = True) -> list[BitMap]:
+    """Step 74: the diff since the base (`diff` if the caller has it), plus
+    the writes it records as sent and never acknowledged."""
     sets = geo.chunks_of(base.unacked if with_unacked else ())
-    diff = node.diff(base.snapshot)
+    diff = node.diff(base.snapshot) if diff is None else diff
     for i, name in enumerate(geo.names):
         sets[i] |= diff[name]
     return sets
@@ -208,20 +227,6 @@ class RoundSender:
                 budget_bytes -= length
         return budget_bytes, False
 
-    def _runs(self, chunks: BitMap):
-        """(first, count) runs of consecutive chunks, each at most one extent."""
-        step_max = self.step_max
-        run_start = run_len = None
-        for c in chunks:
-            if run_start is not None and c == run_start + run_len and run_len < step_max:
-                run_len += 1
-                continue
-            if run_start is not None:
-                yield run_start, run_len
-            run_start, run_len = c, 1
-        if run_start is not None:
-            yield run_start, run_len
-
     def _extents(self, rnd: ResyncRound):
         """('data', vol, first, count) in disk order; a full round (but a
         checksum sync's) also covers every hole with ('zero', ...)."""
@@ -231,7 +236,7 @@ class RoundSender:
             if vol < start_vol:
                 continue
             pos = start_chunk if vol == start_vol else 0
-            for first, count in self._runs(chunks):
+            for first, count in chunk_runs(chunks, self.step_max):
                 if full and first > pos:
                     yield from self._zero_runs(vol, pos, first)
                 yield "data", vol, first, count

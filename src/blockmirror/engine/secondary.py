@@ -36,7 +36,7 @@ from blockmirror.engine.phases import (
 from blockmirror.engine.phases import SecondaryPhase as S
 from blockmirror.engine.records import FULL, INCREMENTAL, OpenRound, coalesce
 from blockmirror.engine.report import secondary_status
-from blockmirror.engine.roles import bind_at_handshake, chunk_digest
+from blockmirror.engine.roles import bind_at_handshake, chunk_digests
 from blockmirror.engine.secondary_store import SecondaryStore
 from blockmirror.errors import BlockmirrorError
 from blockmirror.protocol import (
@@ -324,7 +324,7 @@ class SecondaryNode:
                                                              f"{store.point.generation}")
             store.begin_round(msg.round_id, kind, msg.target_generation, now,
                               in_place="round-in-place" in self.config.mutations)
-        self._round_pos, self._round_bytes = store.round.cursor if store.round else None, 0
+        self._round_bytes = 0
         self.round_progress = (ResyncProgress(msg.round_id, kind, 0, bytes_total=msg.data_bytes_max), now)
         if self._episode_started is None:
             self._episode_started = now
@@ -355,10 +355,8 @@ class SecondaryNode:
             self._end_batch(now)
         if self.link is None:
             return
-        data = memoryview(self.node.volumes[self.store.names[msg.volume]].read(msg.offset, msg.length_bytes))
-        step = msg.chunk_bytes
-        digests = tuple(chunk_digest(data[i:i + step]) for i in range(0, msg.length_bytes, step))
-        self.outbox.append(VerifyReply(msg.request_id, digests))
+        data = self.node.volumes[self.store.names[msg.volume]].read(msg.offset, msg.length_bytes)
+        self.outbox.append(VerifyReply(msg.request_id, chunk_digests(data, msg.chunk_bytes)))
 
     def _round_extent(self, volume: int, offset: int, nbytes: int, data: bool) -> None:
         self._round_pos = (self.store.names[volume], offset + nbytes)

@@ -14,25 +14,21 @@ chunks found different are sent by a resync round from a base snapshot
 whose record names them as unacknowledged: the same atomic round as any
 resync (and, if that round is cut, the next resync still carries them).
 
-A checksum sync (a sync with no common base, `--initial-sync checksum`)
-compares the same way before its round, but reads the round's target
-snapshot T (taken first; host writes after it stay local, as in any round):
-the round then sends only the chunks whose digests differ, and no zero
-extent for the rest. What it relies on: the secondary's volumes do not
-change under it (only its daemon writes them), and BLAKE2b-128 collisions
-do not happen by accident.
+A checksum sync compares with the same VerifyRun before its round, reading
+the round's target snapshot (primary_rounds.py). What it relies on: the
+secondary's volumes do not change under it (only its daemon writes them),
+and BLAKE2b-128 collisions do not happen by accident.
 """
 
 from __future__ import annotations
 
-import uuid
 
 from pyroaring import BitMap
 
 from blockmirror.engine.phases import PrimaryPhase as P
 from blockmirror.engine.records import ResyncBase
-from blockmirror.engine.rounds import incremental_round_chunks
-from blockmirror.engine.roles import chunk_digest
+from blockmirror.engine.rounds import chunk_runs
+from blockmirror.engine.roles import chunk_digests
 from blockmirror.errors import BlockmirrorError
 from blockmirror.protocol import VerifyRequest
 from blockmirror.status import VerifyProgress, VerifySummary
@@ -59,7 +55,7 @@ class VerifyRun:
         self.started = now
         self._runs = list(self._plan(chunks))  # (vol, first chunk, count) of each request, in disk order
         self.chunks_total = sum(count for _, _, count in self._runs)
-        self.bytes_total = sum(self._length(*run) for run in self._runs)
+        self.bytes_total = sum(geo.run_bytes(*run) for run in self._runs)
         self.chunks_done = 0
         self.bytes_done = 0
         self.differ = [BitMap() for _ in geo.names]
@@ -77,20 +73,7 @@ class VerifyRun:
                 n = self.geo.chunk_count(vol)
                 yield from ((vol, first, min(step, n - first)) for first in range(0, n, step))
                 continue
-            start = prev = None
-            for c in chunks[vol]:
-                if start is not None and c == prev + 1 and c - start < step:
-                    prev = c
-                    continue
-                if start is not None:
-                    yield vol, start, prev - start + 1
-                start = prev = c
-            if start is not None:
-                yield vol, start, prev - start + 1
-
-    def _length(self, vol: int, first: int, count: int) -> int:
-        cs = self.geo.chunk_size
-        return min((first + count) * cs, self.geo.sizes[vol]) - first * cs
+            yield from ((vol, first, count) for first, count in chunk_runs(chunks[vol], step))
 
     # -- requests ----------------------------------------------------------------------------
     @property
@@ -101,7 +84,7 @@ class VerifyRun:
     def compared_all(self) -> bool:
         return self.requested_all and not self.pending
 
-    def requests(self, read, digest, now: float) -> list[VerifyRequest]:
+    def requests(self, read, now: float) -> list[VerifyRequest]:
         """The next requests within the rate and the in-flight bound;
         `read(vol, offset, length)` reads the primary's image now."""
         self._refill(now)
@@ -109,12 +92,12 @@ class VerifyRun:
         cs = self.geo.chunk_size
         while not self.requested_all and len(self.pending) < REQUESTS_IN_FLIGHT and len(out) < REQUESTS_PER_STEP:
             vol, first, count = self._runs[self._pos]
-            offset, length = first * cs, self._length(vol, first, count)
+            offset, length = first * cs, self.geo.run_bytes(vol, first, count)
             if self.rate_bps is not None and self._allowance < length:
                 break
             self._allowance -= length
             data = read(vol, offset, length)
-            digests = [digest(memoryview(data)[i:i + cs]) for i in range(0, length, cs)]
+            digests = chunk_digests(data, cs)
             self._requests += 1
             self.pending[self._requests] = (self._pos, vol, first, digests)
             out.append(VerifyRequest(self._requests, vol, offset, length, cs))
@@ -132,7 +115,7 @@ class VerifyRun:
         """Seconds until the rate allows the next request (None: not waiting on it)."""
         if self.rate_bps is None or self.requested_all or len(self.pending) >= REQUESTS_IN_FLIGHT:
             return None
-        return max(self._length(*self._runs[self._pos]) - self._allowance, 0.0) / self.rate_bps
+        return max(self.geo.run_bytes(*self._runs[self._pos]) - self._allowance, 0.0) / self.rate_bps
 
     def answered(self, request_id: int, digests: tuple[bytes, ...]) -> bool:
         """A reply: the chunks whose digests differ join `differ`. False for
@@ -166,23 +149,9 @@ class VerifyRun:
 
     def differing_extents(self) -> list[tuple[int, int, int]]:
         """(volume index, offset, length) of runs of differing chunks."""
-        out = []
-        for vol, chunks in enumerate(self.differ):
-            start = prev = None
-            for c in chunks:
-                if start is not None and c == prev + 1:
-                    prev = c
-                    continue
-                if start is not None:
-                    out.append(self._extent(vol, start, prev))
-                start = prev = c
-            if start is not None:
-                out.append(self._extent(vol, start, prev))
-        return out
-
-    def _extent(self, vol: int, first: int, last: int) -> tuple[int, int, int]:
         cs = self.geo.chunk_size
-        return vol, first * cs, min((last + 1) * cs, self.geo.sizes[vol]) - first * cs
+        return [(vol, first * cs, self.geo.run_bytes(vol, first, count))
+                for vol, chunks in enumerate(self.differ) for first, count in chunk_runs(chunks)]
 
     def progress(self, now: float, paused: bool) -> VerifyProgress:
         elapsed = max(0.0, now - self.started)
@@ -237,8 +206,7 @@ class PrimaryVerify:
             self._end_verify(now, run.out_of_sync_chunks, "repaired")
             return
         names = self.geo.names
-        self.outbox.extend(run.requests(lambda v, off, n: self.node.volumes[names[v]].read(off, n),
-                                        self._verify_digest, now))
+        self.outbox.extend(run.requests(lambda v, off, n: self.node.volumes[names[v]].read(off, n), now))
         if not run.compared_all:
             return
         if not run.out_of_sync_chunks:
@@ -247,10 +215,6 @@ class PrimaryVerify:
             self._end_verify(now, 0, "out-of-sync")
         else:
             self._repair(now, run)
-
-    @staticmethod
-    def _verify_digest(data) -> bytes:
-        return chunk_digest(data)
 
     def _repair(self, now: float, run: VerifyRun) -> None:
         """A base for the current generation whose record names the differing
@@ -271,67 +235,9 @@ class PrimaryVerify:
         self._start_round(now, base, f"verify {run.id}: repairing {run.out_of_sync_chunks} chunks that differ")
 
     def _verify_reply(self, msg) -> None:
-        run = self.compare if self.phase is P.COMPARING else self.verify
+        run = self.compare.run if self.phase is P.COMPARING else self.verify
         if run is not None:
             run.answered(msg.request_id, msg.digests)
-
-    # -- checksum sync ----------------------------------------------------------------------------
-    def _suspect_chunks(self, base) -> tuple[list, list] | None:
-        """An incremental round's chunks, and those of them only suspect:
-        recorded as unacknowledged (writes in flight at a link failure, the
-        hot regions of an unclean stop, a demoted node's own changes) but not
-        written since the base. None when too few to be worth comparing."""
-        planned = incremental_round_chunks(self.node, self.geo, base,
-                                           with_unacked="skip-unacked" not in self.config.mutations)
-        diff = self.node.diff(base.snapshot)
-        suspect = [planned[v] - diff[name] for v, name in enumerate(self.geo.names)]
-        if sum(len(c) for c in suspect) < self.config.compare_suspect_chunks_min:
-            return None
-        return planned, suspect
-
-    def _start_compare(self, now: float, why: str, base=None, suspect=None) -> None:
-        """T now, then the digests of its chunks (all, or the suspect ones of
-        an incremental round from `base`) against the secondary's."""
-        info = self._snapshot("resync-target")
-        run = VerifyRun(0, None, self.geo, list(range(len(self.geo.names))), False, None, now,
-                        None if suspect is None else suspect[1])
-        run.target, run.target_generation = info.id, uuid.UUID(int=self.rng.getrandbits(128), version=4)
-        run.base, run.planned = base, None if suspect is None else suspect
-        self.compare = run
-        if self.observer:
-            self.observer.target_taken(run.target_generation)
-        what = "--initial-sync checksum" if base is None else "suspect chunks"
-        self._move(P.COMPARING, f"{why}; comparing digests first ({what})")
-        self._out.info(f"checksum {'sync' if base is None else 'resync'}: comparing {run.chunks_total} chunks by "
-                       f"digest before sending any")
-
-    def _compare_step(self, now: float) -> None:
-        run = self.compare
-        if run is None or self.phase is not P.COMPARING:
-            return
-        names, target = self.geo.names, run.target
-        self.outbox.extend(run.requests(lambda v, off, n: self.node.read_snapshot(target, names[v], off, n),
-                                        self._verify_digest, now))
-        if not run.compared_all:
-            return
-        self.compare = None
-        if "checksum-sends-equal" in self.config.mutations:
-            run.differ[0].add(0)  # broken on purpose: chunk 0 goes even when its digests matched
-        differ = run.out_of_sync_chunks
-        chunks = run.differ
-        if run.planned is not None:  # the round's chunks less the suspect ones found equal
-            planned, suspect = run.planned
-            chunks = [planned[v] - suspect[v] | (suspect[v] & run.differ[v]) for v in range(len(planned))]
-        what = "sync" if run.base is None else "resync"
-        self._out.info(f"checksum {what}: {differ} of {run.chunks_done} chunks differ; sending those")
-        self._start_round(now, run.base, f"checksum {what}: {differ} of {run.chunks_done} compared chunks differ",
-                          compared=(target, run.target_generation, chunks))
-
-    def _compare_lost(self) -> None:
-        """The link went down while comparing: T goes, the next link compares again."""
-        run, self.compare = self.compare, None
-        if run is not None:
-            self.node.delete_snapshot(run.target)
 
     def _end_verify(self, now: float, repaired: int, result: str) -> None:
         run, self.verify = self.verify, None
